@@ -1,0 +1,5 @@
+import sys
+
+from cfdg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,21 @@
+"""Error types. Each names the file, key or value at fault so a researcher can act on one line."""
+
+
+class CfdgError(Exception):
+    """Base class: the CLI turns these into one line on stderr and exit code 2."""
+
+
+class StoreError(CfdgError):
+    """A transition store is missing, malformed or inconsistent."""
+
+
+class DatasetError(CfdgError):
+    """An offline dataset file (D4RL HDF5, Minari) is malformed or cannot be found."""
+
+
+class ConfigError(CfdgError):
+    """A parameter in params.yaml or a config mapping is unknown or out of range."""
+
+
+class CheckpointError(CfdgError):
+    """A checkpoint is unreadable or belongs to another model, env or algorithm."""

@@ -1,0 +1,196 @@
+"""Report pictures and tables: pure functions from metrics to PNG files and Markdown text.
+
+The learning curve (normalised score vs environment steps), the per-round JS divergences in
+the form of the paper's Table 2, and the paper's Table 1 (base vs CFDG per algorithm, mean ±
+std over seeds) for whichever runs are present. Figures use matplotlib's Agg canvas directly
+(no pyplot state), and PNGs carry no software/date metadata, so the same numbers give the
+same bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cfdg.io import atomic_write_bytes
+
+DIVERGENCES = ("state", "action", "transition")
+VARIANT_NAMES = {"none": "Base", "synther": "SynthER", "cfdg": "CFDG"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CurvePoint:
+    """One evaluation: the agent after `env_steps` online steps (0 = pretrained)."""
+
+    env_steps: int
+    score: float
+    std: float = 0.0
+    round: int = 0
+
+
+def _figure(width: float = 6.0, height: float = 4.0):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return atomic_write_bytes(out_png, buf.getvalue())
+
+
+def learning_curve_png(curves: Mapping[str, Sequence[CurvePoint]], out_png: str | Path, title: str = "") -> Path:
+    """Normalised score vs environment steps, one line (± std band) per named curve."""
+    if not curves or not any(curves.values()):
+        raise ValueError("learning_curve_png: no points to plot")
+    fig = _figure()
+    ax = fig.add_subplot(1, 1, 1)
+    for name, points in curves.items():
+        pts = sorted(points, key=lambda p: p.env_steps)
+        x = [p.env_steps for p in pts]
+        y = [p.score for p in pts]
+        lo = [p.score - p.std for p in pts]
+        hi = [p.score + p.std for p in pts]
+        (line,) = ax.plot(x, y, marker="o", label=name)
+        ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+    ax.set_xlabel("environment steps (online)")
+    ax.set_ylabel("D4RL normalised score")
+    ax.set_title(title or "Learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _estimate(value: Any, estimator: str) -> float | None:
+    if isinstance(value, Mapping):
+        value = value.get(estimator)
+    return None if value is None else float(value)
+
+
+def quality_rows(per_round: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten per-round quality JSONs into rows (round, divergence, offline, generated, ...hist).
+
+    Each input is `{"round": k, "offline_vs_online": {...}, "generated_vs_online": {...}?}` where
+    the inner mappings are `{state|action|transition: {classifier: x, histogram: y}}`.
+    """
+    rows = []
+    for q in sorted(per_round, key=lambda q: q["round"]):
+        for div in DIVERGENCES:
+            row: dict[str, Any] = {"round": int(q["round"]), "divergence": div}
+            for side in ("offline", "generated"):
+                block = q.get(f"{side}_vs_online") or {}
+                row[side] = _estimate(block.get(div), "classifier")
+                row[f"{side}_histogram"] = _estimate(block.get(div), "histogram")
+            rows.append(row)
+    return rows
+
+
+def _fmt(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def quality_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Table 2's layout per round: JS divergence to real online data, in nats (max ln 2 ≈ 0.69)."""
+    lines = [
+        "| Round | Divergence | Offline | Generated |",
+        "|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        off = f"{_fmt(r['offline'])} ({_fmt(r.get('offline_histogram'))})"
+        gen = f"{_fmt(r['generated'])} ({_fmt(r.get('generated_histogram'))})"
+        lines.append(f"| {r['round']} | {r['divergence'].capitalize()} | {off} | {gen} |")
+    note = (
+        "\nJensen-Shannon divergence to the real online data of the round, in nats (lower is better, "
+        "max ln 2 ≈ 0.69): classifier two-sample estimate, per-dimension histogram estimate in brackets.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def quality_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Per-round JS divergence, one panel per divergence, offline vs generated."""
+    if not rows:
+        raise ValueError("quality_png: no rows to plot")
+    fig = _figure(10.0, 3.2)
+    for i, div in enumerate(DIVERGENCES):
+        ax = fig.add_subplot(1, 3, i + 1)
+        sub = sorted((r for r in rows if r["divergence"] == div), key=lambda r: r["round"])
+        for side, marker in (("offline", "s"), ("generated", "o")):
+            pts = [(r["round"], r[side]) for r in sub if r[side] is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=side)
+        ax.axhline(math.log(2), color="grey", lw=0.8, ls="--")
+        ax.set_title(div)
+        ax.set_xlabel("round")
+        ax.set_ylim(0, 0.75)
+        if i == 0:
+            ax.set_ylabel("JS divergence to online (nats)")
+            ax.legend(loc="lower left")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def aggregate(summaries: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    """(dataset, algo, variant) -> (mean, std, n) of the final normalised score over seeds (population std)."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for s in summaries:
+        groups[(str(s["dataset"]), str(s["algo"]).lower(), str(s["variant"]))].append(float(s["final_score"]))
+    out = {}
+    for key, scores in groups.items():
+        mean = sum(scores) / len(scores)
+        std = math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores))
+        out[key] = (mean, std, len(scores))
+    return out
+
+
+def table1_markdown(summaries: Iterable[Mapping[str, Any]]) -> str:
+    """The paper's Table 1 for the runs present: a row per dataset, Base vs CFDG per algorithm.
+
+    Each summary is `{dataset, algo, variant, seed, final_score}` (a run's `summary.json`);
+    cells are mean ± std over seeds with the seed count, the better of each pair in bold.
+    """
+    stats = aggregate(summaries)
+    if not stats:
+        raise ValueError("table1_markdown: no runs")
+    datasets = sorted({k[0] for k in stats})
+    algos = [a for a in ("iql", "pex", "apl") if any(k[1] == a for k in stats)]
+    algos += sorted({k[1] for k in stats} - set(algos))
+    variants = [v for v in ("none", "synther", "cfdg") if any(k[2] == v for k in stats)]
+    variants += sorted({k[2] for k in stats} - set(variants))
+    header = ["Dataset"] + [f"{a.upper()} {VARIANT_NAMES.get(v, v)}" for a in algos for v in variants]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    totals: dict[tuple[str, str], float] = defaultdict(float)
+    complete: dict[tuple[str, str], bool] = defaultdict(lambda: True)
+    for d in datasets:
+        cells = [d]
+        for a in algos:
+            present = {v: stats[(d, a, v)] for v in variants if (d, a, v) in stats}
+            best = max((m for m, _, _ in present.values()), default=None)
+            for v in variants:
+                if v not in present:
+                    cells.append("–")
+                    complete[(a, v)] = False
+                    continue
+                mean, std, n = present[v]
+                totals[(a, v)] += mean
+                text = f"{mean:.1f} ± {std:.1f} (n={n})"
+                cells.append(f"**{text}**" if len(present) > 1 and mean == best else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    if len(datasets) > 1:
+        cells = ["Total"]
+        for a in algos:
+            for v in variants:
+                cells.append(f"{totals[(a, v)]:.1f}" if complete[(a, v)] else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

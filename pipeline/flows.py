@@ -1,0 +1,137 @@
+"""Prefect flows that run the DVC stages: the whole loop, and one generation round.
+
+Every stage runs THROUGH DVC (`dvc repro <stage>`), so dvc.lock stays the record of what was
+produced from what, and a rerun (Prefect retry, UI "Retry", or plain `dvc repro`) skips every
+stage whose inputs are unchanged: a failed round is redone from its failed stage, earlier
+rounds are left as they are. Prefect adds retries, logs, a progress bar per round, a table
+of round metrics and the report's images as artifacts.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+
+import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
+from stages import layout
+from stages import params as P
+
+ROUND_STAGES = ("rollout", "fit", "materialise")
+
+
+class StageFailed(RuntimeError):
+    """`dvc repro <stage>` exited non-zero; the message carries the end of its output."""
+
+
+def dvc_command(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+
+
+@task(name="dvc-repro", task_run_name="{target}", retries=1, retry_delay_seconds=2)
+def repro(target: str, root: str = ".") -> list[str]:
+    """`dvc repro <target>`: runs the stage (and anything stale upstream); returns the stages it ran."""
+    logger = get_run_logger()
+    proc = dvc_command(Path(root), "repro", target)
+    for line in (proc.stdout + proc.stderr).splitlines():
+        if line.strip():
+            logger.info(line)
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise StageFailed(f"dvc repro {target} failed with exit code {proc.returncode}:\n{tail}")
+    return ran_stages(proc.stdout)
+
+
+def ran_stages(dvc_output: str) -> list[str]:
+    """Stage names from `dvc repro` output lines "Running stage 'fit@2':"."""
+    return [line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage '")]
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def round_row(root: Path, k: int) -> dict[str, Any]:
+    """One row of the round-metrics table: score after the round and the JS divergences."""
+    from stages.report import curve_point
+
+    d = root / layout.round_dir(k)
+    name = "metrics.json" if k == 0 else "rollout.json"
+    row: dict[str, Any] = {"round": k}
+    try:
+        p = curve_point(_json(d / name), d / name)
+        row.update(env_steps=p.env_steps, score=round(p.score, 2))
+    except Exception:  # a round not yet run, or metrics without a score
+        row.update(env_steps=None, score=None)
+    quality = _json(d / "quality.json")
+    for side in ("offline", "generated"):
+        for div in ("state", "action", "transition"):
+            value = (quality.get(f"{side}_vs_online") or {}).get(div) or {}
+            est = value.get("classifier") if isinstance(value, dict) else value
+            row[f"js_{side}_{div}"] = None if est is None else round(float(est), 3)
+    return row
+
+
+def _png_artifact(path: Path, key: str, description: str) -> None:
+    if path.is_file():
+        url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+        create_image_artifact(image_url=url, key=key, description=f"{description} ({path})")
+
+
+@flow(name="cfdg-round", flow_run_name="round-{k}", log_prints=True)
+def cfdg_round(k: int, root: str = ".", retries: int = 1) -> dict[str, Any]:
+    """One generation round k: rollout@k -> fit@k -> materialise@k, each through DVC."""
+    logger = get_run_logger()
+    base = Path(root)
+    table = P.rounds(P.read_params(base / "params.yaml"), base / "params.yaml")
+    if k not in table:
+        raise ValueError(f"round {k} is not in the rounds table of {base / 'params.yaml'} (rounds {list(table)})")
+    progress = create_progress_artifact(
+        0.0, key=f"round-{k}-progress", description=f"round {k}: rollout, fit, materialise"
+    )
+    for i, stage in enumerate(ROUND_STAGES):
+        ran = repro.with_options(retries=retries)(f"{stage}@{k}", root)
+        logger.info("%s@%d: %s", stage, k, f"ran {ran}" if ran else "up to date")
+        update_progress_artifact(progress, 100.0 * (i + 1) / len(ROUND_STAGES))
+    row = round_row(base, k)
+    create_table_artifact([row], key=f"round-{k}-metrics", description=f"round {k} metrics")
+    return row
+
+
+@flow(name="cfdg-run", log_prints=True)
+def cfdg_run(root: str = ".", retries: int = 1) -> str:
+    """The whole loop: dataset, pretrain, every round of params.yaml, report. Returns the report path."""
+    logger = get_run_logger()
+    base = Path(root)
+    params = P.load_all(base / "params.yaml")  # every section validated before anything runs
+    rounds = list(params.rounds)
+    overall = create_progress_artifact(0.0, key="cfdg-run-progress", description="rounds completed")
+    for target in ("dataset", "pretrain"):
+        repro.with_options(retries=retries)(target, root)
+    rows = [round_row(base, 0)]
+    for i, k in enumerate(rounds):
+        rows.append(cfdg_round(k, root, retries))
+        update_progress_artifact(overall, 100.0 * (i + 1) / len(rounds))
+        create_table_artifact(rows, key="cfdg-round-metrics", description="metrics of the rounds so far")
+    repro.with_options(retries=retries)("report", root)
+    report_dir = base / layout.REPORT_DIR
+    _png_artifact(report_dir / "learning_curve.png", "cfdg-learning-curve", "learning curve")
+    _png_artifact(report_dir / "quality.png", "cfdg-quality", "JS divergences per round")
+    _png_artifact(report_dir / "tsne.png", "cfdg-tsne", "t-SNE of the last round")
+    report_md = report_dir / "report.md"
+    if report_md.is_file():
+        create_markdown_artifact(report_md.read_text(), key="cfdg-report", description=str(report_md.resolve()))
+    logger.info("report: %s", report_md.resolve())
+    return str(report_md.resolve())

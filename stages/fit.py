@@ -1,0 +1,64 @@
+"""Stage `fit@k`: fit the (class-conditional) diffusion model on offline ∪ online data.
+
+The label is which buffer a row came from (paper 3.2). Variant `synther` sees online data
+only; variant `none` fits nothing and writes a placeholder checkpoint so the DAG is the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cfdg.io import atomic_torch_save
+from cfdg.store import read_store
+from stages import layout
+from stages import params as P
+from stages.common import config_dict, derive_seed, progress_enabled, provenance, run_main, write_json
+
+
+def fit_stage(
+    offline: Path, online: Path, cfg: Any, seed: int, k: int, out_model: Path, progress: bool = True
+) -> dict[str, Any]:
+    """Fit and save the model to `out_model`; returns the fit metrics."""
+    out_model.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.variant == "none":
+        atomic_torch_save(out_model, {"variant": "none"})
+        metrics: dict[str, Any] = {}
+    else:
+        from cfdg.diffusion import fit_diffusion, save_diffusion
+
+        online_data, _ = read_store(online)
+        offline_data = read_store(offline)[0] if cfg.variant == "cfdg" else None
+        model, metrics = fit_diffusion(
+            offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress
+        )
+        save_diffusion(model, out_model)
+    params = {"seed": seed, "diffusion": config_dict(cfg)}
+    inputs = {"offline": offline, "online": online}
+    write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, params))
+    return {"round": k, "variant": cfg.variant, **dict(metrics)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> None:
+        raw = P.read_params(args.params)
+        k = args.round
+        out_dir = layout.round_dir(k)
+        cfg = P.section(raw, "diffusion", args.params)
+        metrics = fit_stage(
+            layout.OFFLINE,
+            out_dir / layout.ONLINE,
+            cfg,
+            P.seed(raw, args.params),
+            k,
+            out_dir / layout.DIFFUSION,
+            progress_enabled(),
+        )
+        write_json(out_dir / "fit.json", metrics)
+
+    return run_main("fit", body, argv, rounds=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

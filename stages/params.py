@@ -1,0 +1,162 @@
+"""params.yaml: read it once, validate each section into the dataclass its component owns.
+
+Each stage reads only the sections that dvc.yaml declares for it, so DVC's record of which
+parameters a stage used is the truth. `load_all` validates every section at once (the flow
+does this before running anything), so a typo fails in a second, not after an hour of
+pretraining. Every error names the file and the key, e.g. `params.yaml:diffusion.width`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cfdg.config import check, from_mapping
+from cfdg.errors import ConfigError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityParams:
+    """How generated data is compared with real online data (DESIGN.md "Quality")."""
+
+    max_rows: int = 5000  # rows per side given to the JS estimators
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.max_rows >= 10, "quality.max_rows", f"must be >= 10, got {self.max_rows}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportParams:
+    """The report's pictures; the numbers come from the rounds' metrics."""
+
+    tsne_max_per_group: int = 1000
+    title: str = ""
+
+    def __post_init__(self) -> None:
+        check(self.tsne_max_per_group >= 10, "report.tsne_max_per_group", "must be >= 10")
+
+
+# section -> (module, class): the colleagues' configs are imported only when a stage needs them.
+SECTIONS: dict[str, tuple[str, str]] = {
+    "dataset": ("cfdg.datasets", "DatasetConfig"),
+    "agent": ("cfdg.agents", "AgentConfig"),
+    "pretrain": ("cfdg.training", "PretrainConfig"),
+    "online": ("cfdg.training", "OnlineConfig"),
+    "diffusion": ("cfdg.diffusion", "DiffusionConfig"),
+    "quality": ("stages.params", "QualityParams"),
+    "report": ("stages.params", "ReportParams"),
+}
+TOP_LEVEL = ("seed", "rounds", *SECTIONS)
+DATASET_SOURCE_KEY = "source"  # pipeline-level key inside `dataset:`; the rest is DatasetConfig
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """The raw mapping, with unknown top-level keys rejected by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameters file not found (run from the project root)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(TOP_LEVEL))
+    if unknown:
+        raise ConfigError(f"{path}: unknown top-level key(s) {unknown}; known: {list(TOP_LEVEL)}")
+    return dict(data)
+
+
+def _where(path: str | Path, key: str) -> str:
+    return f"{Path(path).name}:{key}"
+
+
+def config_class(name: str) -> type:
+    module, cls = SECTIONS[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+def section(params: Mapping[str, Any], name: str, path: str | Path = PARAMS_FILE) -> Any:
+    """Section `name` as its typed config; missing keys keep the dataclass defaults."""
+    raw = params.get(name) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{_where(path, name)}: must be a mapping, got {raw!r}")
+    if name == "dataset":
+        raw = {k: v for k, v in raw.items() if k != DATASET_SOURCE_KEY}
+    return from_mapping(config_class(name), raw, _where(path, name))
+
+
+def seed(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> int:
+    value = params.get("seed", 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{_where(path, 'seed')}: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def dataset_source(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> str:
+    """`build` (make the dataset with gymnasium) or a D4RL name / HDF5 path to import."""
+    raw = params.get("dataset") or {}
+    value = raw.get(DATASET_SOURCE_KEY, "build") if isinstance(raw, Mapping) else "build"
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"{_where(path, 'dataset.source')}: must be 'build', a D4RL dataset name or an HDF5 path, got {value!r}"
+        )
+    return value.strip()
+
+
+def rounds(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> dict[int, int]:
+    """The rounds table {k: prev}; DVC templating has no arithmetic, so prev is spelled out and checked."""
+    where = _where(path, "rounds")
+    raw = params.get("rounds")
+    if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(f"{where}: must be a non-empty mapping like {{'1': {{prev: 0}}, '2': {{prev: 1}}}}")
+    table: dict[int, int] = {}
+    for key, item in raw.items():
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: key {key!r} is not a round number") from None
+        if not isinstance(item, Mapping) or set(item) != {"prev"}:
+            raise ConfigError(f"{where}.{key}: must be {{prev: {k - 1}}}, got {item!r}")
+        if item["prev"] != k - 1:
+            raise ConfigError(f"{where}.{key}.prev: must be {k - 1} (the previous round), got {item['prev']!r}")
+        table[k] = k - 1
+    expected = list(range(1, len(table) + 1))
+    if sorted(table) != expected:
+        raise ConfigError(f"{where}: rounds must be numbered 1..{len(table)} without gaps, got {sorted(table)}")
+    return dict(sorted(table.items()))
+
+
+def rounds_table(n: int) -> dict[str, dict[str, int]]:
+    """The params.yaml form of `n` rounds (string keys: they become DVC stage names like fit@2)."""
+    if n < 1:
+        raise ConfigError(f"rounds: need at least 1 round, got {n}")
+    return {str(k): {"prev": k - 1} for k in range(1, n + 1)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """Every section validated; what `python -m pipeline check` prints."""
+
+    seed: int
+    source: str
+    rounds: dict[int, int]
+    sections: dict[str, Any]
+
+
+def load_all(path: str | Path = PARAMS_FILE) -> Params:
+    params = read_params(path)
+    return Params(
+        seed=seed(params, path),
+        source=dataset_source(params, path),
+        rounds=rounds(params, path),
+        sections={name: section(params, name, path) for name in SECTIONS},
+    )

@@ -1,0 +1,68 @@
+"""Stage `rollout@k`: online fine-tuning for one round's environment steps.
+
+Reads round k-1 (agent, online store, synthetic store) and the offline store; writes the
+agent checkpoint and the grown online store of round k. Empty stores (round 0) mean "none".
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from cfdg import store
+from cfdg.errors import ConfigError
+from stages import layout
+from stages import params as P
+from stages.common import config_dict, progress_enabled, provenance, run_main, write_json
+
+
+def _or_none(path: Path) -> Path | None:
+    """An empty store is passed as None: 'no data yet', whatever the library does with 0 rows."""
+    return path if int(store.read_attrs(path)["counts"]["rows"]) > 0 else None
+
+
+def rollout_stage(
+    prev_dir: Path, offline: Path, k: int, cfg: Any, out_dir: Path, progress: bool = True
+) -> dict[str, Any]:
+    from cfdg.training import run_round
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = {
+        "agent": prev_dir / layout.AGENT,
+        "offline": offline,
+        "online": prev_dir / layout.ONLINE,
+        "synthetic": prev_dir / layout.SYNTHETIC,
+    }
+    metrics = run_round(
+        inputs["agent"],
+        offline,
+        _or_none(inputs["online"]),
+        _or_none(inputs["synthetic"]),
+        cfg,
+        out_dir / layout.AGENT,
+        out_dir / layout.ONLINE,
+        round_index=k,
+        progress=progress,
+    )
+    write_json(out_dir / "rollout.provenance.json", provenance(f"rollout@{k}", inputs, {"online": config_dict(cfg)}))
+    return {"round": k, **dict(metrics)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body(args: argparse.Namespace) -> None:
+        raw = P.read_params(args.params)
+        k = args.round
+        prev = P.rounds(raw, args.params).get(k)
+        if prev is None:
+            raise ConfigError(f"{args.params}: round {k} is not in the rounds table")
+        out_dir = layout.round_dir(k)
+        cfg = P.section(raw, "online", args.params)
+        metrics = rollout_stage(layout.round_dir(prev), layout.OFFLINE, k, cfg, out_dir, progress_enabled())
+        write_json(out_dir / "rollout.json", metrics)
+
+    return run_main("rollout", body, argv, rounds=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ table   the paper's Table 1 from several runs' summary.json files
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -22,6 +23,10 @@ import pipeline  # noqa: F401  (environment defaults before prefect is imported)
 from cfdg.errors import CfdgError, ConfigError
 
 LOCAL_API = "http://127.0.0.1:4200/api"
+RERUN_HINT = (
+    "pipeline: finished stages are kept; after fixing the cause rerun `python -m pipeline run` "
+    "(or `dvc repro`): it redoes only the failed stage and what follows."
+)
 
 
 def _merge(dst: Any, src: Mapping[str, Any]) -> None:
@@ -71,18 +76,28 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml", rounds:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.flows import cfdg_run
+    from pipeline.flows import StageFailed, cfdg_run
 
-    report = cfdg_run(root=str(Path(args.root).resolve()), retries=args.retries)
+    try:
+        report = cfdg_run(root=str(Path(args.root).resolve()), retries=args.retries)
+    except StageFailed as e:
+        print(f"pipeline: {e}", file=sys.stderr)
+        print(RERUN_HINT, file=sys.stderr)
+        return 1
     print(f"cfdg: report written to {report}")
     return 0
 
 
 def _cmd_round(args: argparse.Namespace) -> int:
-    from pipeline.flows import cfdg_round
+    from pipeline.flows import StageFailed, cfdg_round
 
-    row = cfdg_round(args.k, root=str(Path(args.root).resolve()), retries=args.retries)
-    print(row)
+    try:
+        row = cfdg_round(args.k, root=str(Path(args.root).resolve()), retries=args.retries)
+    except StageFailed as e:
+        print(f"pipeline: {e}", file=sys.stderr)
+        print(RERUN_HINT, file=sys.stderr)
+        return 1
+    print(json.dumps(row))
     return 0
 
 

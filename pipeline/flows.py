@@ -36,27 +36,50 @@ class StageFailed(RuntimeError):
     """`dvc repro <stage>` exited non-zero; the message carries the end of its output."""
 
 
-def dvc_command(root: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True, check=False)
+# DVC's advice lines after each stage; noise in a flow's log.
+_QUIET = (
+    "To track the changes with git",
+    "git add ",
+    "To enable auto staging",
+    "dvc config core.autostage",
+    "Use `dvc push`",
+)
+
+
+def dvc_repro(root: Path, target: str, log: Any = None) -> tuple[int, list[str]]:
+    """Run `dvc repro <target>` in `root`, passing each output line to `log` as it comes."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", target],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        line = line.rstrip()
+        lines.append(line)
+        if log is not None and line.strip() and not line.strip().startswith(_QUIET):
+            log(line)
+    return proc.wait(), lines
 
 
 @task(name="dvc-repro", task_run_name="{target}", retries=1, retry_delay_seconds=2)
 def repro(target: str, root: str = ".") -> list[str]:
     """`dvc repro <target>`: runs the stage (and anything stale upstream); returns the stages it ran."""
     logger = get_run_logger()
-    proc = dvc_command(Path(root), "repro", target)
-    for line in (proc.stdout + proc.stderr).splitlines():
-        if line.strip():
-            logger.info(line)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise StageFailed(f"dvc repro {target} failed with exit code {proc.returncode}:\n{tail}")
-    return ran_stages(proc.stdout)
+    code, lines = dvc_repro(Path(root), target, logger.info)
+    if code != 0:
+        tail = "\n".join(lines[-15:])
+        raise StageFailed(f"dvc repro {target} failed with exit code {code}:\n{tail}")
+    return ran_stages(lines)
 
 
-def ran_stages(dvc_output: str) -> list[str]:
+def ran_stages(lines: list[str]) -> list[str]:
     """Stage names from `dvc repro` output lines "Running stage 'fit@2':"."""
-    return [line.split("'")[1] for line in dvc_output.splitlines() if line.startswith("Running stage '")]
+    return [line.split("'")[1] for line in lines if line.startswith("Running stage '")]
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -101,13 +124,15 @@ def cfdg_round(k: int, root: str = ".", retries: int = 1) -> dict[str, Any]:
     progress = create_progress_artifact(
         0.0, key=f"round-{k}-progress", description=f"round {k}: rollout, fit, materialise"
     )
+    ran: list[str] = []
     for i, stage in enumerate(ROUND_STAGES):
-        ran = repro.with_options(retries=retries)(f"{stage}@{k}", root)
-        logger.info("%s@%d: %s", stage, k, f"ran {ran}" if ran else "up to date")
+        done = repro.with_options(retries=retries)(f"{stage}@{k}", root)
+        logger.info("%s@%d: %s", stage, k, f"ran {done}" if done else "up to date")
+        ran += done
         update_progress_artifact(progress, 100.0 * (i + 1) / len(ROUND_STAGES))
     row = round_row(base, k)
     create_table_artifact([row], key=f"round-{k}-metrics", description=f"round {k} metrics")
-    return row
+    return {**row, "ran": ran}
 
 
 @flow(name="cfdg-run", log_prints=True)
@@ -122,7 +147,8 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
         repro.with_options(retries=retries)(target, root)
     rows = [round_row(base, 0)]
     for i, k in enumerate(rounds):
-        rows.append(cfdg_round(k, root, retries))
+        row = cfdg_round(k, root, retries)
+        rows.append({key: value for key, value in row.items() if key != "ran"})
         update_progress_artifact(overall, 100.0 * (i + 1) / len(rounds))
         create_table_artifact(rows, key="cfdg-round-metrics", description="metrics of the rounds so far")
     repro.with_options(retries=retries)("report", root)

@@ -1,0 +1,238 @@
+"""Stages and dvc.yaml: params validation, the DAG, provenance, and real `dvc repro` behaviour."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+import yaml
+from pipeline_project import ROOT, clone, dvc, finished_project, ran_stages, set_params, sh, tree_digests
+
+from cfdg.errors import ConfigError
+from cfdg.io import digest
+from stages import common
+from stages import params as P
+
+ROUND_STAGES = ("rollout", "fit", "materialise")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    return finished_project(tmp_path_factory)
+
+
+def _write(tmp_path, text: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+# --- params.yaml --------------------------------------------------------------------------
+
+
+def test_default_and_preset_params_validate():
+    p = P.load_all(ROOT / "params.yaml")
+    assert p.source == "build" and list(p.rounds) == list(range(1, len(p.rounds) + 1))
+    for name in P.SECTIONS:
+        assert p.sections[name] is not None
+
+
+def test_bad_value_names_the_key(tmp_path):
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["quality"]["max_rows"] = "many"
+    path = _write(tmp_path, yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"params.yaml:quality.max_rows: must be an integer"):
+        P.load_all(path)
+    raw["quality"] = {"max_rowz": 5}
+    path = _write(tmp_path, yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"params.yaml:quality: unknown key\(s\) \['max_rowz'\]"):
+        P.load_all(path)
+
+
+def test_bad_top_level_seed_and_source(tmp_path):
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match="unknown top-level key"):
+        P.read_params(_write(tmp_path, yaml.safe_dump({**base, "difusion": {}})))
+    with pytest.raises(ConfigError, match=r"params.yaml:seed: must be a non-negative integer"):
+        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "seed": -1})))
+    with pytest.raises(ConfigError, match=r"params.yaml:dataset.source"):
+        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "source": ""}})))
+    with pytest.raises(ConfigError, match="not found"):
+        P.read_params(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"1": {"prev": 0}, "2": {"prev": 0}}, r"rounds.2.prev: must be 1"),
+        ({"1": {"prev": 0}, "3": {"prev": 2}}, r"numbered 1..2 without gaps"),
+        ({"one": {"prev": 0}}, r"key 'one' is not a round number"),
+        ({}, r"non-empty mapping"),
+        ({"1": {"prev": 0, "x": 1}}, r"rounds.1: must be \{prev: 0\}"),
+    ],
+)
+def test_rounds_table_is_checked(table, message):
+    with pytest.raises(ConfigError, match=message):
+        P.rounds({"rounds": table})
+
+
+def test_rounds_table_roundtrip():
+    assert P.rounds({"rounds": P.rounds_table(3)}) == {1: 0, 2: 1, 3: 2}
+
+
+# --- the runner ---------------------------------------------------------------------------
+
+
+def test_failure_hook_fails_the_named_stage_only(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setenv(common.FAIL_ENV, "fit@2, pretrain")
+    assert common.run_main("fit", lambda a: calls.append(a.round), ["--round", "2"], rounds=True) == 2
+    assert "fit@2: failing on purpose because CFDG_FAIL_STAGE" in capsys.readouterr().err
+    assert common.run_main("fit", lambda a: calls.append(a.round), ["--round", "1"], rounds=True) == 0
+    assert calls == [1]
+
+
+def test_stage_reports_config_error_in_one_line(tmp_path, capsys):
+    bad = _write(tmp_path, "seed: 0\nrounds: {'1': {prev: 0}}\nquality: {max_rows: 1}\n")
+    from stages import materialise
+
+    assert materialise.main(["--params", str(bad), "--round", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stage materialise@1: error:") and "quality.max_rows" in err and "\n" not in err
+
+
+def test_derived_seeds_are_distinct_and_stable():
+    seeds = {common.derive_seed(s, k, salt) for s in range(3) for k in range(4) for salt in ("fit", "materialise")}
+    assert len(seeds) == 24
+    assert common.derive_seed(0, 1, "fit") == common.derive_seed(0, 1, "fit")
+
+
+# --- dvc.yaml -----------------------------------------------------------------------------
+
+
+def _stage_params() -> dict[str, set[str]]:
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    out = {}
+    for name, stage in spec.items():
+        body = stage.get("do", stage)
+        out[name] = {str(p) for p in body.get("params", [])}
+    return out
+
+
+def test_each_stage_declares_exactly_what_it_reads():
+    params = _stage_params()
+    assert params["dataset"] == {"dataset"}
+    assert params["pretrain"] == {"seed", "agent", "pretrain"}
+    assert params["rollout"] == {"online"}
+    assert params["fit"] == {"seed", "diffusion"}
+    assert params["materialise"] == {"seed", "diffusion", "quality"}
+    assert params["report"] == {"rounds", "report"}
+    assert not any("diffusion" in params[s] for s in ("dataset", "pretrain", "rollout"))
+
+
+def test_dvc_sees_one_stage_per_round_and_the_dag(tmp_path):
+    repo = tmp_path / "p"
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    sh(repo, "git", "init", "-q")
+    dvc(repo, "init", "-q")
+    n = len(P.rounds(P.read_params(repo / "params.yaml")))
+    names = [line.split()[0] for line in dvc(repo, "stage", "list").stdout.splitlines()]
+    expected = ["dataset", "pretrain"] + [f"{s}@{k}" for s in ROUND_STAGES for k in range(1, n + 1)] + ["report"]
+    assert sorted(names) == sorted(expected)
+    dag = dvc(repo, "dag", "--dot", f"materialise@{n}").stdout
+    for k in range(1, n + 1):
+        assert f"rollout@{k}" in dag and f"fit@{k}" in dag
+    assert "report" not in dag
+
+
+# --- real runs (tiny preset) ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_full_repro_writes_every_artifact_with_provenance(finished):
+    rounds = P.rounds(P.read_params(finished / "params.yaml"))
+    art = finished / "artifacts"
+    sh(finished, sys.executable, "-m", "cfdg", "store", "validate", "artifacts/dataset/offline.zarr")
+    for k in [0, *rounds]:
+        d = art / "rounds" / str(k)
+        for name in ("agent.pt", "online.zarr", "synthetic.zarr"):
+            assert (d / name).exists(), f"round {k}: {name} missing"
+        sh(finished, sys.executable, "-m", "cfdg", "store", "validate", f"artifacts/rounds/{k}/synthetic.zarr")
+    last = max(rounds)
+    prov = json.loads((art / "rounds" / str(last) / "fit.provenance.json").read_text())
+    assert prov["stage"] == f"fit@{last}"
+    assert prov["inputs"]["online"]["sha256"] == digest(art / "rounds" / str(last) / "online.zarr")
+    assert prov["params"]["diffusion"]["variant"] == "cfdg" and prov["code_version"].startswith("0.")
+    quality = json.loads((art / "rounds" / str(last) / "quality.json").read_text())
+    for side in ("offline_vs_online", "generated_vs_online"):
+        for div in ("state", "action", "transition"):
+            assert 0.0 <= quality[side][div]["classifier"] <= 0.7
+    from cfdg.store import read_attrs
+
+    synth = read_attrs(art / "rounds" / str(last) / "synthetic.zarr")
+    assert synth["kind"] == "synthetic" and synth["round"] == last
+    assert synth["inputs"]["diffusion"] == digest(art / "rounds" / str(last) / "diffusion.pt")
+    metrics = dvc(finished, "metrics", "show", "--json").stdout
+    assert f"artifacts/rounds/{last}/quality.json" in metrics
+
+
+@pytest.mark.slow
+def test_second_repro_does_nothing(finished, tmp_path):
+    repo = clone(finished, tmp_path / "p")
+    out = dvc(repo, "repro").stdout
+    assert ran_stages(out) == [] and "Data and pipelines are up to date" in out
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+@pytest.mark.slow
+def test_deleted_output_is_restored_or_rerun_alone(finished, tmp_path):
+    repo = clone(finished, tmp_path / "p")
+    target = repo / "artifacts" / "rounds" / "2" / "synthetic.zarr"
+    before = digest(target)
+    shutil.rmtree(target)
+    out = dvc(repo, "repro", "materialise@2").stdout  # still in the DVC cache: checked out, nothing runs
+    assert ran_stages(out) == [] and "'materialise@2' is cached" in out
+    assert digest(target) == before
+    shutil.rmtree(target)  # and now gone from the cache too: only materialise@2 must run again
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["materialise@2"]
+    md5 = next(o["md5"] for o in lock["outs"] if o["path"].endswith("synthetic.zarr"))
+    (repo / ".dvc" / "cache" / "files" / "md5" / md5[:2] / md5[2:]).unlink()
+    shutil.rmtree(repo / ".dvc" / "cache" / "runs")
+    out = dvc(repo, "repro", "materialise@2").stdout
+    assert ran_stages(out) == ["materialise@2"]
+    assert digest(target) == before  # same inputs, same bytes
+
+
+@pytest.mark.slow
+def test_diffusion_param_change_reruns_fit_materialise_and_what_follows(finished, tmp_path):
+    repo = clone(finished, tmp_path / "p")
+    before = tree_digests(repo / "artifacts" / "dataset") | tree_digests(repo / "artifacts" / "rounds" / "0")
+    raw = P.read_params(repo / "params.yaml")
+    set_params(repo, diffusion={"guidance_w": float(raw["diffusion"].get("guidance_w", 1.0)) + 1.0})
+    n = len(P.rounds(raw))
+    ran = ran_stages(dvc(repo, "repro").stdout)
+    expected = {f"fit@{k}" for k in range(1, n + 1)} | {f"materialise@{k}" for k in range(1, n + 1)}
+    expected |= {f"rollout@{k}" for k in range(2, n + 1)} | {"report"}
+    assert set(ran) == expected
+    after = tree_digests(repo / "artifacts" / "dataset") | tree_digests(repo / "artifacts" / "rounds" / "0")
+    assert after == before
+
+
+@pytest.mark.slow
+def test_users_d4rl_file_is_imported_instead_of_building(finished, tmp_path):
+    from cfdg.d4rl import export_d4rl
+    from cfdg.store import read_attrs
+
+    hdf5 = export_d4rl(finished / "artifacts" / "dataset" / "offline.zarr", tmp_path / "mine.hdf5")
+    repo = clone(finished, tmp_path / "p")
+    set_params(repo, dataset={"source": str(hdf5)})
+    assert ran_stages(dvc(repo, "repro", "dataset").stdout) == ["dataset"]
+    attrs = read_attrs(repo / "artifacts" / "dataset" / "offline.zarr")
+    assert attrs["kind"] == "offline" and attrs["counts"]["rows"] > 0
+    prov = json.loads((repo / "artifacts" / "dataset" / "dataset.provenance.json").read_text())
+    assert prov["params"]["source"] == str(hdf5) and prov["inputs"]["source"]["sha256"] == digest(hdf5)
+    assert "pretrain" in dvc(repo, "status").stdout  # everything downstream is now stale

@@ -119,6 +119,8 @@ def quality_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def quality_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
     """Per-round JS divergence, one panel per divergence, offline vs generated."""
+    from matplotlib.ticker import MaxNLocator
+
     if not rows:
         raise ValueError("quality_png: no rows to plot")
     fig = _figure(10.0, 3.2)
@@ -132,6 +134,7 @@ def quality_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
         ax.axhline(math.log(2), color="grey", lw=0.8, ls="--")
         ax.set_title(div)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(0, 0.75)
         if i == 0:
             ax.set_ylabel("JS divergence to online (nats)")

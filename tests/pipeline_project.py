@@ -90,6 +90,22 @@ def clone(src: Path, dst: Path) -> Path:
     return dst
 
 
+def forget(repo: Path, stages: list[str]) -> None:
+    """Remove `stages`' outputs from the workspace and the DVC cache (and the run cache),
+    so `dvc repro` has to run them again, as if they had never run."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    cache = repo / ".dvc" / "cache" / "files" / "md5"
+    for stage in stages:
+        for out in lock[stage]["outs"]:
+            path = repo / out["path"]
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+            (cache / out["md5"][:2] / out["md5"][2:]).unlink(missing_ok=True)
+    shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
 def finished_project(tmp_path_factory) -> Path:
     """The tiny pipeline run once with plain `dvc repro`, committed; shared, never modify it."""
     if "run" not in _FINISHED:

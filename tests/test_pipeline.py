@@ -1,0 +1,104 @@
+"""Presets, the `python -m pipeline` commands, and the Prefect flows on a real tiny run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import yaml
+from pipeline_project import ROOT, clone, dvc, finished_project, forget, ran_stages, sh, tree_digests
+
+from cfdg.errors import ConfigError
+from pipeline.__main__ import apply_preset
+from stages import params as P
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    return finished_project(tmp_path_factory)
+
+
+def _params_copy(tmp_path):
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    return path
+
+
+def test_preset_merges_keeps_comments_and_writes_rounds_table(tmp_path):
+    path = _params_copy(tmp_path)
+    apply_preset(ROOT / "configs" / "tiny.yaml", path)
+    text = path.read_text()
+    assert "# agent / diffusion seed" in text  # comments survive
+    raw = yaml.safe_load(text)
+    tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    assert raw["diffusion"]["width"] == tiny["diffusion"]["width"]
+    assert raw["agent"] == yaml.safe_load((ROOT / "params.yaml").read_text())["agent"]  # untouched section kept
+    assert P.rounds(raw) == {k: k - 1 for k in range(1, tiny["rounds"] + 1)}
+    apply_preset(ROOT / "configs" / "tiny.yaml", path, rounds=4)
+    assert P.rounds(P.read_params(path)) == {1: 0, 2: 1, 3: 2, 4: 3}
+    P.load_all(path)
+
+
+@pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
+def test_paper_presets_validate(tmp_path, algo):
+    path = _params_copy(tmp_path)
+    apply_preset(ROOT / "configs" / "paper" / f"{algo}.yaml", path)
+    p = P.load_all(path)
+    assert p.sections["agent"].algo == algo
+    assert p.sections["diffusion"].width == 1024 and p.sections["diffusion"].depth == 6
+    assert p.sections["diffusion"].n_synthetic == 1_000_000
+    assert len(p.rounds) == 10
+
+
+def test_bad_preset_is_refused_and_params_untouched(tmp_path):
+    path = _params_copy(tmp_path)
+    before = path.read_text()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rounds: two\n")
+    with pytest.raises(ConfigError, match="rounds: must be the number of rounds"):
+        apply_preset(bad, path)
+    with pytest.raises(ConfigError, match="preset not found"):
+        apply_preset(tmp_path / "missing.yaml", path)
+    assert path.read_text() == before
+
+
+def test_check_command_names_the_bad_key(tmp_path):
+    path = _params_copy(tmp_path)
+    ok = sh(ROOT, sys.executable, "-m", "pipeline", "check", "--params", str(path))
+    assert "valid" in ok.stdout
+    raw = yaml.safe_load(path.read_text())
+    raw["diffusion"]["width"] = "wide"
+    path.write_text(yaml.safe_dump(raw))
+    bad = sh(ROOT, sys.executable, "-m", "pipeline", "check", "--params", str(path), check=False)
+    assert bad.returncode == 2
+    assert "params.yaml:diffusion.width" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_failed_round_is_retried_from_its_failed_stage_and_matches_an_uninterrupted_run(finished, tmp_path):
+    from prefect.artifacts import Artifact
+    from prefect.testing.utilities import prefect_test_harness
+
+    from pipeline.flows import cfdg_round
+
+    # Round 2 and the report never ran (rounds 0-1 reused to keep the test short).
+    repo = clone(finished, tmp_path / "p")
+    forget(repo, ["rollout@2", "fit@2", "materialise@2", "report"])
+    # The main command (Prefect, ephemeral server), with fit@2 made to crash.
+    failed = sh(repo, sys.executable, "-m", "pipeline", "run", "--retries", "0", check=False, CFDG_FAIL_STAGE="fit@2")
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    assert "dvc repro fit@2 failed" in failed.stderr and "CFDG_FAIL_STAGE" in failed.stderr
+    art, ref = repo / "artifacts", finished / "artifacts"
+    assert tree_digests(art / "rounds" / "1") == tree_digests(ref / "rounds" / "1")  # earlier round intact
+    assert (art / "rounds" / "2" / "agent.pt").exists() and not (art / "rounds" / "2" / "diffusion.pt").exists()
+
+    # Retry the failed round as its own flow run (what the UI's deployment does).
+    with prefect_test_harness(server_startup_timeout=120):
+        row = cfdg_round(2, root=str(repo), retries=0)
+        assert row["ran"] == ["fit@2", "materialise@2"]
+        assert Artifact.get("round-2-progress").data == 100.0
+        assert Artifact.get("round-2-metrics") is not None
+
+    assert ran_stages(dvc(repo, "repro").stdout) == ["report"]
+    assert tree_digests(art) == tree_digests(ref)  # byte-identical to the uninterrupted run

@@ -1,0 +1,128 @@
+"""Report functions on known numbers, and the report a real tiny run writes."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from pipeline_project import finished_project, sh
+
+from cfdg import report as R
+
+QUALITY = [
+    {
+        "round": 2,
+        "offline_vs_online": {d: {"classifier": 0.6, "histogram": 0.5} for d in R.DIVERGENCES},
+        "generated_vs_online": {d: {"classifier": 0.3, "histogram": 0.25} for d in R.DIVERGENCES},
+    },
+    {
+        "round": 1,
+        "offline_vs_online": {d: {"classifier": 0.65, "histogram": 0.55} for d in R.DIVERGENCES},
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    return finished_project(tmp_path_factory)
+
+
+def _png(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return imread(path)
+
+
+def test_learning_curve_png_is_deterministic(tmp_path):
+    pts = [R.CurvePoint(0, 20.0, 1.0, 0), R.CurvePoint(300, 30.0, 2.0, 1), R.CurvePoint(600, 45.0, 2.5, 2)]
+    a = R.learning_curve_png(
+        {"IQL-CFDG": pts, "IQL-Base": [R.CurvePoint(0, 20.0), R.CurvePoint(600, 35.0)]}, tmp_path / "a.png"
+    )
+    b = R.learning_curve_png(
+        {"IQL-CFDG": pts, "IQL-Base": [R.CurvePoint(0, 20.0), R.CurvePoint(600, 35.0)]}, tmp_path / "b.png"
+    )
+    img = _png(a)
+    assert img.shape[:2] == (400, 600) and img.std() > 0.01  # something is drawn
+    assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(ValueError):
+        R.learning_curve_png({}, tmp_path / "c.png")
+
+
+def test_quality_rows_flatten_in_round_order_and_mark_missing_generated():
+    rows = R.quality_rows(QUALITY)
+    assert [(r["round"], r["divergence"]) for r in rows] == [(k, d) for k in (1, 2) for d in R.DIVERGENCES]
+    assert rows[0]["offline"] == 0.65 and rows[0]["generated"] is None
+    assert rows[3]["generated"] == 0.3 and rows[3]["generated_histogram"] == 0.25
+
+
+def test_quality_markdown_and_png(tmp_path):
+    rows = R.quality_rows(QUALITY)
+    md = R.quality_markdown(rows)
+    assert "| 1 | State | 0.65 (0.55) | – (–) |" in md
+    assert "| 2 | Transition | 0.60 (0.50) | 0.30 (0.25) |" in md
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(rows)  # header + rows
+    _png(R.quality_png(rows, tmp_path / "q.png"))
+
+
+def _summary(dataset, algo, variant, seed, score):
+    return {"dataset": dataset, "algo": algo, "variant": variant, "seed": seed, "final_score": score}
+
+
+def test_table1_mean_std_over_seeds_and_best_in_bold():
+    runs = [
+        _summary("hopper-medium-replay", "iql", "none", 0, 60.0),
+        _summary("hopper-medium-replay", "iql", "none", 1, 70.0),
+        _summary("hopper-medium-replay", "iql", "cfdg", 0, 80.0),
+        _summary("hopper-medium-replay", "iql", "cfdg", 1, 90.0),
+        _summary("walker2d-medium", "iql", "none", 0, 50.0),
+        _summary("walker2d-medium", "apl", "cfdg", 0, 40.0),
+    ]
+    table = R.table1_markdown(runs)
+    lines = table.strip().splitlines()
+    assert lines[0] == "| Dataset | IQL Base | IQL CFDG | APL Base | APL CFDG |"
+    assert lines[2] == "| hopper-medium-replay | 65.0 ± 5.0 (n=2) | **85.0 ± 5.0 (n=2)** | – | – |"
+    assert lines[3] == "| walker2d-medium | 50.0 ± 0.0 (n=1) | – | – | 40.0 ± 0.0 (n=1) |"
+    assert lines[4] == "| Total | 115.0 | – | – | – |"
+    mean, std, n = R.aggregate(runs)[("hopper-medium-replay", "iql", "cfdg")]
+    assert (mean, n) == (85.0, 2) and math.isclose(std, 5.0)
+    with pytest.raises(ValueError):
+        R.table1_markdown([])
+
+
+@pytest.mark.slow
+def test_report_of_a_real_run(finished, tmp_path):
+    rep = finished / "artifacts" / "report"
+    for name in ("learning_curve.png", "quality.png", "tsne.png"):
+        img = _png(rep / name)
+        assert img.std() > 0.01, name
+    summary = json.loads((rep / "summary.json").read_text())
+    assert summary["algo"] == "iql" and summary["variant"] == "cfdg" and summary["rounds"] == 2
+    curve = json.loads((rep / "learning_curve.json").read_text())
+    assert [p["round"] for p in curve] == [0, 1, 2] and curve[0]["env_steps"] == 0
+    assert np.all(np.diff([p["env_steps"] for p in curve]) > 0)
+    assert summary["final_score"] == curve[-1]["score"]
+    quality = json.loads((rep / "quality.json").read_text())
+    assert len(quality) == 3 * 2 and all(r["generated"] is not None for r in quality)
+    md = (rep / "report.md").read_text()
+    for needle in ("learning_curve.png", "tsne.png", "| Round | Divergence |", "| Dataset | IQL CFDG |"):
+        assert needle in md
+
+    # Table 1 across runs: this run plus a made-up base run of another seed.
+    other = tmp_path / "base.json"
+    other.write_text(json.dumps({**summary, "variant": "none", "seed": 1, "final_score": summary["final_score"] - 5}))
+    out = sh(
+        finished,
+        sys.executable,
+        "-m",
+        "pipeline",
+        "table",
+        str(rep / "summary.json"),
+        str(other),
+        "--out",
+        str(tmp_path / "t.md"),
+    )
+    assert "| Dataset | IQL Base | IQL CFDG |" in out.stdout
+    assert (tmp_path / "t.md").read_text() == out.stdout

@@ -105,12 +105,12 @@ class ReplayBuffer:
     def arrays(self) -> dict[str, np.ndarray]:
         n = self.size
         return {
-            "observations": self.obs[:n].cpu().numpy(),
-            "actions": self.act[:n].cpu().numpy(),
-            "rewards": self.rew[:n].cpu().numpy(),
-            "next_observations": self.next_obs[:n].cpu().numpy(),
-            "terminals": self.term[:n].cpu().numpy(),
-            "timeouts": self.trunc[:n].cpu().numpy(),
+            "observations": self.obs[:n].cpu().numpy().copy(),
+            "actions": self.act[:n].cpu().numpy().copy(),
+            "rewards": self.rew[:n].cpu().numpy().copy(),
+            "next_observations": self.next_obs[:n].cpu().numpy().copy(),
+            "terminals": self.term[:n].cpu().numpy().copy(),
+            "timeouts": self.trunc[:n].cpu().numpy().copy(),
         }
 
 

@@ -74,6 +74,8 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """x [B, d], c_noise [B] or [1] (one noise level for the whole batch, as in the sampler), labels [B]."""
+        dtype = self.proj.weight.dtype  # inputs follow the weights (fp32, or a bf16 sampling copy)
+        x, c_noise = x.to(dtype), c_noise.to(dtype)
         h = self.proj(x) + self.noise_mlp(self.fourier(c_noise)) + self.class_emb(labels)
         for block in self.blocks:
             h = block(h)

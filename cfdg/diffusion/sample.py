@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cfdg.device import autocast
 from cfdg.diffusion.denoiser import LABEL_NULL
 from cfdg.diffusion.edm import guided_denoise, heun_sample
 from cfdg.diffusion.model import DiffusionModel
@@ -55,12 +54,11 @@ def sample_vectors(
         w = 0.0  # guidance needs a class; the null class is already the unconditional model
     else:
         cond = torch.from_numpy(labels.astype(np.int64)).to(device)
-    net = model.sampling_net()
+    net = model.sampling_net(precision)
     sd = cfg.sigma_data
 
     def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision or cfg.precision):
-            return guided_denoise(net, x, sigma, cond, w, sd)
+        return guided_denoise(net, x, sigma, cond, w, sd)
 
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():

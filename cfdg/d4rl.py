@@ -1,0 +1,245 @@
+"""D4RL HDF5 files in and out of transition stores.
+
+Reading follows D4RL's `qlearning_dataset` (d4rl/__init__.py), so that a store made from a
+real D4RL file holds the same rows that published offline-RL numbers were trained on:
+
+- next_observations[i] = observations[i + 1], even when the file stores `next_observations`
+  (qlearning_dataset ignores that key);
+- a row with `timeouts[i]` set is dropped (its successor in the file starts a new episode), and
+  so is the file's last row (it has no successor); terminal rows are kept.
+
+Files written by `export_d4rl` carry `metadata` attribute `cfdg_version` and are read row for
+row instead (their `next_observations` are exact), so store -> HDF5 -> store loses nothing.
+`next_obs="derive"` or `"file"` picks either rule explicitly.
+
+Timeouts of a derived dataset mark the kept row just before a dropped one (unless it is a
+terminal): the episode's rows end there while its next observation is still valid, which is
+what `timeouts` means in every cfdg store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+
+from cfdg import __version__
+from cfdg.envs import env_name
+from cfdg.errors import CfdgError, DatasetError
+from cfdg.io import _temp_sibling, digest
+from cfdg.store import StoreMeta, Transitions, iter_store, read_attrs, write_store
+
+NextObs = Literal["auto", "derive", "file"]
+# key -> rank; all are numeric, terminals/timeouts hold 0/1.
+REQUIRED = {"observations": 2, "actions": 2, "rewards": 1, "terminals": 1, "timeouts": 1}
+OPTIONAL = {"next_observations": 2, "labels": 1}
+FLAGS = ("terminals", "timeouts", "labels")
+EXPORT_MARK = "cfdg_version"
+
+
+def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
+    """Dtype, rank, finiteness and flag values of one array; returns it with [N, 1] squeezed to [N]."""
+    if a.dtype.kind not in "biuf":
+        raise DatasetError(f"{path}: key '{key}' has non-numeric dtype {a.dtype}")
+    if rank == 1 and a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != rank:
+        raise DatasetError(f"{path}: key '{key}' has rank {a.ndim} (shape {a.shape}), expected {rank}")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        bad = ~np.isfinite(a)
+        row = int(np.argwhere(bad)[0][0])
+        raise DatasetError(f"{path}: key '{key}' has {int(bad.sum())} NaN/inf value(s), first at row {row}")
+    if key in FLAGS and a.size and not np.isin(a, (0, 1)).all():
+        raise DatasetError(f"{path}: key '{key}' must hold only 0/1 (or bool) values")
+    return a
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Every known key as a checked array, plus the `metadata` group's attributes."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except Exception as e:  # h5py raises OSError for non-HDF5 and truncated files
+        raise DatasetError(f"{path}: not a readable HDF5 file ({type(e).__name__}: {e})") from e
+    with f:
+        arrays: dict[str, np.ndarray] = {}
+        for key, rank in {**REQUIRED, **OPTIONAL}.items():
+            if key not in f:
+                if key in REQUIRED:
+                    raise DatasetError(f"{path}: missing key '{key}' (D4RL files hold {sorted(REQUIRED)})")
+                continue
+            node = f[key]
+            if not isinstance(node, h5py.Dataset):
+                raise DatasetError(f"{path}: key '{key}' is a group, expected an array")
+            try:
+                raw = node[()]
+            except Exception as e:  # a truncated file can open but fail on read
+                raise DatasetError(f"{path}: key '{key}' cannot be read ({type(e).__name__}: {e})") from e
+            arrays[key] = _check_array(path, key, np.asarray(raw), rank)
+        meta = dict(f["metadata"].attrs) if isinstance(f.get("metadata"), h5py.Group) else {}
+    n = arrays["observations"].shape[0]
+    for key, a in arrays.items():
+        if a.shape[0] != n:
+            raise DatasetError(f"{path}: key '{key}' has {a.shape[0]} rows, 'observations' has {n}")
+    if n < 2:
+        raise DatasetError(f"{path}: holds {n} row(s); a dataset needs at least 2")
+    if "next_observations" in arrays and arrays["next_observations"].shape[1] != arrays["observations"].shape[1]:
+        raise DatasetError(
+            f"{path}: key 'next_observations' has width {arrays['next_observations'].shape[1]}, "
+            f"'observations' {arrays['observations'].shape[1]}"
+        )
+    return arrays, meta
+
+
+def _derive(a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """qlearning_dataset's rows: drop timeout rows and the last row; s' = next row's s."""
+    n = a["rewards"].shape[0]
+    timeouts = a["timeouts"].astype(bool)
+    terminals = a["terminals"].astype(bool)
+    keep = np.flatnonzero(~timeouts[: n - 1])
+    dropped = np.ones(n, bool)  # dropped[i]: file row i is not kept (row n-1 never is)
+    dropped[keep] = False
+    return {
+        "observations": a["observations"][keep],
+        "actions": a["actions"][keep],
+        "rewards": a["rewards"][keep],
+        "next_observations": a["observations"][keep + 1],
+        "terminals": terminals[keep],
+        "timeouts": dropped[keep + 1] & ~terminals[keep],
+    }
+
+
+def load_d4rl_hdf5(path: str | os.PathLike, next_obs: NextObs = "auto") -> Transitions:
+    """Read a D4RL HDF5 file as transitions (see the module docstring for which rows are kept).
+
+    Extra keys (`infos/*`, `metadata/*`) are ignored; `labels` is kept when present and read
+    row for row. Raises DatasetError naming the file and key for any malformed input.
+    """
+    return _load(Path(path), next_obs)[0]
+
+
+def _load(path: Path, next_obs: NextObs) -> tuple[Transitions, dict[str, object]]:
+    arrays, meta = _read(path)
+    if next_obs == "auto":
+        next_obs = "file" if EXPORT_MARK in meta and "next_observations" in arrays else "derive"
+    if next_obs == "file":
+        if "next_observations" not in arrays:
+            raise DatasetError(f"{path}: missing key 'next_observations' (needed with next_obs='file')")
+        rows = {k: arrays[k] for k in (*REQUIRED, "next_observations") if k in arrays}
+        if "labels" in arrays:
+            rows["labels"] = arrays["labels"]
+    elif next_obs == "derive":
+        rows = _derive(arrays)
+    else:
+        raise DatasetError(f"next_obs must be 'auto', 'derive' or 'file', got {next_obs!r}")
+    try:
+        return Transitions.from_arrays(rows, where=str(path)), meta
+    except CfdgError as e:
+        raise DatasetError(str(e)) from e
+
+
+def _d4rl_dirs() -> list[Path]:
+    env = os.environ.get("D4RL_DATASET_DIR")
+    return [Path(env).expanduser()] if env else [Path("~/.d4rl/datasets").expanduser()]
+
+
+def find_d4rl_file(name: str) -> Path:
+    """Path of D4RL dataset `name` (e.g. `hopper-medium-replay-v2`) where D4RL saves downloads.
+
+    D4RL names files after their URLs, `hopper_medium_replay-v2.hdf5`; `<name>.hdf5` is accepted too.
+    Looks in $D4RL_DATASET_DIR when set, else ~/.d4rl/datasets (as D4RL does).
+    """
+    base, sep, version = name.rpartition("-")
+    url_style = f"{base.replace('-', '_')}-{version}" if sep else name.replace("-", "_")
+    candidates = [d / f for d in _d4rl_dirs() for f in dict.fromkeys((f"{url_style}.hdf5", f"{name}.hdf5"))]
+    for c in candidates:
+        if c.is_file():
+            return c
+    looked = ", ".join(str(c) for c in candidates)
+    raise DatasetError(
+        f"D4RL dataset {name!r} not found; looked for {looked} (set D4RL_DATASET_DIR to the folder holding it)"
+    )
+
+
+def _resolve(source: str | os.PathLike) -> Path:
+    s = str(source)
+    if isinstance(source, os.PathLike) or s.endswith((".hdf5", ".h5")) or os.sep in s or Path(s).is_file():
+        return Path(source)
+    return find_d4rl_file(s)
+
+
+def _env_of(path: Path, source: str, meta: dict[str, object], env: str | None) -> str:
+    """Env from the caller, else the export's metadata, else the D4RL name or file stem."""
+    if env is not None:
+        return env_name(env)
+    if "env_id" in meta:
+        return env_name(str(meta["env_id"]))
+    for guess in (source, path.stem):
+        try:
+            return env_name(Path(guess).name.split("-")[0].split("_")[0])
+        except CfdgError:
+            continue
+    raise DatasetError(f"{path}: cannot tell the env from the name {source!r}; pass env= (e.g. 'hopper')")
+
+
+def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, env: str | None = None) -> Path:
+    """Write the offline store `out` from a D4RL HDF5 path or D4RL dataset name.
+
+    Labels in the file (a synthetic export) are not carried over: the result is an offline store.
+    """
+    path = _resolve(source)
+    data, meta = _load(path, "auto")
+    name = str(source)
+    env_id = _env_of(path, name, meta, env)
+    if data.labels is not None:
+        data = Transitions(**{k: v for k, v in data.arrays().items() if k != "labels"})
+    store_meta = StoreMeta(
+        kind="offline",
+        env_id=env_id,
+        source=name,
+        seed=seed,
+        params={"format": "d4rl"},
+        inputs={"dataset": digest(path)},
+    )
+    return write_store(out, data, store_meta)
+
+
+def export_d4rl(store_path: str | os.PathLike, out_file: str | os.PathLike) -> Path:
+    """Write a store as a D4RL-layout HDF5 file (with `next_observations`), atomically.
+
+    Provenance goes into attributes of the `metadata` group; `cfdg_version` there marks the
+    file so that `load_d4rl_hdf5` reads its rows back exactly.
+    """
+    store_path, out_file = Path(store_path), Path(out_file)
+    attrs = read_attrs(store_path)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_sibling(out_file)
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            sets: dict[str, h5py.Dataset] = {}
+            for block in iter_store(store_path):
+                for key, arr in block.arrays().items():
+                    if key not in sets:
+                        shape = (0, *arr.shape[1:])
+                        sets[key] = f.create_dataset(key, shape=shape, maxshape=(None, *arr.shape[1:]), dtype=arr.dtype)
+                    ds = sets[key]
+                    ds.resize(ds.shape[0] + arr.shape[0], axis=0)
+                    ds[-arr.shape[0] :] = arr
+            if not sets:
+                raise DatasetError(f"{store_path}: store is empty, nothing to export")
+            meta = f.create_group("metadata")
+            meta.attrs[EXPORT_MARK] = __version__
+            for key in ("kind", "env_id", "source", "round", "seed", "code_version"):
+                meta.attrs[key] = attrs[key]
+            for key in ("params", "inputs", "counts"):
+                meta.attrs[key] = json.dumps(attrs[key], sort_keys=True)
+        os.replace(tmp, out_file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return out_file

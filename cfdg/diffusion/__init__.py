@@ -1,0 +1,27 @@
+"""The CFDG generative model: EDM diffusion over transitions, conditioned on offline/online class."""
+
+from cfdg.diffusion.checkpoint import check_dims, load_diffusion, save_diffusion
+from cfdg.diffusion.config import VARIANTS, DiffusionConfig
+from cfdg.diffusion.denoiser import LABEL_NULL, Denoiser
+from cfdg.diffusion.model import DiffusionModel
+from cfdg.diffusion.normaliser import Normaliser, from_vectors, to_vectors
+from cfdg.diffusion.sample import label_pattern, sample, sample_to_store
+from cfdg.diffusion.train import fit_diffusion
+
+__all__ = [
+    "LABEL_NULL",
+    "VARIANTS",
+    "Denoiser",
+    "DiffusionConfig",
+    "DiffusionModel",
+    "Normaliser",
+    "check_dims",
+    "fit_diffusion",
+    "from_vectors",
+    "label_pattern",
+    "load_diffusion",
+    "sample",
+    "sample_to_store",
+    "save_diffusion",
+    "to_vectors",
+]

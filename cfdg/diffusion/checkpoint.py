@@ -1,0 +1,109 @@
+"""Diffusion checkpoints: weights, EMA weights, normaliser, optimiser state, config, data dims.
+
+Only tensors and plain Python go in, so `torch.load(weights_only=True)` reads it back; the
+write is atomic so a crash never leaves half a checkpoint where the next stage looks.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cfdg.config import from_mapping, to_dict
+from cfdg.device import select_device
+from cfdg.diffusion.config import DiffusionConfig
+from cfdg.diffusion.model import DiffusionModel, build_denoiser
+from cfdg.diffusion.normaliser import Normaliser
+from cfdg.errors import CfdgError, CheckpointError
+from cfdg.io import atomic_torch_save
+
+FORMAT = "cfdg-diffusion"
+VERSION = 1
+
+
+def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
+    ckpt = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": to_dict(model.cfg),
+        "obs_dim": model.obs_dim,
+        "act_dim": model.act_dim,
+        "step": model.step,
+        "weights": {k: v.detach().cpu() for k, v in model.net.state_dict().items()},
+        "ema_weights": {k: v.detach().cpu() for k, v in model.ema.state_dict().items()},
+        "normaliser": {"mean": torch.from_numpy(model.normaliser.mean), "std": torch.from_numpy(model.normaliser.std)},
+        "optimizer": _to_cpu(model.optimizer_state),
+    }
+    return atomic_torch_save(path, ckpt)
+
+
+def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
+    """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: diffusion checkpoint does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable diffusion checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}")
+    try:
+        cfg_map = dict(ckpt["config"])
+        if device is not None:
+            cfg_map["device"] = str(device)
+        cfg = from_mapping(DiffusionConfig, cfg_map, f"{path} config")
+        obs_dim, act_dim = int(ckpt["obs_dim"]), int(ckpt["act_dim"])
+        dev = select_device(cfg.device)
+        net = build_denoiser(cfg, obs_dim, act_dim, seed=0)
+        net.load_state_dict(ckpt["weights"])
+        ema = copy.deepcopy(net)
+        ema.load_state_dict(ckpt["ema_weights"])
+        norm = Normaliser(ckpt["normaliser"]["mean"].numpy(), ckpt["normaliser"]["std"].numpy())
+    except CfdgError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: inconsistent diffusion checkpoint ({type(e).__name__}: {e})") from e
+    if norm.mean.shape != (2 * obs_dim + act_dim + 2,):
+        raise CheckpointError(
+            f"{path}: normaliser has shape {norm.mean.shape}, data dims say {2 * obs_dim + act_dim + 2}"
+        )
+    return DiffusionModel(
+        cfg=cfg,
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        net=net.to(dev),
+        ema=ema.requires_grad_(False).eval().to(dev),
+        normaliser=Normaliser(np.asarray(norm.mean, np.float32), np.asarray(norm.std, np.float32)),
+        device=dev,
+        optimizer_state=ckpt.get("optimizer"),
+        step=int(ckpt.get("step", 0)),
+    )
+
+
+def check_dims(model: DiffusionModel, obs_dim: int, act_dim: int) -> None:
+    """Refuse a model fitted on another environment's transitions."""
+    if (model.obs_dim, model.act_dim) != (obs_dim, act_dim):
+        raise CheckpointError(
+            f"diffusion checkpoint models obs/act dims {model.obs_dim}/{model.act_dim}, data has {obs_dim}/{act_dim}"
+        )
+
+
+def _get(obj: object, key: str) -> object:
+    return obj.get(key) if isinstance(obj, dict) else type(obj).__name__
+
+
+def _to_cpu(obj: object) -> object:
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj

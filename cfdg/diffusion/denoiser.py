@@ -1,0 +1,91 @@
+"""The raw denoising network F_theta: a residual MLP (SynthER), conditioned on noise level and class.
+
+EDM's preconditioning (edm.py) wraps it; this module only maps (c_in·x, c_noise, label) to an
+output of the data's width. Block = x + Linear(act(LN(x))), as in SynthER. The noise-level
+embedding uses fixed random Fourier features of c_noise followed by a small MLP; the class
+embedding has three rows: 0 = offline, 1 = online, 2 = null (the unconditional model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LABEL_NULL = 2
+N_CLASSES = 3
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}
+
+
+class FourierEmbedding(nn.Module):
+    """[c, sin(2π f c), cos(2π f c)] with frozen random frequencies f ~ N(0, 1)."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.register_buffer("freqs", torch.randn(n_features))
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        angle = 2 * math.pi * c[:, None] * self.freqs[None, :]
+        return torch.cat([c[:, None], angle.sin(), angle.cos()], dim=1)
+
+
+class Block(nn.Module):
+    """x + Linear(act(LN(x))): pre-norm residual block; no tiny ops beyond norm and activation."""
+
+    def __init__(self, width: int, activation: str, layer_norm: bool) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
+        self.act = ACTIVATIONS[activation]()
+        self.linear = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.linear(self.act(self.norm(x)))
+
+
+class Denoiser(nn.Module):
+    """Residual MLP over the flattened transition vector."""
+
+    def __init__(
+        self,
+        d_data: int,
+        width: int,
+        depth: int,
+        activation: str = "relu",
+        layer_norm: bool = True,
+        fourier_features: int = 16,
+        emb_dim: int = 256,
+    ) -> None:
+        super().__init__()
+        self.d_data = d_data
+        self.fourier = FourierEmbedding(fourier_features)
+        self.noise_mlp = nn.Sequential(
+            nn.Linear(2 * fourier_features + 1, emb_dim), nn.SiLU(), nn.Linear(emb_dim, width)
+        )
+        self.class_emb = nn.Embedding(N_CLASSES, width)
+        self.proj = nn.Linear(d_data, width)
+        self.blocks = nn.ModuleList(Block(width, activation, layer_norm) for _ in range(depth))
+        self.out_norm = nn.LayerNorm(width) if layer_norm else nn.Identity()
+        self.out_act = ACTIVATIONS[activation]()
+        self.out = nn.Linear(width, d_data)
+        # Zero output: the preconditioned denoiser starts as c_skip·x, the EDM-recommended start.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """x [B, d], c_noise [B] or [1] (one noise level for the whole batch, as in the sampler), labels [B]."""
+        dtype = self.proj.weight.dtype  # inputs follow the weights (fp32, or a bf16 sampling copy)
+        x, c_noise = x.to(dtype), c_noise.to(dtype)
+        h = self.proj(x) + self.noise_mlp(self.fourier(c_noise)) + self.class_emb(labels)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(self.out_act(self.out_norm(h)))
+
+
+def count_flops_per_row(d_data: int, width: int, depth: int) -> int:
+    """Forward FLOPs per row of the width-dependent GEMMs (2·in·out per Linear).
+
+    The noise embedding is excluded: in the sampler it is computed once per call for the
+    whole batch, so its cost per row vanishes; in training it adds < 5% at width >= 256.
+    """
+    return 2 * (d_data * width + depth * width * width + width * d_data)

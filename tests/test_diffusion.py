@@ -1,0 +1,295 @@
+"""The diffusion model on a toy problem with a known answer, plus its exact contracts.
+
+Toy: offline and online transitions drawn from two well-separated Gaussian mixtures. A short
+fit must put online-labelled samples on the online mixture, null-label samples on both, and
+more guidance must push samples further toward their class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cfdg.config import from_mapping
+from cfdg.diffusion import (
+    LABEL_NULL,
+    DiffusionConfig,
+    Normaliser,
+    check_dims,
+    fit_diffusion,
+    from_vectors,
+    label_pattern,
+    load_diffusion,
+    sample,
+    sample_to_store,
+    save_diffusion,
+    to_vectors,
+)
+from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
+from cfdg.errors import CheckpointError, ConfigError
+from cfdg.io import digest
+from cfdg.quality import js_divergences
+from cfdg.store import StoreMeta, Transitions, read_store
+from tests.conftest import make_transitions
+
+OBS, ACT = 2, 1
+TOY = {"width": 128, "depth": 3, "train_steps": 2500, "sample_steps": 32, "sample_batch": 2000, "guidance_w": 1.0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Small networks are op-overhead bound; one thread is faster and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def mixture(n: int, centre: float, seed: int, terminal_rate: float) -> Transitions:
+    """Two components at ±1 around `centre` in every dimension (s, a, r, s')."""
+    rng = np.random.default_rng(seed)
+    d = 2 * OBS + ACT + 1
+    comp = rng.integers(0, 2, size=(n, 1)) * 2 - 1
+    v = centre + comp * 1.0 + 0.3 * rng.normal(size=(n, d))
+    return Transitions.from_arrays(
+        {
+            "observations": v[:, :OBS],
+            "actions": v[:, OBS : OBS + ACT],
+            "rewards": v[:, OBS + ACT],
+            "next_observations": v[:, OBS + ACT + 1 :],
+            "terminals": rng.random(n) < terminal_rate,
+            "timeouts": np.zeros(n, bool),
+        }
+    )
+
+
+OFF_CENTRE, ON_CENTRE = -4.0, 4.0
+
+
+@pytest.fixture(scope="module")
+def toy():
+    offline = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0)
+    online = mixture(1000, ON_CENTRE, seed=2, terminal_rate=0.3)
+    cfg = from_mapping(DiffusionConfig, TOY, "diffusion")
+    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    return offline, online, model, metrics
+
+
+def centre_projection(t: Transitions) -> np.ndarray:
+    """Mean over dimensions per row: ≈ −4 on the offline mixture, ≈ +4 on the online one."""
+    v = to_vectors(t)[:, :-1]
+    return v.mean(axis=1)
+
+
+def test_fit_metrics(toy):
+    _, _, model, metrics = toy
+    assert metrics["n_train"] == {"offline": 3000, "online": 1000}
+    assert len(metrics["loss_curve"]) == 20
+    assert metrics["final_loss"] < 0.6 * metrics["loss_curve"][0]
+    assert metrics["steps_per_s"] > 0 and model.step == 2500
+
+
+def test_online_samples_match_online_mixture(toy):
+    offline, online, model, _ = toy
+    s = sample(model, 2000, label=1, seed=3)
+    assert (s.labels == 1).all()
+    to_online = js_divergences(online, s, seed=0)["transition"]["classifier"]
+    to_offline = js_divergences(offline, s, seed=0)["transition"]["classifier"]
+    assert to_online < 0.25, to_online
+    assert to_offline > 0.65, to_offline
+    # Terminals are thresholded flags and keep the online rate (0.3), not the offline one (0).
+    assert s.terminals.dtype == np.bool_ and not s.timeouts.any()
+    assert 0.15 < s.terminals.mean() < 0.45
+
+
+def test_offline_samples_match_offline_mixture(toy):
+    _, _, model, _ = toy
+    s = sample(model, 1000, label=0, seed=4)
+    proj = centre_projection(s)
+    assert (np.abs(proj - OFF_CENTRE) < 2).mean() > 0.95
+    assert s.terminals.mean() < 0.05
+
+
+def test_unconditional_samples_cover_both(toy):
+    _, _, model, _ = toy
+    s = sample(model, 2000, label=None, seed=5)
+    assert s.labels is None
+    proj = centre_projection(s)
+    near_off = (np.abs(proj - OFF_CENTRE) < 2).mean()
+    near_on = (np.abs(proj - ON_CENTRE) < 2).mean()
+    # Data proportions are 75% offline / 25% online.
+    assert 0.6 < near_off < 0.9 and 0.1 < near_on < 0.4, (near_off, near_on)
+
+
+def test_more_guidance_moves_samples_toward_their_class(toy):
+    _, _, model, _ = toy
+    means = [centre_projection(sample(model, 1500, label=1, seed=6, guidance_w=w)).mean() for w in (0.0, 2.0, 6.0)]
+    # Guidance extrapolates away from the unconditional model, which sits on the offline side.
+    assert means[0] < means[1] < means[2], means
+    off = [centre_projection(sample(model, 1500, label=0, seed=6, guidance_w=w)).mean() for w in (0.0, 6.0)]
+    assert off[1] < off[0], off
+
+
+def test_batched_guidance_equals_two_calls(toy):
+    _, _, model, _ = toy
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, model.d_data, generator=gen)
+    labels = torch.randint(0, 2, (64,), generator=gen)
+    null = torch.full_like(labels, LABEL_NULL)
+    sd = model.cfg.sigma_data
+    for sigma in (0.01, 1.0, 40.0):
+        s = torch.full((1, 1), sigma)
+        with torch.no_grad():
+            batched = guided_denoise(model.ema, x, s, labels, 1.5, sd)
+            separate = 2.5 * denoise(model.ema, x, s, labels, sd) - 1.5 * denoise(model.ema, x, s, null, sd)
+        torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_is_deterministic_for_a_seed(toy):
+    _, _, model, _ = toy
+    a = sample(model, 300, label=1, seed=11)
+    b = sample(model, 300, label=1, seed=11)
+    c = sample(model, 300, label=1, seed=12)
+    for name, arr in a.arrays().items():
+        np.testing.assert_array_equal(arr, b.arrays()[name], err_msg=name)
+    assert not np.array_equal(a.observations, c.observations)
+    d = sample(model, 300, label=1, seed=11, stochastic=False)
+    e = sample(model, 300, label=1, seed=11, stochastic=False)
+    np.testing.assert_array_equal(d.observations, e.observations)
+    assert not np.array_equal(a.observations, d.observations)
+
+
+@pytest.mark.parametrize("sigma", [0.002, 0.3, 1.0, 80.0])
+@pytest.mark.parametrize("sd", [1.0, 0.5])
+def test_edm_preconditioning(sigma, sd):
+    c_skip, c_out, c_in, c_noise = (float(c) for c in preconditioning(torch.tensor(sigma, dtype=torch.float64), sd))
+    assert c_skip == pytest.approx(sd**2 / (sigma**2 + sd**2), rel=1e-12)
+    assert c_out == pytest.approx(sigma * sd / math.sqrt(sigma**2 + sd**2), rel=1e-12)
+    assert c_in == pytest.approx(1 / math.sqrt(sigma**2 + sd**2), rel=1e-12)
+    assert c_noise == pytest.approx(math.log(sigma) / 4, rel=1e-12)
+    # EDM's identities: unit-variance input, and c_skip² σd² + c_out²... give the target scale.
+    assert c_in**2 * (sigma**2 + sd**2) == pytest.approx(1.0)
+    assert float(loss_weight(torch.tensor(sigma), sd)) == pytest.approx(1 / c_out**2, rel=1e-5)
+
+
+def test_karras_sigmas():
+    s = karras_sigmas(128, 0.002, 80.0, 7.0)
+    assert len(s) == 129 and s[0] == pytest.approx(80.0) and s[127] == pytest.approx(0.002) and s[128] == 0.0
+    assert all(a > b for a, b in itertools.pairwise(s))
+
+
+def test_checkpoint_round_trip(toy, tmp_path):
+    _, _, model, _ = toy
+    path = save_diffusion(model, tmp_path / "diffusion.pt")
+    loaded = load_diffusion(path, device="cpu")
+    assert dataclasses.replace(loaded.cfg, device="auto") == model.cfg and loaded.step == model.step
+    assert loaded.device == torch.device("cpu")
+    assert loaded.optimizer_state is not None and loaded.optimizer_state["state"]
+    a = sample(model, 200, label=1, seed=9)
+    b = sample(loaded, 200, label=1, seed=9)
+    np.testing.assert_array_equal(a.observations, b.observations)
+    np.testing.assert_array_equal(a.rewards, b.rewards)
+    check_dims(loaded, OBS, ACT)
+    with pytest.raises(CheckpointError, match="obs/act dims 2/1, data has 11/3"):
+        check_dims(loaded, 11, 3)
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_diffusion(tmp_path / "missing.pt")
+    garbled = tmp_path / "garbled.pt"
+    garbled.write_bytes(b"not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="garbled.pt: not a readable"):
+        load_diffusion(garbled)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": {}}, other)
+    with pytest.raises(CheckpointError, match="not a cfdg diffusion checkpoint"):
+        load_diffusion(other)
+
+
+def test_sample_to_store(toy, tmp_path):
+    _, _, model, _ = toy
+    meta = StoreMeta(kind="synthetic", env_id="toy", source="test", round=1, seed=7)
+    kw = {"n": 1000, "meta": meta, "seed": 7, "batch_size": 300, "progress": False}
+    a = sample_to_store(model, out_path=tmp_path / "a.zarr", **kw)
+    b = sample_to_store(model, out_path=tmp_path / "b.zarr", **kw)
+    c = sample_to_store(model, out_path=tmp_path / "c.zarr", **{**kw, "seed": 8})
+    data, attrs = read_store(a)
+    assert len(data) == 1000 and attrs["kind"] == "synthetic"
+    assert attrs["counts"] == {"rows": 1000, "online": 800, "offline": 200}
+    assert int(data.labels.sum()) == 800
+    # Each label's rows are on its own mixture.
+    proj = centre_projection(data)
+    assert (proj[data.labels == 1] > 0).mean() > 0.95 and (proj[data.labels == 0] < 0).mean() > 0.95
+    assert digest(a) == digest(b)
+    assert digest(a) != digest(c)
+
+
+def test_label_pattern_is_exact_in_every_prefix():
+    labels = np.concatenate([label_pattern(s, 7, 0.8) for s in range(0, 70, 7)])
+    np.testing.assert_array_equal(labels, label_pattern(0, 70, 0.8))
+    assert labels[:10].sum() == 8 and labels.sum() == 56
+    assert label_pattern(0, 9, 1.0).all() and not label_pattern(0, 9, 0.0).any()
+
+
+def test_synther_variant_is_unconditional_on_online_data(tmp_path):
+    offline = mixture(500, OFF_CENTRE, seed=1, terminal_rate=0.0)
+    online = mixture(500, ON_CENTRE, seed=2, terminal_rate=0.0)
+    cfg = from_mapping(DiffusionConfig, {**TOY, "variant": "synther", "train_steps": 300}, "diffusion")
+    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    assert metrics["n_train"] == {"offline": 0, "online": 500}
+    meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
+    data, attrs = read_store(sample_to_store(model, 100, tmp_path / "s.zarr", meta, seed=0, progress=False))
+    assert attrs["counts"]["online"] == 100 and (data.labels == 1).all()
+    with pytest.raises(ConfigError, match="label 0"):
+        sample(model, 10, label=0, seed=0)
+
+
+def test_fit_is_deterministic_and_rejects_bad_input():
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 30}, "diffusion")
+    a, _ = fit_diffusion(offline, online, cfg, seed=3, progress=False)
+    b, _ = fit_diffusion(offline, online, cfg, seed=3, progress=False)
+    c, _ = fit_diffusion(offline, online, cfg, seed=4, progress=False)
+    for (k, va), vb in zip(a.ema.state_dict().items(), b.ema.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.ema.proj.weight, c.ema.proj.weight)
+    with pytest.raises(ConfigError, match="variant is 'none'"):
+        fit_diffusion(offline, online, from_mapping(DiffusionConfig, {"variant": "none"}), seed=0)
+    with pytest.raises(ConfigError, match="needs offline data"):
+        fit_diffusion(None, online, cfg, seed=0)
+    with pytest.raises(ConfigError, match="differ from online"):
+        fit_diffusion(make_transitions(50, obs_dim=4), online, cfg, seed=0)
+
+
+def test_config_parsing():
+    cfg = from_mapping(DiffusionConfig, {"width": 256, "precision": "bf16"}, "diffusion")
+    assert cfg.width == 256 and cfg.depth == 6 and cfg.sample_steps == 128 and cfg.s_churn == 80.0
+    with pytest.raises(ConfigError, match=r"diffusion: unknown key\(s\) \['widht'\]"):
+        from_mapping(DiffusionConfig, {"widht": 3}, "diffusion")
+    with pytest.raises(ConfigError, match="p_uncond"):
+        from_mapping(DiffusionConfig, {"p_uncond": 1.5}, "diffusion")
+    with pytest.raises(ConfigError, match="activation"):
+        from_mapping(DiffusionConfig, {"activation": "tanh"}, "diffusion")
+
+
+def test_normaliser_and_vectors():
+    t = make_transitions(200, obs_dim=3, act_dim=2, seed=0)
+    t = Transitions(**{**t.arrays(), "rewards": np.full(200, 5.0, np.float32)})  # a constant dimension
+    v = to_vectors(t)
+    norm = Normaliser.fit(v)
+    z = norm.normalise(v)
+    assert np.isfinite(z).all()
+    np.testing.assert_array_equal(z[:, -1], v[:, -1])  # terminal untouched
+    np.testing.assert_allclose(z[:, :3].mean(axis=0), 0, atol=1e-5)
+    np.testing.assert_allclose(norm.denormalise(z), v, atol=1e-5)
+    v2 = v.copy()
+    v2[:, -1] = np.where(np.arange(200) % 2, 0.7, 0.2)
+    back = from_vectors(v2, 3, 2)
+    np.testing.assert_array_equal(back.terminals, np.arange(200) % 2 == 1)
+    np.testing.assert_array_equal(back.observations, t.observations)

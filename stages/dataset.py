@@ -13,13 +13,13 @@ from typing import Any
 from cfdg import store
 from stages import layout
 from stages import params as P
-from stages.common import config_dict, progress_enabled, provenance, run_main, write_json
+from stages.common import config_dict, progress_enabled, provenance, run_main, write_json, write_metrics
 
 
 def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progress: bool = True) -> dict[str, Any]:
     """Write the offline store and its card; returns the dataset metrics."""
     if source == "build":
-        from cfdg.datasets import build_dataset
+        from cfdg.datasets.build import build_dataset
 
         card = dict(build_dataset(cfg, out_store, out_card, progress=progress))
         inputs: dict[str, Path] = {}
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         source = P.dataset_source(raw, args.params)
         cfg = P.section(raw, "dataset", args.params)
         metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled())
-        write_json(layout.DATASET_DIR / "metrics.json", metrics)
+        write_metrics(layout.DATASET_DIR / "metrics.json", metrics)
 
     return run_main("dataset", body, argv)
 

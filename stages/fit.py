@@ -14,7 +14,15 @@ from cfdg.io import atomic_torch_save
 from cfdg.store import read_store
 from stages import layout
 from stages import params as P
-from stages.common import config_dict, derive_seed, progress_enabled, provenance, run_main, write_json
+from stages.common import (
+    config_dict,
+    derive_seed,
+    progress_enabled,
+    provenance,
+    run_main,
+    write_json,
+    write_metrics,
+)
 
 
 def fit_stage(
@@ -55,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir / layout.DIFFUSION,
             progress_enabled(),
         )
-        write_json(out_dir / "fit.json", metrics)
+        write_metrics(out_dir / "fit.json", metrics)
 
     return run_main("fit", body, argv, rounds=True)
 

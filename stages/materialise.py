@@ -22,6 +22,7 @@ from stages.common import (
     provenance,
     run_main,
     write_json,
+    write_metrics,
 )
 from stages.pretrain import empty_transitions, store_dims
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir / layout.SYNTHETIC,
             progress_enabled(),
         )
-        write_json(out_dir / "quality.json", quality)
+        write_metrics(out_dir / "quality.json", quality)
 
     return run_main("materialise", body, argv, rounds=True)
 

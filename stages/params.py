@@ -46,7 +46,7 @@ class ReportParams:
 
 # section -> (module, class): the colleagues' configs are imported only when a stage needs them.
 SECTIONS: dict[str, tuple[str, str]] = {
-    "dataset": ("cfdg.datasets", "DatasetConfig"),
+    "dataset": ("cfdg.datasets.build", "DatasetConfig"),
     "agent": ("cfdg.agents", "AgentConfig"),
     "pretrain": ("cfdg.training", "PretrainConfig"),
     "online": ("cfdg.training", "OnlineConfig"),

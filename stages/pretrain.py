@@ -16,7 +16,16 @@ from cfdg import store
 from cfdg.store import StoreMeta, Transitions
 from stages import layout
 from stages import params as P
-from stages.common import config_dict, input_digests, progress_enabled, provenance, run_main, write_json
+from stages.common import (
+    config_dict,
+    input_digests,
+    progress_enabled,
+    provenance,
+    run_main,
+    score_fields,
+    write_json,
+    write_metrics,
+)
 
 
 def empty_transitions(obs_dim: int, act_dim: int, labels: bool) -> Transitions:
@@ -53,7 +62,7 @@ def pretrain_stage(
         store.write_store(out_dir / name, empty_transitions(obs_dim, act_dim, kind == "synthetic"), meta)
     params = {"seed": seed, "agent": config_dict(agent_cfg), "pretrain": config_dict(cfg)}
     write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, params))
-    return {"round": 0, "env_steps": 0, **metrics}
+    return {"round": 0, **metrics, **score_fields(metrics, env_steps=0)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir,
             progress_enabled(),
         )
-        write_json(out_dir / "metrics.json", metrics)
+        write_metrics(out_dir / "metrics.json", metrics)
 
     return run_main("pretrain", body, argv)
 

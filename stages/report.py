@@ -24,9 +24,10 @@ from stages import layout
 from stages import params as P
 from stages.common import derive_seed, run_main, write_json
 
-SCORE_KEYS = ("normalized_score", "eval_normalized_score", "score_normalized", "score")
-STD_KEYS = ("normalized_score_std", "eval_normalized_score_std", "score_std")
-STEP_KEYS = ("env_steps_total", "total_env_steps", "env_steps")
+# The learning-curve fields every pretrain/rollout metrics file carries (stages.common.score_fields).
+SCORE_KEYS = ("normalized_score",)
+STD_KEYS = ("normalized_score_std",)
+STEP_KEYS = ("env_steps_total",)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -37,15 +38,11 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _first(metrics: Mapping[str, Any], keys: Sequence[str], where: Path, default: Any = ...) -> Any:
-    flat = dict(metrics)
-    for key in ("eval", "evaluation"):
-        if isinstance(metrics.get(key), Mapping):
-            flat.update({k: v for k, v in metrics[key].items() if k not in flat})
     for key in keys:
-        if flat.get(key) is not None:
-            return flat[key]
+        if metrics.get(key) is not None:
+            return metrics[key]
     if default is ...:
-        raise ConfigError(f"{where}: none of the keys {list(keys)} found; has {sorted(flat)}")
+        raise ConfigError(f"{where}: none of the keys {list(keys)} found; has {sorted(metrics)}")
     return default
 
 
@@ -86,7 +83,7 @@ def make_report(rounds_dir: Path, offline: Path, rounds: Sequence[int], cfg: P.R
         str(fit["diffusion"].get("variant", "?")),
         int(pre["seed"]),
     )
-    dataset = str(attrs["source"])
+    dataset = str(attrs["source"]).removeprefix("cfdg-built:")
     label = f"{algo.upper()}-{R.VARIANT_NAMES.get(variant, variant)}"
     title = cfg.title or f"{label} on {dataset} (seed {seed})"
 

@@ -14,7 +14,7 @@ from cfdg import store
 from cfdg.errors import ConfigError
 from stages import layout
 from stages import params as P
-from stages.common import config_dict, progress_enabled, provenance, run_main, write_json
+from stages.common import config_dict, progress_enabled, provenance, run_main, score_fields, write_json, write_metrics
 
 
 def _or_none(path: Path) -> Path | None:
@@ -46,7 +46,7 @@ def rollout_stage(
         progress=progress,
     )
     write_json(out_dir / "rollout.provenance.json", provenance(f"rollout@{k}", inputs, {"online": config_dict(cfg)}))
-    return {"round": k, **dict(metrics)}
+    return {**dict(metrics), "round": k, **score_fields(metrics, env_steps=metrics["env_steps_total"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = layout.round_dir(k)
         cfg = P.section(raw, "online", args.params)
         metrics = rollout_stage(layout.round_dir(prev), layout.OFFLINE, k, cfg, out_dir, progress_enabled())
-        write_json(out_dir / "rollout.json", metrics)
+        write_metrics(out_dir / "rollout.json", metrics)
 
     return run_main("rollout", body, argv, rounds=True)
 

@@ -31,6 +31,8 @@ def env(repo: Path, **extra: str) -> dict[str, str]:
     e.pop("CFDG_FAIL_STAGE", None)  # never inherit the testing hook
     e.update(GIT_ENV)
     e.update(PYTHONPATH=str(repo), CFDG_PROGRESS="0", DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1")
+    # Tiny networks: one thread each is faster than two threads fighting over 2 shared cores.
+    e.setdefault("OMP_NUM_THREADS", "1")
     e.update(extra)
     return e
 

@@ -120,11 +120,11 @@ def finished_project(tmp_path_factory) -> Path:
 
 
 def tree_digests(root: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under `root`."""
+    """Relative path -> sha256 of every file under `root` (but the untracked `logs/` with timings)."""
     import hashlib
 
     return {
         p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != "logs"
     }

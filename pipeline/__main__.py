@@ -105,17 +105,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_API_URL", args.api_url)
     from prefect import serve
 
-    from pipeline.flows import cfdg_round, cfdg_run
+    from pipeline.flows import deployments
 
     root = str(Path(args.root).resolve())
     print(
         f"cfdg: serving deployments cfdg-run/cfdg-run and cfdg-round/cfdg-round for {root}",
         f"at {os.environ['PREFECT_API_URL']}",
     )
-    serve(
-        cfdg_run.to_deployment(name="cfdg-run", parameters={"root": root}),
-        cfdg_round.to_deployment(name="cfdg-round", parameters={"root": root, "k": 1}),
-    )
+    serve(*deployments(root))
     return 0
 
 

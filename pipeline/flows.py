@@ -161,3 +161,13 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
         create_markdown_artifact(report_md.read_text(), key="cfdg-report", description=str(report_md.resolve()))
     logger.info("report: %s", report_md.resolve())
     return str(report_md.resolve())
+
+
+def deployments(root: str) -> list:
+    """The two deployments `python -m pipeline serve` registers: the whole run, and one round."""
+    return [
+        cfdg_run.to_deployment(name="cfdg-run", parameters={"root": root}, description="the whole CFDG loop"),
+        cfdg_round.to_deployment(
+            name="cfdg-round", parameters={"root": root, "k": 1}, description="one generation round k"
+        ),
+    ]

@@ -104,3 +104,13 @@ def test_failed_round_is_retried_and_matches_an_uninterrupted_run(finished, tmp_
 
     assert ran_stages(dvc(repo, "repro").stdout) == ["report"]
     assert tree_digests(art) == tree_digests(ref)  # byte-identical to the uninterrupted run
+
+
+def test_serve_registers_the_run_and_the_round_deployments(tmp_path):
+    from pipeline.flows import deployments
+
+    deps = {d.name: d for d in deployments(str(tmp_path))}
+    assert set(deps) == {"cfdg-run", "cfdg-round"}
+    assert deps["cfdg-run"].parameters == {"root": str(tmp_path)}
+    assert deps["cfdg-round"].parameters == {"root": str(tmp_path), "k": 1}
+    assert deps["cfdg-round"].entrypoint.endswith("pipeline/flows.py:cfdg_round")

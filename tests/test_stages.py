@@ -178,6 +178,10 @@ def test_full_repro_writes_every_artifact_with_provenance(finished):
     assert synth["inputs"]["diffusion"] == digest(art / "rounds" / str(last) / "diffusion.pt")
     metrics = dvc(finished, "metrics", "show", "--json").stdout
     assert f"artifacts/rounds/{last}/quality.json" in metrics
+    plots = json.loads(dvc(finished, "plots", "show", "--json").stdout)["data"]
+    curve = plots["learning curve"][0]["content"]["data"]["values"]
+    assert [p["env_steps"] for p in curve][0] == 0 and len(curve) == len(rounds) + 1
+    assert any(name.endswith("tsne.png") for name in plots)
 
 
 @pytest.mark.slow

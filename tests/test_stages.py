@@ -180,7 +180,7 @@ def test_full_repro_writes_every_artifact_with_provenance(finished):
     assert f"artifacts/rounds/{last}/quality.json" in metrics
     plots = json.loads(dvc(finished, "plots", "show", "--json").stdout)["data"]
     curve = plots["learning curve"][0]["content"]["data"]["values"]
-    assert [p["env_steps"] for p in curve][0] == 0 and len(curve) == len(rounds) + 1
+    assert curve[0]["env_steps"] == 0 and len(curve) == len(rounds) + 1
     assert any(name.endswith("tsne.png") for name in plots)
 
 

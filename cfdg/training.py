@@ -420,6 +420,8 @@ def run_round(
     env = envs.env_name(off_attrs["env_id"])
     ckpt = load_checkpoint(checkpoint_in, env=env, algo=algo, obs_dim=offline.obs_dim, act_dim=offline.act_dim)
     agent = _agent_from_checkpoint(ckpt, checkpoint_in)
+    rngs = Rngs.seeded(0)
+    restore_rng(ckpt["rng"], rngs)  # before anything random: PEX's new policy init draws from torch's RNG
     counters = dict(ckpt["counters"])
     obs_dim, act_dim, device = agent.obs_dim, agent.act_dim, agent.device
 
@@ -470,9 +472,7 @@ def run_round(
     )
 
     if agent.phase == "offline":
-        agent.start_online()  # PEX draws its new policy's init from torch's RNG, seeded by pretrain
-    rngs = Rngs.seeded(0)
-    restore_rng(ckpt["rng"], rngs)
+        agent.start_online()
     e = envs.make_env(env, seed=ckpt["seed"] + 1)
     if ckpt["env_state"] is None:
         obs, ep_return, ep_len = e.reset()[0], 0.0, 0

@@ -185,6 +185,7 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
         2,
         False,
     )
+    assert torch.load(tmp_path / "r1.pt", weights_only=True)["env_state"]["episode_length"] > 0  # split mid-episode
     assert_same_checkpoint(tmp_path / "long.pt", tmp_path / "r2.pt")
     assert store_array_files(tmp_path / "long.zarr") == store_array_files(tmp_path / "r2.zarr")
     # round 1's chunk files reappear unchanged in round 2's store (DVC dedupes them)
@@ -261,3 +262,29 @@ def test_checkpoint_from_another_algorithm_env_or_run_is_rejected(pretrained, ho
 def test_online_config_requires_chunk_rows_dividing_steps():
     with pytest.raises(ConfigError, match="chunk_rows"):
         from_mapping(OnlineConfig, {"steps": 100, "chunk_rows": 30}, "online")
+
+
+def test_cli_pretrain_and_round_errors(hopper_store, pretrained, tmp_path, capsys):
+    from cfdg.cli import main
+
+    out = tmp_path / "cli.pt"
+    args = [
+        "agent",
+        "pretrain",
+        str(hopper_store),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--metrics",
+        str(tmp_path / "m.json"),
+    ]
+    sets = ["--set", "agent.algo=apl", "--set", "agent.hidden_dims=[16,16]", "--set", "pretrain.steps=5"]
+    assert main([*args, *sets, "--set", "pretrain.eval_episodes=1"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["algo"] == "apl"
+    assert load_checkpoint(out, algo="apl")["agent_config"]["hidden_dims"] == [16, 16]
+    round_args = ["agent", "round", str(pretrained["iql"]), str(hopper_store), "--round", "1", "--no-progress"]
+    round_args += ["--out", str(tmp_path / "r.pt"), "--out-online-store", str(tmp_path / "r.zarr")]
+    assert main([*round_args, "--set", "agent.algo=apl"]) == 2
+    assert "checkpoint is for algorithm 'iql', not 'apl'" in capsys.readouterr().err
+    assert main([*round_args, "--set", "online.stepz=3"]) == 2
+    assert "online: unknown key(s) ['stepz']" in capsys.readouterr().err

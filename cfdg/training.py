@@ -222,6 +222,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a cfdg agent checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     if env is not None and ckpt["env"] != envs.env_name(env):
         raise CheckpointError(f"{path}: checkpoint is for env '{ckpt['env']}', not '{envs.env_name(env)}'")
     if algo is not None and ckpt["algo"] != algo:
@@ -627,4 +630,17 @@ def _run_round(
     }
 
 
+_CHECKPOINT_KEYS = (
+    "algo",
+    "env",
+    "obs_dim",
+    "act_dim",
+    "max_action",
+    "seed",
+    "agent_config",
+    "agent",
+    "counters",
+    "rng",
+    "env_state",
+)
 _ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")

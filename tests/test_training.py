@@ -205,6 +205,20 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
     json.dumps(r2)
 
 
+def test_empty_synthetic_store_is_exactly_the_base_algorithm(pretrained, hopper_store, tmp_path):
+    empty = rollouts(1, lambda o, rng: rng.uniform(-1, 1, 3), seed=0).take(slice(0, 0))
+    empty = Transitions.from_arrays({**empty.arrays(), "labels": np.zeros(0, np.uint8)})
+    syn = write_store(tmp_path / "empty.zarr", empty, StoreMeta(kind="synthetic", env_id="Hopper-v5", source="t"))
+    cfg = online_cfg(K)
+    base = run_round(pretrained["iql"], hopper_store, None, None, cfg, tmp_path / "a.pt", tmp_path / "a.zarr", 1, False)
+    with_empty = run_round(
+        pretrained["iql"], hopper_store, None, syn, cfg, tmp_path / "b.pt", tmp_path / "b.zarr", 1, False
+    )
+    assert_same_checkpoint(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert store_array_files(tmp_path / "a.zarr") == store_array_files(tmp_path / "b.zarr")
+    assert base["data_drawn"] == with_empty["data_drawn"] and with_empty["synthetic_rows"] == 0
+
+
 def test_rerun_from_input_checkpoint_gives_identical_outputs(pretrained, hopper_store, tmp_path):
     cfg = online_cfg(K)
     run_round(pretrained["pex"], hopper_store, None, None, cfg, tmp_path / "a.pt", tmp_path / "a.zarr", 1, False)

@@ -5,6 +5,15 @@ synthetic store) -> (checkpoint, online store). The checkpoint carries everythin
 reads (networks, targets, optimisers, lr schedule position, every RNG, the MuJoCo episode in
 progress, step counters), so two rounds of K steps equal one round of 2K steps bit for bit on
 CPU, and a killed round rerun from its input checkpoint writes identical outputs.
+
+Checkpoint (`atomic_torch_save`, read with `torch.load(..., weights_only=True)`), format
+"cfdg-agent/1": algo, env, obs_dim, act_dim, max_action, seed, agent_config (plain dict),
+agent (module + optimiser state dicts, obs normaliser, phase, grad_steps, offline_steps_total
+which fixes the actor's cosine lr), counters (env_steps_total, online_rows, rounds), rng (torch,
+cuda, numpy as lists, python, sampler and act generators), env_state (MuJoCo integration state,
+TimeLimit elapsed steps, env np_random, current obs, running episode return/length; None after
+pretraining). The online buffers are rebuilt from the online store: row i sits at slot
+i % capacity, so APL's FIFO position follows from `online_rows`.
 """
 
 from __future__ import annotations

@@ -491,9 +491,7 @@ def _run_round(
     if online_store_in is None:
         if counters["online_rows"]:
             raise CheckpointError(f"{checkpoint_in}: has {counters['online_rows']} online rows; pass the online store")
-        previous = Transitions.from_arrays(
-            {k: np.zeros((0, obs_dim) if "obs" in k else (0, act_dim) if k == "actions" else 0) for k in _ARRAYS}
-        )
+        previous = _OnlineLog(0, obs_dim, act_dim).transitions()  # round 1: no online rows yet
     else:
         previous = _read_matching(Path(online_store_in), env, obs_dim, act_dim, "online")
         if len(previous) != counters["online_rows"]:
@@ -652,4 +650,3 @@ _CHECKPOINT_KEYS = (
     "rng",
     "env_state",
 )
-_ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")

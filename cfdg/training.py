@@ -5,10 +5,20 @@ synthetic store) -> (checkpoint, online store). The checkpoint carries everythin
 reads (networks, targets, optimisers, lr schedule position, every RNG, the MuJoCo episode in
 progress, step counters), so two rounds of K steps equal one round of 2K steps bit for bit on
 CPU, and a killed round rerun from its input checkpoint writes identical outputs.
+
+Checkpoint (`atomic_torch_save`, read with `torch.load(..., weights_only=True)`), format
+"cfdg-agent/1": algo, env, obs_dim, act_dim, max_action, seed, agent_config (plain dict),
+agent (module + optimiser state dicts, obs normaliser, phase, grad_steps, offline_steps_total
+which fixes the actor's cosine lr), counters (env_steps_total, online_rows, rounds), rng (torch,
+cuda, numpy as lists, python, sampler and act generators), env_state (MuJoCo integration state,
+TimeLimit elapsed steps, env np_random, current obs, running episode return/length; None after
+pretraining). The online buffers are rebuilt from the online store: row i sits at slot
+i % capacity, so APL's FIFO position follows from `online_rows`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 from pathlib import Path
@@ -40,8 +50,10 @@ class PretrainConfig:
     eval_episodes: int = 10
     eval_seed: int = 10_000  # episode i of every evaluation resets with eval_seed + i
     log_every: int = 5_000
+    threads: int = 0  # torch intra-op threads while training; 0 leaves torch's setting
 
     def __post_init__(self) -> None:
+        check(self.threads >= 0, "pretrain.threads", f"must be >= 0, got {self.threads}")
         check(self.steps >= 1, "pretrain.steps", f"must be >= 1, got {self.steps}")
         check(self.eval_every >= 0, "pretrain.eval_every", f"must be >= 0, got {self.eval_every}")
         check(self.eval_episodes >= 1, "pretrain.eval_episodes", f"must be >= 1, got {self.eval_episodes}")
@@ -65,9 +77,11 @@ class OnlineConfig:
     online_buffer_size: int | None = None  # None: APL 20,000 FIFO, IQL/PEX keep every online row
     chunk_rows: int = 10_000  # online store chunking; must divide `steps`
     log_every: int = 1_000
+    threads: int = 0  # torch intra-op threads while training; 0 leaves torch's setting
 
     def __post_init__(self) -> None:
         w = "online"
+        check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
         check(self.steps >= 1, f"{w}.steps", f"must be >= 1, got {self.steps}")
         check(self.utd >= 1, f"{w}.utd", f"must be >= 1, got {self.utd}")
         check(self.warmup_steps >= 1, f"{w}.warmup_steps", f"must be >= 1, got {self.warmup_steps}")
@@ -217,6 +231,9 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a cfdg agent checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {missing}")
     if env is not None and ckpt["env"] != envs.env_name(env):
         raise CheckpointError(f"{path}: checkpoint is for env '{ckpt['env']}', not '{envs.env_name(env)}'")
     if algo is not None and ckpt["algo"] != algo:
@@ -308,6 +325,18 @@ def _env_spec(env: str, data: Transitions, where: Path) -> float:
     return high
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Small MLP updates on a shared CPU run fastest single-threaded; 0 keeps the current setting."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def pretrain(
     offline_store: Path,
     agent_cfg: AgentConfig,
@@ -317,6 +346,13 @@ def pretrain(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Offline training for `cfg.steps` gradient steps; writes the checkpoint, returns metrics."""
+    with torch_threads(cfg.threads):
+        return _pretrain(Path(offline_store), agent_cfg, cfg, Path(out_checkpoint), seed, progress)
+
+
+def _pretrain(
+    offline_store: Path, agent_cfg: AgentConfig, cfg: PretrainConfig, out_checkpoint: Path, seed: int, progress: bool
+) -> dict[str, Any]:
     offline_store, out_checkpoint = Path(offline_store), Path(out_checkpoint)
     data, attrs = read_store(offline_store)
     env = envs.env_name(attrs["env_id"])
@@ -414,6 +450,33 @@ def run_round(
 
     `algo`, when given, must match the checkpoint's algorithm (params.yaml against the artifact).
     """
+    with torch_threads(cfg.threads):
+        return _run_round(
+            checkpoint_in,
+            offline_store,
+            online_store_in,
+            synthetic_store_in,
+            cfg,
+            out_checkpoint,
+            out_online_store,
+            round_index,
+            progress,
+            algo,
+        )
+
+
+def _run_round(
+    checkpoint_in: Path,
+    offline_store: Path,
+    online_store_in: Path | None,
+    synthetic_store_in: Path | None,
+    cfg: OnlineConfig,
+    out_checkpoint: Path,
+    out_online_store: Path,
+    round_index: int,
+    progress: bool,
+    algo: str | None,
+) -> dict[str, Any]:
     checkpoint_in, offline_store = Path(checkpoint_in), Path(offline_store)
     out_checkpoint, out_online_store = Path(out_checkpoint), Path(out_online_store)
     offline, off_attrs = read_store(offline_store)
@@ -428,9 +491,7 @@ def run_round(
     if online_store_in is None:
         if counters["online_rows"]:
             raise CheckpointError(f"{checkpoint_in}: has {counters['online_rows']} online rows; pass the online store")
-        previous = Transitions.from_arrays(
-            {k: np.zeros((0, obs_dim) if "obs" in k else (0, act_dim) if k == "actions" else 0) for k in _ARRAYS}
-        )
+        previous = _OnlineLog(0, obs_dim, act_dim).transitions()  # round 1: no online rows yet
     else:
         previous = _read_matching(Path(online_store_in), env, obs_dim, act_dim, "online")
         if len(previous) != counters["online_rows"]:
@@ -576,4 +637,16 @@ def run_round(
     }
 
 
-_ARRAYS = ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts")
+_CHECKPOINT_KEYS = (
+    "algo",
+    "env",
+    "obs_dim",
+    "act_dim",
+    "max_action",
+    "seed",
+    "agent_config",
+    "agent",
+    "counters",
+    "rng",
+    "env_state",
+)

@@ -185,6 +185,7 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
         2,
         False,
     )
+    assert torch.load(tmp_path / "r1.pt", weights_only=True)["env_state"]["episode_length"] > 0  # split mid-episode
     assert_same_checkpoint(tmp_path / "long.pt", tmp_path / "r2.pt")
     assert store_array_files(tmp_path / "long.zarr") == store_array_files(tmp_path / "r2.zarr")
     # round 1's chunk files reappear unchanged in round 2's store (DVC dedupes them)
@@ -202,6 +203,20 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
     else:
         assert r2["data_fractions"]["online"] == pytest.approx(1 / 3, abs=0.02)
     json.dumps(r2)
+
+
+def test_empty_synthetic_store_is_exactly_the_base_algorithm(pretrained, hopper_store, tmp_path):
+    empty = rollouts(1, lambda o, rng: rng.uniform(-1, 1, 3), seed=0).take(slice(0, 0))
+    empty = Transitions.from_arrays({**empty.arrays(), "labels": np.zeros(0, np.uint8)})
+    syn = write_store(tmp_path / "empty.zarr", empty, StoreMeta(kind="synthetic", env_id="Hopper-v5", source="t"))
+    cfg = online_cfg(K)
+    base = run_round(pretrained["iql"], hopper_store, None, None, cfg, tmp_path / "a.pt", tmp_path / "a.zarr", 1, False)
+    with_empty = run_round(
+        pretrained["iql"], hopper_store, None, syn, cfg, tmp_path / "b.pt", tmp_path / "b.zarr", 1, False
+    )
+    assert_same_checkpoint(tmp_path / "a.pt", tmp_path / "b.pt")
+    assert store_array_files(tmp_path / "a.zarr") == store_array_files(tmp_path / "b.zarr")
+    assert base["data_drawn"] == with_empty["data_drawn"] and with_empty["synthetic_rows"] == 0
 
 
 def test_rerun_from_input_checkpoint_gives_identical_outputs(pretrained, hopper_store, tmp_path):
@@ -261,3 +276,29 @@ def test_checkpoint_from_another_algorithm_env_or_run_is_rejected(pretrained, ho
 def test_online_config_requires_chunk_rows_dividing_steps():
     with pytest.raises(ConfigError, match="chunk_rows"):
         from_mapping(OnlineConfig, {"steps": 100, "chunk_rows": 30}, "online")
+
+
+def test_cli_pretrain_and_round_errors(hopper_store, pretrained, tmp_path, capsys):
+    from cfdg.cli import main
+
+    out = tmp_path / "cli.pt"
+    args = [
+        "agent",
+        "pretrain",
+        str(hopper_store),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--metrics",
+        str(tmp_path / "m.json"),
+    ]
+    sets = ["--set", "agent.algo=apl", "--set", "agent.hidden_dims=[16,16]", "--set", "pretrain.steps=5"]
+    assert main([*args, *sets, "--set", "pretrain.eval_episodes=1"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["algo"] == "apl"
+    assert load_checkpoint(out, algo="apl")["agent_config"]["hidden_dims"] == [16, 16]
+    round_args = ["agent", "round", str(pretrained["iql"]), str(hopper_store), "--round", "1", "--no-progress"]
+    round_args += ["--out", str(tmp_path / "r.pt"), "--out-online-store", str(tmp_path / "r.zarr")]
+    assert main([*round_args, "--set", "agent.algo=apl"]) == 2
+    assert "checkpoint is for algorithm 'iql', not 'apl'" in capsys.readouterr().err
+    assert main([*round_args, "--set", "online.stepz=3"]) == 2
+    assert "online: unknown key(s) ['stepz']" in capsys.readouterr().err

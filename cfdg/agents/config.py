@@ -1,0 +1,65 @@
+"""`AgentConfig`: every knob of the three agents, with the public implementations' defaults.
+
+Defaults follow REFERENCE.md (CORL/PEX IQL for locomotion, APL's TD3/TD3+BC). AntMaze runs
+set `iql_tau: 0.9`, `iql_beta: 10` and `reward_shift: -1` in params.yaml.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from cfdg.config import check
+
+Algo = Literal["iql", "pex", "apl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentConfig:
+    algo: Algo = "iql"
+    hidden_dims: tuple[int, ...] = (256, 256)
+    lr: float = 3e-4
+    discount: float = 0.99
+    target_rate: float = 0.005  # soft target update rate (Polyak)
+    batch_size: int = 256
+    normalize_obs: bool = True  # CORL IQL / TD3+BC standardise states with offline statistics
+    reward_scale: float = 1.0
+    reward_shift: float = 0.0  # -1 for AntMaze (IQL's r - 1)
+    # IQL / PEX
+    iql_tau: float = 0.7  # expectile
+    iql_beta: float = 3.0  # inverse temperature of advantage weighting
+    exp_adv_max: float = 100.0
+    actor_cosine: bool = True  # cosine decay of the actor lr over the offline steps (online: constant)
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    # PEX
+    inv_temperature: float = 10.0
+    pex_eval_eps: float = 0.1  # eval: greedy with prob 1 - eps (PEX's epsilon_greedy_sample)
+    # APL (TD3 online, TD3+BC offline)
+    policy_noise: float = 0.2
+    noise_clip: float = 0.5
+    policy_delay: int = 2
+    expl_noise: float = 0.1
+    bc_alpha: float = 2.5
+    # execution
+    device: str = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    fused_adam: bool = True  # one fused/foreach Adam kernel over all parameters
+
+    def __post_init__(self) -> None:
+        w = "agent"
+        check(len(self.hidden_dims) >= 1 and all(h > 0 for h in self.hidden_dims), w, "hidden_dims must be positive")
+        check(self.lr > 0, f"{w}.lr", f"must be > 0, got {self.lr}")
+        check(0 < self.discount <= 1, f"{w}.discount", f"must be in (0, 1], got {self.discount}")
+        check(0 < self.target_rate <= 1, f"{w}.target_rate", f"must be in (0, 1], got {self.target_rate}")
+        check(self.batch_size >= 2, f"{w}.batch_size", f"must be >= 2, got {self.batch_size}")
+        check(0 < self.iql_tau < 1, f"{w}.iql_tau", f"must be in (0, 1), got {self.iql_tau}")
+        check(self.iql_beta >= 0, f"{w}.iql_beta", f"must be >= 0, got {self.iql_beta}")
+        check(self.exp_adv_max > 0, f"{w}.exp_adv_max", f"must be > 0, got {self.exp_adv_max}")
+        check(self.inv_temperature >= 0, f"{w}.inv_temperature", f"must be >= 0, got {self.inv_temperature}")
+        check(0 <= self.pex_eval_eps <= 1, f"{w}.pex_eval_eps", f"must be in [0, 1], got {self.pex_eval_eps}")
+        check(self.policy_delay >= 1, f"{w}.policy_delay", f"must be >= 1, got {self.policy_delay}")
+        check(self.noise_clip >= 0 and self.policy_noise >= 0, w, "policy_noise and noise_clip must be >= 0")
+        check(self.expl_noise >= 0, f"{w}.expl_noise", f"must be >= 0, got {self.expl_noise}")
+        check(self.bc_alpha > 0, f"{w}.bc_alpha", f"must be > 0, got {self.bc_alpha}")
+        check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")

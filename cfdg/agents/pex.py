@@ -1,0 +1,76 @@
+"""Policy Expansion (Zhang et al., 2023) on top of IQL, readable top to bottom.
+
+Offline: plain IQL. Online: the offline policy is frozen, a fresh policy is added and trained
+with the IQL losses, and each action is picked from the two candidates {a_offline, a_new} by
+sampling Categorical(softmax(inv_temperature · Q(s, a_i))). In evaluation PEX's code is
+"greedy-ish": the new policy's mean and the argmax candidate each with probability 1 − ε
+(ε = `pex_eval_eps`, 0.1), a sample otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cfdg.agents.common import Mode, adam, frozen_copy, noise, uniform
+from cfdg.agents.iql import IQL
+
+
+def choice_probs(q: torch.Tensor, inv_temperature: float) -> torch.Tensor:
+    """P(choose candidate i) = softmax(inv_temperature · Q)_i over the last dim."""
+    return torch.softmax(inv_temperature * q, dim=-1)
+
+
+def choose(
+    q: torch.Tensor, inv_temperature: float, u: torch.Tensor, greedy: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Index of the chosen candidate, by inverse-CDF sampling with uniforms `u` ([...]).
+
+    Where `greedy` is True the argmax of Q is taken instead. Pure: all randomness comes in `u`.
+    """
+    cdf = choice_probs(q, inv_temperature).cumsum(-1)
+    idx = (cdf < u.unsqueeze(-1)).sum(-1).clamp(max=q.shape[-1] - 1)
+    if greedy is not None:
+        idx = torch.where(greedy, q.argmax(-1), idx)
+    return idx
+
+
+class PEX(IQL):
+    algo = "pex"
+
+    def start_online(self) -> None:
+        """Freeze the offline policy and add a freshly initialised one with its own optimiser."""
+        if self.phase == "online":
+            return
+        self.offline_actor = frozen_copy(self.actor)
+        self.actor = self._new_actor()
+        self.optim = adam(
+            [
+                {"params": list(self.critic.parameters())},
+                {"params": list(self.vf.parameters())},
+                {"params": list(self.actor.parameters())},
+            ],
+            self.cfg.lr,
+            self.device,
+            self.cfg.fused_adam,
+        )
+        self._modules = (*IQL._modules, "offline_actor")
+        self.phase = "online"
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, mode: Mode, gen: torch.Generator) -> np.ndarray:
+        if self.phase == "offline":
+            return super().act(obs, mode, gen)
+        s = self.obs_tensor(obs)
+        a_off = self.offline_actor(s)[0]
+        mean, log_std = self.actor(s)
+        eps = self.cfg.pex_eval_eps
+        explore = mode == "explore"
+        sample_new = explore or bool(uniform((), gen) < eps)
+        a_new = mean + log_std.exp() * noise(mean.shape, gen, self.device) if sample_new else mean
+        candidates = torch.stack([a_off, a_new]).clamp(-self.max_action, self.max_action)
+        q = self.critic.min(s.expand(2, -1), candidates)
+        u = uniform((), gen).to(self.device)
+        greedy = None if explore else (uniform((), gen) >= eps).to(self.device)
+        i = choose(q, self.cfg.inv_temperature, u, greedy)
+        return candidates[i].cpu().numpy()

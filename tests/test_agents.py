@@ -1,0 +1,246 @@
+"""Agents: PEX's choice rule, APL's λ-switched actor loss, IQL's losses, the fused twin critic, state round trips."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cfdg.agents import AgentConfig, make_agent
+from cfdg.agents.apl import actor_loss
+from cfdg.agents.common import TwinQ, soft_update
+from cfdg.agents.iql import expectile_loss
+from cfdg.agents.pex import choice_probs, choose
+from cfdg.config import from_mapping
+from cfdg.errors import CheckpointError, ConfigError
+from cfdg.replay import ReplayBuffer, sample_uniform
+from tests.conftest import make_transitions
+
+CPU = torch.device("cpu")
+SMALL = {"hidden_dims": (32, 32), "batch_size": 64}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny MLPs: one thread is fastest and immune to oversubscription
+    yield
+    torch.set_num_threads(n)
+
+
+def agent(algo: str, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return make_agent(AgentConfig(algo=algo, **{**SMALL, **kw}), 5, 3, 1.0, CPU)
+
+
+def batches(n: int, lam=None, seed: int = 0):
+    buf = ReplayBuffer.from_transitions(make_transitions(500, seed=seed), CPU)
+    gen = torch.Generator().manual_seed(seed)
+    return [sample_uniform(buf, 64, gen, lam=lam) for _ in range(n)]
+
+
+# --- PEX -------------------------------------------------------------------------------------
+
+
+def test_pex_choice_probabilities_are_softmax_of_scaled_q():
+    q = torch.tensor([[1.0, 1.1], [0.0, -0.3], [5.0, 5.0]])
+    p = choice_probs(q, 10.0)
+    expected = np.exp(10 * q.numpy()) / np.exp(10 * q.numpy()).sum(-1, keepdims=True)
+    np.testing.assert_allclose(p.numpy(), expected, rtol=1e-6)
+    assert p[0, 1] == pytest.approx(1 / (1 + np.exp(-1.0)), rel=1e-6)
+
+
+def test_pex_choose_samples_with_those_probabilities_and_greedy_takes_argmax():
+    q = torch.tensor([0.2, 0.25]).expand(20000, 2)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    idx = choose(q, 10.0, u)
+    p_new = float(choice_probs(q[0], 10.0)[1])  # ≈ 0.6225
+    assert idx.float().mean().item() == pytest.approx(p_new, abs=0.015)  # sd ≈ 0.0034
+    assert torch.equal(
+        choose(q, 10.0, u, greedy=torch.ones(20000, dtype=torch.bool)), torch.ones(20000, dtype=torch.long)
+    )
+    # inv_temperature 0: uniform choice
+    assert choose(q, 0.0, u).float().mean().item() == pytest.approx(0.5, abs=0.015)
+
+
+def test_pex_online_freezes_offline_policy_and_trains_a_new_one():
+    a = agent("pex")
+    for b in batches(3):
+        a.update(b)
+    offline_weights = [p.detach().clone() for p in a.actor.parameters()]
+    a.start_online()
+    assert all(not p.requires_grad for p in a.offline_actor.parameters())
+    assert not all(torch.equal(p, q) for p, q in zip(a.actor.parameters(), offline_weights, strict=True))
+    new_before = [p.detach().clone() for p in a.actor.parameters()]
+    for b in batches(5, seed=1):
+        a.update(b)
+    assert all(torch.equal(p, q) for p, q in zip(a.offline_actor.parameters(), offline_weights, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(a.actor.parameters(), new_before, strict=True))
+    gen = torch.Generator().manual_seed(0)
+    for mode in ("explore", "eval"):
+        act = a.act(np.zeros(5, np.float32), mode, gen)
+        assert act.shape == (3,) and np.all(np.abs(act) <= 1.0)
+
+
+def test_pex_act_picks_candidate_with_much_higher_q():
+    """A critic that prefers actions near +0.9 makes PEX choose the new policy's action when that is near it."""
+    a = agent("pex")
+    a.start_online()
+    with torch.no_grad():
+        for layer in a.actor.net:  # new policy: mean tanh(3) ≈ 0.995 everywhere
+            if isinstance(layer, nn.Linear):
+                layer.weight.zero_()
+                layer.bias.fill_(3.0)
+        a.actor.log_std.fill_(-10.0)
+        for layer in a.offline_actor.net:  # offline policy: mean tanh(-3)
+            if isinstance(layer, nn.Linear):
+                layer.weight.zero_()
+                layer.bias.fill_(-3.0)
+
+    class SumCritic(nn.Module):
+        def forward(self, obs, act):
+            return act.sum(-1).expand(2, -1)
+
+        def min(self, obs, act):
+            return self(obs, act).min(0).values
+
+    a.critic = SumCritic()
+    gen = torch.Generator().manual_seed(0)
+    picks = [a.act(np.zeros(5, np.float32), "explore", gen)[0] for _ in range(50)]
+    assert all(p > 0.9 for p in picks)  # softmax(10·(~3 − ~−3)) ≈ 1 for the new policy
+
+
+# --- APL -------------------------------------------------------------------------------------
+
+
+def test_apl_actor_loss_has_bc_term_only_offline():
+    pi = torch.tensor([[0.1, 0.2], [0.3, -0.1], [0.0, 0.5]], requires_grad=True)
+    c = torch.tensor([2.0, -1.0])
+    q = pi @ c + torch.tensor([3.0, -5.0, 4.0])  # a critic linear in the action
+    data_actions = torch.full((3, 2), 0.5)
+    online, bc_on = actor_loss(q, pi, data_actions, 0.0, 2.5)
+    assert online.item() == pytest.approx(-q.mean().item()) and bc_on.item() == 0.0
+    grad_on = torch.autograd.grad(online, pi, retain_graph=True)[0]
+    torch.testing.assert_close(grad_on, (-c / 3).expand(3, 2))  # pure TD3: no pull towards data actions
+    offline, bc_off = actor_loss(q, pi, data_actions, 1.0, 2.5)
+    lam = 2.5 / q.abs().mean().item()  # λ = α / mean|Q|
+    assert bc_off.item() == pytest.approx(((pi.detach() - 0.5) ** 2).mean().item())
+    assert offline.item() == pytest.approx(-lam * q.mean().item() + bc_off.item(), rel=1e-6)
+    grad_off = torch.autograd.grad(offline, pi)[0]
+    torch.testing.assert_close(grad_off, -lam * c / 3 + 2 * (pi.detach() - 0.5) / 6)
+
+
+def test_apl_update_uses_batch_lambda():
+    a = agent("apl", policy_delay=1)
+    on = a.update(batches(1, lam=0.0)[0])
+    off = a.update(batches(1, lam=1.0, seed=1)[0])
+    assert on["bc_loss"].item() == 0.0
+    assert off["bc_loss"].item() > 0.0
+
+
+# --- IQL and shared parts --------------------------------------------------------------------
+
+
+def test_expectile_loss_weights():
+    d = torch.tensor([2.0, -2.0])
+    assert expectile_loss(d, 0.7).item() == pytest.approx((0.7 * 4 + 0.3 * 4) / 2)
+    assert expectile_loss(torch.tensor([-1.0]), 0.9).item() == pytest.approx(0.1)
+
+
+def test_iql_fits_fixed_batch_and_target_moves_slowly():
+    a = agent("iql", lr=1e-3)
+    b = batches(1)[0]
+    nll = lambda: -a.actor.log_prob(a.norm(b.observations), b.actions).mean().item()  # noqa: E731
+    nll_first = nll()
+    first = a.update(b)
+    target_before = [p.clone() for p in a.target_critic.parameters()]
+    for _ in range(150):
+        last = a.update(b)
+    assert last["q_loss"].item() < 0.5 * first["q_loss"].item()
+    assert nll() < nll_first - 0.5  # the policy moves towards the batch's actions
+    moved = max((p - q).abs().max().item() for p, q in zip(a.target_critic.parameters(), target_before, strict=True))
+    online_moved = max((p - q).abs().max().item() for p, q in zip(a.critic.parameters(), target_before, strict=True))
+    assert 0 < moved < online_moved
+
+
+def test_iql_actor_lr_follows_cosine_offline_and_is_constant_online():
+    a = agent("iql")
+    a.offline_steps_total = 4
+    lrs = []
+    for b in batches(5):
+        lrs.append(a._actor_lr())
+        a.update(b)
+    assert lrs[0] == pytest.approx(3e-4) and lrs[2] == pytest.approx(1.5e-4) and lrs[4] == pytest.approx(0.0)
+    a.start_online()
+    assert a._actor_lr() == pytest.approx(3e-4)
+
+
+def test_twin_q_is_two_independent_mlps():
+    torch.manual_seed(0)
+    q = TwinQ(5, 3, (16, 16))
+    obs, act = torch.randn(7, 5), torch.randn(7, 3)
+    out = q(obs, act)
+    assert out.shape == (2, 7)
+    for i in range(2):
+        x = torch.cat([obs, act], -1)
+        for layer in q.layers:
+            x = torch.relu(x @ layer.weight[i] + layer.bias[i])
+        np.testing.assert_allclose(
+            out[i].detach().numpy(),
+            (x @ q.head.weight[i] + q.head.bias[i]).squeeze(-1).detach().numpy(),
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    assert torch.equal(q.min(obs, act), out.min(0).values)
+
+
+def test_soft_update_is_polyak():
+    src, dst = nn.Linear(3, 2), nn.Linear(3, 2)
+    expected = dst.weight.detach() + 0.1 * (src.weight.detach() - dst.weight.detach())
+    soft_update(dst, src, 0.1)
+    torch.testing.assert_close(dst.weight.detach(), expected)
+
+
+@pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
+def test_state_round_trip_through_weights_only_load(algo):
+    a = agent(algo)
+    for b in batches(4, lam=1.0):
+        a.update(b)
+    a.start_online()
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    b2 = agent(algo, seed=123)
+    b2.load_state_dict(state)
+    assert b2.phase == "online" and b2.grad_steps == a.grad_steps
+    gen1, gen2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    obs = np.linspace(-1, 1, 5).astype(np.float32)
+    np.testing.assert_array_equal(a.act(obs, "explore", gen1), b2.act(obs, "explore", gen2))
+    # identical next update (optimiser state included)
+    nb = batches(1, lam=0.0, seed=9)[0]
+    for x in (a, b2):
+        torch.manual_seed(0)
+        x.update(nb)
+    for name in a._modules:
+        for p, q in zip(getattr(a, name).parameters(), getattr(b2, name).parameters(), strict=True):
+            assert torch.equal(p, q), name
+
+
+def test_state_from_another_algorithm_is_rejected():
+    with pytest.raises(CheckpointError, match="apl"):
+        agent("apl").load_state_dict(agent("iql").state_dict())
+
+
+def test_agent_config_from_mapping_rejects_bad_values():
+    cfg = from_mapping(AgentConfig, {"algo": "pex", "hidden_dims": [64, 64], "iql_tau": 0.9}, "agent")
+    assert cfg.hidden_dims == (64, 64) and cfg.algo == "pex"
+    with pytest.raises(ConfigError, match="agent.algo"):
+        from_mapping(AgentConfig, {"algo": "sac"}, "agent")
+    with pytest.raises(ConfigError, match="agent.iql_tau"):
+        from_mapping(AgentConfig, {"iql_tau": 1.5}, "agent")
+    with pytest.raises(ConfigError, match="unknown"):
+        from_mapping(AgentConfig, {"taus": 0.5}, "agent")

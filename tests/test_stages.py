@@ -236,3 +236,32 @@ def test_users_d4rl_file_is_imported_instead_of_building(finished, tmp_path):
     prov = json.loads((repo / "artifacts" / "dataset" / "dataset.provenance.json").read_text())
     assert prov["params"]["source"] == str(hdf5) and prov["inputs"]["source"]["sha256"] == digest(hdf5)
     assert "pretrain" in dvc(repo, "status").stdout  # everything downstream is now stale
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["none", "synther"])
+def test_fit_and_materialise_other_variants(finished, tmp_path, variant):
+    """`none` writes an empty synthetic store (the base algorithm); `synther` labels every row online."""
+    from cfdg.config import from_mapping
+    from cfdg.diffusion import DiffusionConfig
+    from cfdg.store import read_store
+    from stages.fit import fit_stage
+    from stages.materialise import materialise_stage
+
+    raw = P.read_params(finished / "params.yaml")
+    cfg = from_mapping(DiffusionConfig, {**raw["diffusion"], "variant": variant}, "diffusion")
+    offline = finished / "artifacts" / "dataset" / "offline.zarr"
+    online = finished / "artifacts" / "rounds" / "1" / "online.zarr"
+    out = tmp_path / "rounds" / "1"
+    fit_stage(offline, online, cfg, 0, 1, out / "diffusion.pt", progress=False)
+    quality = materialise_stage(
+        out / "diffusion.pt", offline, online, cfg, P.QualityParams(max_rows=200), 0, 1, out / "synthetic.zarr", False
+    )
+    data, attrs = read_store(out / "synthetic.zarr")
+    assert attrs["kind"] == "synthetic" and attrs["params"]["diffusion"]["variant"] == variant
+    if variant == "none":
+        assert len(data) == 0 and "generated_vs_online" not in quality
+    else:
+        assert len(data) == cfg.n_synthetic and data.labels.min() == 1
+        assert set(quality["generated_vs_online"]) == {"state", "action", "transition"}
+    assert set(quality["offline_vs_online"]) == {"state", "action", "transition"}

@@ -30,12 +30,36 @@ RERUN_HINT = (
 
 
 def _merge(dst: Any, src: Mapping[str, Any]) -> None:
-    """Deep-merge `src` into the ruamel mapping `dst` in place (so params.yaml keeps its comments)."""
+    """Deep-merge `src` into the ruamel mapping `dst` in place (so params.yaml keeps its comments).
+
+    New keys go after the existing ones and take over the blank line that closed the section;
+    lists are written in flow style (`hidden_dims: [32, 32]`).
+    """
+    from ruamel.yaml.comments import CommentedSeq
+
+    last = next(reversed(dst), None) if len(dst) else None
     for key, value in src.items():
         if isinstance(value, Mapping) and isinstance(dst.get(key), Mapping):
             _merge(dst[key], value)
-        else:
-            dst[key] = value
+            continue
+        if isinstance(value, list):
+            value = CommentedSeq(value)
+            value.fa.set_flow_style()
+        dst[key] = value
+    new_last = next(reversed(dst), None) if len(dst) else None
+    comments = getattr(dst, "ca", None)
+    if comments is not None and last is not None and new_last != last and last in comments.items:
+        tokens = comments.items[last]
+        token = tokens[2] if len(tokens) > 2 else None
+        if token is not None and token.value.endswith("\n\n"):
+            from ruamel.yaml.error import CommentMark
+            from ruamel.yaml.tokens import CommentToken
+
+            token.value = token.value.rstrip("\n") + "\n"
+            if not token.value.strip():
+                tokens[2] = None
+            blank = CommentToken("\n", CommentMark(0), None)
+            comments.items.setdefault(new_last, [None, None, None, None])[2] = blank
 
 
 def apply_preset(preset: str | Path, params: str | Path = "params.yaml", rounds: int | None = None) -> Path:
@@ -66,7 +90,13 @@ def apply_preset(preset: str | Path, params: str | Path = "params.yaml", rounds:
     doc = ry.load(params.read_text())
     _merge(doc, data)
     if "rounds" in data:
-        doc["rounds"] = data["rounds"]
+        from ruamel.yaml.comments import CommentedMap
+
+        table = CommentedMap()
+        for key, item in data["rounds"].items():
+            table[key] = CommentedMap(item)
+            table[key].fa.set_flow_style()  # `"2": {prev: 1}`, one line per round
+        doc["rounds"] = table
     buf = io.StringIO()
     ry.dump(doc, buf)
     tmp_check = yaml.safe_load(buf.getvalue())

@@ -17,7 +17,9 @@ Default budgets fit the CPU pipeline (Hopper medium-replay in a few minutes on 2
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +57,7 @@ class DatasetConfig:
     batch_size: int = 256
     hidden: int = 256
     device: str = "auto"
+    torch_threads: int = 0  # 0 keeps torch's default; 1 avoids thread stalls on an oversubscribed CPU
 
     def __post_init__(self) -> None:
         w = "dataset"
@@ -67,6 +70,7 @@ class DatasetConfig:
         check(self.eval_episodes > 0, f"{w}.eval_episodes", f"must be positive, got {self.eval_episodes}")
         check(self.start_steps >= 0, f"{w}.start_steps", f"must be >= 0, got {self.start_steps}")
         check(self.batch_size > 0 and self.hidden > 0, w, "batch_size and hidden must be positive")
+        check(self.torch_threads >= 0, f"{w}.torch_threads", f"must be >= 0, got {self.torch_threads}")
         check(0.0 <= self.rollout_noise <= 1.0, f"{w}.rollout_noise", f"must be in [0, 1], got {self.rollout_noise}")
         check(
             self.expert_steps >= self.medium_steps,
@@ -150,10 +154,27 @@ def _summary(env: str, returns: list[float]) -> dict[str, float | None]:
     return out
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch intra-op threads set to `n` (0: unchanged) for the block, restored afterwards."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_dataset(
     cfg: DatasetConfig, out_store: str | Path, out_card: str | Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train the behaviour policy if the kind needs one, collect, write the store and card; returns the card."""
+    with _threads(cfg.torch_threads):
+        return _build(cfg, out_store, out_card, progress)
+
+
+def _build(cfg: DatasetConfig, out_store: str | Path, out_card: str | Path | None, progress: bool) -> dict[str, Any]:
     env = env_name(cfg.env)
     device = select_device(cfg.device)
     td3 = TD3Params(hidden=cfg.hidden, batch_size=cfg.batch_size, start_steps=cfg.start_steps)

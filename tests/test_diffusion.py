@@ -29,6 +29,7 @@ from cfdg.diffusion import (
     sample_to_store,
     save_diffusion,
     to_vectors,
+    write_empty_synthetic,
 )
 from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
 from cfdg.errors import CheckpointError, ConfigError
@@ -228,6 +229,15 @@ def test_sample_to_store(toy, tmp_path):
     assert (proj[data.labels == 1] > 0).mean() > 0.95 and (proj[data.labels == 0] < 0).mean() > 0.95
     assert digest(a) == digest(b)
     assert digest(a) != digest(c)
+
+
+def test_empty_synthetic_store_for_variant_none(tmp_path):
+    meta = StoreMeta(kind="synthetic", env_id="toy", source="none")
+    data, attrs = read_store(write_empty_synthetic(tmp_path / "none.zarr", meta, OBS, ACT))
+    assert len(data) == 0 and data.labels is not None and data.obs_dim == OBS and data.act_dim == ACT
+    assert attrs["counts"] == {"rows": 0, "online": 0, "offline": 0}
+    with pytest.raises(ConfigError, match="kind must be 'synthetic'"):
+        write_empty_synthetic(tmp_path / "x.zarr", StoreMeta(kind="online", env_id="toy", source="x"), OBS, ACT)
 
 
 def test_label_pattern_is_exact_in_every_prefix():

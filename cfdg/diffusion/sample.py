@@ -142,3 +142,12 @@ def sample_to_store(
             v = sample_vectors(model, labels, m, chunk_seed(seed, k))
             writer.append(from_vectors(v, model.obs_dim, model.act_dim, labels))
     return Path(out_path)
+
+
+def write_empty_synthetic(out_path: str | os.PathLike, meta: StoreMeta, obs_dim: int, act_dim: int) -> Path:
+    """The `none` variant's synthetic store: valid, labelled, zero rows, so later stages need no special case."""
+    if meta.kind != "synthetic":
+        raise ConfigError(f"write_empty_synthetic: meta.kind must be 'synthetic', got {meta.kind!r}")
+    with StoreWriter(out_path, meta, obs_dim, act_dim, DEFAULT_CHUNK_ROWS):
+        pass
+    return Path(out_path)

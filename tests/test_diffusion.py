@@ -18,6 +18,7 @@ import torch
 from cfdg.config import from_mapping
 from cfdg.diffusion import (
     LABEL_NULL,
+    Denoiser,
     DiffusionConfig,
     Normaliser,
     check_dims,
@@ -173,9 +174,23 @@ def test_edm_preconditioning(sigma, sd):
     assert c_out == pytest.approx(sigma * sd / math.sqrt(sigma**2 + sd**2), rel=1e-12)
     assert c_in == pytest.approx(1 / math.sqrt(sigma**2 + sd**2), rel=1e-12)
     assert c_noise == pytest.approx(math.log(sigma) / 4, rel=1e-12)
-    # EDM's identities: unit-variance input, and c_skip² σd² + c_out²... give the target scale.
+    # EDM's design goals: unit-variance network input and unit-variance training target F.
     assert c_in**2 * (sigma**2 + sd**2) == pytest.approx(1.0)
+    assert ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * sigma**2) / c_out**2 == pytest.approx(1.0)
     assert float(loss_weight(torch.tensor(sigma), sd)) == pytest.approx(1 / c_out**2, rel=1e-5)
+
+
+def test_denoise_applies_preconditioning():
+    """With F ≡ b (zero output weights, bias b), D(x; σ) = c_skip·x + c_out·b exactly."""
+    net = Denoiser(7, 16, 1)
+    torch.nn.init.constant_(net.out.bias, 0.25)
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    sigma, sd = 2.0, 0.5
+    with torch.no_grad():
+        d = denoise(net, x, torch.full((1, 1), sigma), torch.zeros(5, dtype=torch.long), sd)
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = sigma * sd / math.sqrt(sigma**2 + sd**2)
+    torch.testing.assert_close(d, c_skip * x + c_out * 0.25)
 
 
 def test_karras_sigmas():

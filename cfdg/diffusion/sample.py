@@ -45,7 +45,10 @@ def sample_vectors(
     stochastic: bool | None = None,
     precision: str | None = None,
 ) -> np.ndarray:
-    """n normalised-then-denormalised vectors in ONE sampler batch; labels None = null class."""
+    """n vectors in data units from ONE sampler batch (labels None = null class, no guidance).
+
+    Guidance evaluates conditional and null class together: each network call sees 2n rows.
+    """
     cfg = model.cfg
     w = cfg.guidance_w if guidance_w is None else guidance_w
     device = model.device

@@ -271,7 +271,7 @@ def main() -> int:
     args = ap.parse_args()
     start = time.perf_counter()
     if args.quick:
-        sizes = [(1024, 6, 256, 1, 3), (256, 3, 512, 2, 5)]
+        sizes = [(1024, 6, 256, 2, 3), (256, 3, 512, 3, 5)]
         quality = bf16_quality(200, 1000, 16)
     else:
         sizes = [(1024, 6, 2048, 2, 8), (256, 3, 4096, 4, 30)]

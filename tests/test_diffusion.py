@@ -193,6 +193,20 @@ def test_denoise_applies_preconditioning():
     torch.testing.assert_close(d, c_skip * x + c_out * 0.25)
 
 
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
+def test_inference_fast_path_matches_training_path(activation):
+    torch.manual_seed(0)
+    net = Denoiser(9, 32, 3, activation=activation, layer_norm=activation != "gelu")
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    x, c, labels = torch.randn(16, 9), torch.randn(16), torch.randint(0, 3, (16,))
+    with torch.no_grad():
+        plain = net(x, c, labels)
+    with torch.inference_mode():
+        fast = net(x, c, labels)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    assert plain.abs().max() > 0.01
+
+
 def test_karras_sigmas():
     s = karras_sigmas(128, 0.002, 80.0, 7.0)
     assert len(s) == 129 and s[0] == pytest.approx(80.0) and s[127] == pytest.approx(0.002) and s[128] == 0.0

@@ -6,8 +6,8 @@ For the paper size (width 1024, depth 6) and a CPU size (width 256, depth 3) at 
 width (11+3+1+11+1 = 27) it measures, in one run on one device:
 - training steps/s at batch 256 (the library's fit_diffusion, first step included);
 - sampling samples/s for 128 Heun steps with guidance (the library's sampler: both guidance
-  evaluations in one batched call). Only a few sampler steps are run: the cost of one network
-  call is the slope between two short runs, and 128 steps = 255 calls are extrapolated from it;
+  evaluations in one batched call). Only a few sampler steps are run: their time per network
+  call (fixed costs included) is extrapolated to 128 steps = 255 calls;
 - the same for a straightforward eager implementation (fp32, no autocast, two unbatched
   network calls per step, per-row noise embedding) with the same weights, as the baseline;
 - FLOP utilisation: analytic FLOPs (2·in·out per Linear per row; training = 3× forward) over
@@ -78,6 +78,10 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: i
     return 2 * n**3 / best
 
 
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -128,22 +132,20 @@ class Straightforward:
         return x
 
 
-def per_call_seconds(run, device: torch.device, k1: int, k2: int) -> tuple[float, float]:
-    """(seconds per network call, fixed seconds) from runs of k1 and k2 sampler steps.
+def per_call_seconds(run, device: torch.device, k: int, reps: int = 3) -> float:
+    """Seconds per network call: a k-step sampler run (2k−1 calls) divided by its calls.
 
-    Best of 3 after a warm-up: on a shared machine the minimum is the least disturbed run.
+    The run's fixed costs (initial noise, denormalisation) are charged to the calls, which
+    overstates the per-call time a little: the extrapolation errs on the slow side. Best of
+    `reps` after a warm-up: on a shared machine the minimum is the least disturbed run.
     """
-    run(k1)
-    t1 = min(timed(lambda: run(k1), device) for _ in range(3))
-    t2 = min(timed(lambda: run(k2), device) for _ in range(3))
-    calls1, calls2 = 2 * k1 - 1, 2 * k2 - 1
-    per_call = max(t2 - t1, 1e-9) / (calls2 - calls1)
-    return per_call, max(t1 - calls1 * per_call, 0.0)
+    run(k)
+    return min(timed(lambda: run(k), device) for _ in range(reps)) / (2 * k - 1)
 
 
-def bench_size(width: int, depth: int, batch: int, k: tuple[int, int], train_steps: int) -> list[dict]:
-    """Rows for one network size. Each measurement is preceded by a matmul peak of its precision
-    (the machine may be shared; utilisation is against the peak measured under the same load)."""
+def bench_size(width: int, depth: int, batch: int, k: int, train_steps: int) -> list[dict]:
+    """Rows for one network size. The sampling measurement follows a matmul peak of its precision
+    (the machine may be shared; utilisation is against a peak measured under the same load)."""
     data_off, data_on = hopper_like(4096, 0.0, 1), hopper_like(4096, 1.0, 2)
     rows = []
     flops_row = count_flops_per_row(D, width, depth)
@@ -155,27 +157,26 @@ def bench_size(width: int, depth: int, batch: int, k: tuple[int, int], train_ste
     model = None
     for precision in ("fp32", "bf16"):
         cfg = from_mapping(DiffusionConfig, {**base_cfg, "precision": precision, "train_steps": train_steps}, "bench")
-        train_peak = matmul_peak(DEVICE, DTYPES[precision])
+        log(f"{width}x{depth} {precision}: train {train_steps} steps")
         model, m = fit_diffusion(data_off, data_on, cfg, seed=0, progress=False)
 
         def run(steps: int, model=model) -> None:
             sample_vectors(model, labels, batch, seed=0, steps=steps)
 
-        sample_peak = matmul_peak(DEVICE, DTYPES[precision])
-        per_call, fixed = per_call_seconds(run, model.device, *k)
-        seconds_128 = fixed + CALLS_128 * per_call
+        log(f"{width}x{depth} {precision}: matmul peak, then sampler steps {k}")
+        peak = matmul_peak(DEVICE, DTYPES[precision])
+        seconds_128 = CALLS_128 * per_call_seconds(run, model.device, k)
         rows.append(
             {
                 "size": f"{width}x{depth}",
                 "precision": precision,
                 "train_steps_per_s": m["steps_per_s"],
                 "train_gflops": m["steps_per_s"] * train_flops_step / 1e9,
-                "train_mfu": m["steps_per_s"] * train_flops_step / train_peak,
+                "train_mfu": m["steps_per_s"] * train_flops_step / peak,
                 "samples_per_s": batch / seconds_128,
                 "sample_gflops": sample_flops / seconds_128 / 1e9,
-                "sample_mfu": sample_flops / seconds_128 / sample_peak,
-                "peak_gflops_at_train": train_peak / 1e9,
-                "peak_gflops_at_sample": sample_peak / 1e9,
+                "sample_mfu": sample_flops / seconds_128 / peak,
+                "matmul_peak_gflops": peak / 1e9,
                 "sample_batch": batch,
                 "train_steps_measured": train_steps,
             }
@@ -187,8 +188,8 @@ def bench_size(width: int, depth: int, batch: int, k: tuple[int, int], train_ste
     def run_plain(steps: int) -> None:
         plain.sample(labels_t, steps, 1.0, torch.Generator().manual_seed(0))
 
-    per_call, fixed = per_call_seconds(run_plain, model.device, *k)
-    base = batch / (fixed + CALLS_128 * per_call)
+    log(f"{width}x{depth} straightforward fp32 baseline: sampler steps {k}")
+    base = batch / (CALLS_128 * per_call_seconds(run_plain, model.device, k))
     for r in rows:
         r["straightforward_fp32_samples_per_s"] = base
         r["speedup_vs_straightforward"] = r["samples_per_s"] / base
@@ -196,7 +197,20 @@ def bench_size(width: int, depth: int, batch: int, k: tuple[int, int], train_ste
 
 
 def bf16_quality(train_steps: int, n: int, steps: int) -> dict:
-    """JS between bf16 and fp32 samples (same model, same seed), and of each to the real online data."""
+    """JS between bf16 and fp32 samples (same model, same seed), and of each to the real online data.
+
+    Not a speed measurement: runs on one thread, where a small network is fastest on a busy machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    log(f"bf16 quality: train 256x3 for {train_steps} steps, sample {n} rows in fp32 and bf16")
+    try:
+        return _bf16_quality(train_steps, n, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bf16_quality(train_steps: int, n: int, steps: int) -> dict:
     online = hopper_like(8000, 1.0, 2)
     cfg = from_mapping(
         DiffusionConfig,
@@ -226,7 +240,7 @@ def table(result: dict) -> str:
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['size']} | {r['precision']} | {r['peak_gflops_at_train']:.0f} / {r['peak_gflops_at_sample']:.0f} "
+            f"| {r['size']} | {r['precision']} | {r['matmul_peak_gflops']:.0f} "
             f"| {r['train_steps_per_s']:.2f} | {r['train_gflops']:.0f} ({r['train_mfu']:.0%}) "
             f"| {r['samples_per_s']:.2f} | {r['sample_gflops']:.0f} ({r['sample_mfu']:.0%}) "
             f"| {r['speedup_vs_straightforward']:.2f}× (baseline {r['straightforward_fp32_samples_per_s']:.2f}/s) |"
@@ -240,11 +254,12 @@ def table(result: dict) -> str:
         parts = ", ".join(f"{k} {v['classifier']:.3f}/{v['histogram']:.3f}" for k, v in q[name].items())
         lines.append(f"  {name}: {parts}")
     lines.append(
-        "Notes: samples/s are EXTRAPOLATED to 128 steps (255 network calls) from the per-call slope "
-        f"between runs of {result['sampler_steps_measured']} sampler steps; train steps/s include the "
+        "Notes: samples/s are EXTRAPOLATED to 128 steps (255 network calls) from the time per call of "
+        f"runs of {result['sampler_steps_measured']} sampler steps (best of 3, fixed costs charged to the "
+        "calls); train steps/s include the "
         "first step. MFU = analytic FLOPs (2·in·out per Linear per row, training 3× forward) over a "
-        "4096² matmul peak of the same precision measured just before (peak column: before training / "
-        "before sampling). Baseline: same weights and batch, fp32, two unbatched calls per step."
+        "4096² matmul peak of the same precision measured just before sampling, under the same load. "
+        "Baseline: same weights and batch, fp32, two unbatched calls per step."
     )
     return "\n".join(lines)
 
@@ -256,10 +271,10 @@ def main() -> int:
     args = ap.parse_args()
     start = time.perf_counter()
     if args.quick:
-        sizes = [(1024, 6, 256, (1, 2), 3), (256, 3, 512, (1, 2), 5)]
+        sizes = [(1024, 6, 256, 2, 3), (256, 3, 512, 3, 5)]
         quality = bf16_quality(200, 1000, 16)
     else:
-        sizes = [(1024, 6, 2048, (1, 2), 20), (256, 3, 4096, (2, 6), 200)]
+        sizes = [(1024, 6, 2048, 2, 8), (256, 3, 4096, 4, 30)]
         quality = bf16_quality(800, 2000, 64)
     rows = []
     for width, depth, batch, k, train_steps in sizes:
@@ -270,7 +285,7 @@ def main() -> int:
         "threads": torch.get_num_threads(),
         "rows": rows,
         "bf16_quality": quality,
-        "sampler_steps_measured": {f"{w}x{d}": list(k) for w, d, _, k, _ in sizes},
+        "sampler_steps_measured": {f"{w}x{d}": k for w, d, _, k, _ in sizes},
         "seconds": time.perf_counter() - start,
     }
     print(json.dumps(result, indent=2) if args.json else table(result))

@@ -6,7 +6,8 @@ real D4RL file holds the same rows that published offline-RL numbers were traine
 - next_observations[i] = observations[i + 1], even when the file stores `next_observations`
   (qlearning_dataset ignores that key);
 - a row with `timeouts[i]` set is dropped (its successor in the file starts a new episode), and
-  so is the file's last row (it has no successor); terminal rows are kept.
+  so is the file's last row (it has no successor); terminal rows are kept, and as in D4RL their
+  derived s' is the next episode's first observation (harmless for TD targets, masked by the terminal).
 
 Files written by `export_d4rl` carry `metadata` attribute `cfdg_version` and are read row for
 row instead (their `next_observations` are exact), so store -> HDF5 -> store loses nothing.
@@ -135,6 +136,8 @@ def _load(path: Path, next_obs: NextObs) -> tuple[Transitions, dict[str, object]
             rows["labels"] = arrays["labels"]
     elif next_obs == "derive":
         rows = _derive(arrays)
+        if not len(rows["rewards"]):
+            raise DatasetError(f"{path}: no rows left after dropping timeout rows and the last row")
     else:
         raise DatasetError(f"next_obs must be 'auto', 'derive' or 'file', got {next_obs!r}")
     try:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from cfdg.cli import main
 from cfdg.config import from_mapping
@@ -28,16 +27,6 @@ TINY = {
     "max_episode_steps": 40,
     "device": "cpu",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine
-    waiting for a descheduled worker thread makes each op ~100x slower; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(kind: str, **kw) -> DatasetConfig:
@@ -88,13 +77,18 @@ def test_medium_replay_structure_card_and_store(tmp_path):
 
 
 def test_build_is_byte_identical_for_a_seed(tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
     cfg = tiny("medium-expert", transitions=100)
+    assert cfg.torch_threads == 1  # the default: no stalls on a busy machine
     cards = [build_dataset(cfg, tmp_path / d / "s.zarr", tmp_path / d / "card.json", progress=False) for d in "ab"]
     files = {d: sorted(p.relative_to(tmp_path / d) for p in (tmp_path / d).rglob("*") if p.is_file()) for d in "ab"}
     assert files["a"] == files["b"] and len(files["a"]) > 5
     for rel in files["a"]:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
     assert cards[0] == cards[1]
+    assert torch.get_num_threads() == threads  # torch_threads is scoped to the build
     data, _ = read_store(tmp_path / "a" / "s.zarr")
     assert len(data) == 200 and set(cards[0]["parts"]) == {"medium", "expert"}
     check_structure(data, 40)

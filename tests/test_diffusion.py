@@ -18,6 +18,7 @@ import torch
 from cfdg.config import from_mapping
 from cfdg.diffusion import (
     LABEL_NULL,
+    Denoiser,
     DiffusionConfig,
     Normaliser,
     check_dims,
@@ -29,6 +30,7 @@ from cfdg.diffusion import (
     sample_to_store,
     save_diffusion,
     to_vectors,
+    write_empty_synthetic,
 )
 from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
 from cfdg.errors import CheckpointError, ConfigError
@@ -172,9 +174,37 @@ def test_edm_preconditioning(sigma, sd):
     assert c_out == pytest.approx(sigma * sd / math.sqrt(sigma**2 + sd**2), rel=1e-12)
     assert c_in == pytest.approx(1 / math.sqrt(sigma**2 + sd**2), rel=1e-12)
     assert c_noise == pytest.approx(math.log(sigma) / 4, rel=1e-12)
-    # EDM's identities: unit-variance input, and c_skip² σd² + c_out²... give the target scale.
+    # EDM's design goals: unit-variance network input and unit-variance training target F.
     assert c_in**2 * (sigma**2 + sd**2) == pytest.approx(1.0)
+    assert ((1 - c_skip) ** 2 * sd**2 + c_skip**2 * sigma**2) / c_out**2 == pytest.approx(1.0)
     assert float(loss_weight(torch.tensor(sigma), sd)) == pytest.approx(1 / c_out**2, rel=1e-5)
+
+
+def test_denoise_applies_preconditioning():
+    """With F ≡ b (zero output weights, bias b), D(x; σ) = c_skip·x + c_out·b exactly."""
+    net = Denoiser(7, 16, 1)
+    torch.nn.init.constant_(net.out.bias, 0.25)
+    x = torch.randn(5, 7, generator=torch.Generator().manual_seed(0))
+    sigma, sd = 2.0, 0.5
+    with torch.no_grad():
+        d = denoise(net, x, torch.full((1, 1), sigma), torch.zeros(5, dtype=torch.long), sd)
+    c_skip = sd**2 / (sigma**2 + sd**2)
+    c_out = sigma * sd / math.sqrt(sigma**2 + sd**2)
+    torch.testing.assert_close(d, c_skip * x + c_out * 0.25)
+
+
+@pytest.mark.parametrize("activation", ["relu", "silu", "gelu"])
+def test_inference_fast_path_matches_training_path(activation):
+    torch.manual_seed(0)
+    net = Denoiser(9, 32, 3, activation=activation, layer_norm=activation != "gelu")
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    x, c, labels = torch.randn(16, 9), torch.randn(16), torch.randint(0, 3, (16,))
+    with torch.no_grad():
+        plain = net(x, c, labels)
+    with torch.inference_mode():
+        fast = net(x, c, labels)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    assert plain.abs().max() > 0.01
 
 
 def test_karras_sigmas():
@@ -228,6 +258,15 @@ def test_sample_to_store(toy, tmp_path):
     assert (proj[data.labels == 1] > 0).mean() > 0.95 and (proj[data.labels == 0] < 0).mean() > 0.95
     assert digest(a) == digest(b)
     assert digest(a) != digest(c)
+
+
+def test_empty_synthetic_store_for_variant_none(tmp_path):
+    meta = StoreMeta(kind="synthetic", env_id="toy", source="none")
+    data, attrs = read_store(write_empty_synthetic(tmp_path / "none.zarr", meta, OBS, ACT))
+    assert len(data) == 0 and data.labels is not None and data.obs_dim == OBS and data.act_dim == ACT
+    assert attrs["counts"] == {"rows": 0, "online": 0, "offline": 0}
+    with pytest.raises(ConfigError, match="kind must be 'synthetic'"):
+        write_empty_synthetic(tmp_path / "x.zarr", StoreMeta(kind="online", env_id="toy", source="x"), OBS, ACT)
 
 
 def test_label_pattern_is_exact_in_every_prefix():

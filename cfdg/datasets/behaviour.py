@@ -239,7 +239,7 @@ def train_td3(
             agent.update(buf.sample(params.batch_size, gen))
         bar.update(1)
 
-        if step % eval_every == 0 or step == total_steps:
+        if step % eval_every == 0 or step in (total_steps, medium_budget):
             ret = evaluate(agent.act, env, seed + 10_000, eval_episodes, max_episode_steps)
             score = normalized_score(env, ret)
             curve.append({"step": step, "return": ret, "normalized": score})

@@ -5,7 +5,7 @@ from cfdg.diffusion.config import VARIANTS, DiffusionConfig
 from cfdg.diffusion.denoiser import LABEL_NULL, Denoiser
 from cfdg.diffusion.model import DiffusionModel
 from cfdg.diffusion.normaliser import Normaliser, from_vectors, to_vectors
-from cfdg.diffusion.sample import label_pattern, sample, sample_to_store
+from cfdg.diffusion.sample import label_pattern, sample, sample_to_store, write_empty_synthetic
 from cfdg.diffusion.train import fit_diffusion
 
 __all__ = [
@@ -24,4 +24,5 @@ __all__ = [
     "sample_to_store",
     "save_diffusion",
     "to_vectors",
+    "write_empty_synthetic",
 ]

@@ -59,7 +59,8 @@ class DiffusionConfig:
     n_synthetic: int = 1_000_000
     sample_batch: int = 4096  # rows per sampler call (x2 with guidance): big GEMMs
 
-    # Execution.
+    # Execution. bf16: autocast in training (fp32 master weights), a bf16 copy of the EMA
+    # network for sampling (sampler state and EDM arithmetic stay fp32).
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the denoiser (CUDA only)
     device: str = "auto"

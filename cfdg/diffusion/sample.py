@@ -45,7 +45,10 @@ def sample_vectors(
     stochastic: bool | None = None,
     precision: str | None = None,
 ) -> np.ndarray:
-    """n normalised-then-denormalised vectors in ONE sampler batch; labels None = null class."""
+    """n vectors in data units from ONE sampler batch (labels None = null class, no guidance).
+
+    Guidance evaluates conditional and null class together: each network call sees 2n rows.
+    """
     cfg = model.cfg
     w = cfg.guidance_w if guidance_w is None else guidance_w
     device = model.device
@@ -141,4 +144,13 @@ def sample_to_store(
             labels = label_pattern(start, m, fraction)
             v = sample_vectors(model, labels, m, chunk_seed(seed, k))
             writer.append(from_vectors(v, model.obs_dim, model.act_dim, labels))
+    return Path(out_path)
+
+
+def write_empty_synthetic(out_path: str | os.PathLike, meta: StoreMeta, obs_dim: int, act_dim: int) -> Path:
+    """The `none` variant's synthetic store: valid, labelled, zero rows, so later stages need no special case."""
+    if meta.kind != "synthetic":
+        raise ConfigError(f"write_empty_synthetic: meta.kind must be 'synthetic', got {meta.kind!r}")
+    with StoreWriter(out_path, meta, obs_dim, act_dim, DEFAULT_CHUNK_ROWS):
+        pass
     return Path(out_path)

@@ -16,14 +16,8 @@ from stages import params as P
 from stages.common import config_dict, progress_enabled, provenance, run_main, write_json, write_metrics
 
 
-def make_dataset(
-    source: str, cfg: Any, out_store: Path, out_card: Path, progress: bool = True, threads: int = 0
-) -> dict[str, Any]:
+def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progress: bool = True) -> dict[str, Any]:
     """Write the offline store and its card; returns the dataset metrics."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if source == "build":
         from cfdg.datasets.build import build_dataset
 
@@ -42,7 +36,7 @@ def make_dataset(
         "rows": rows,
         **{k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)},
     }
-    params = {"source": source, "threads": threads, **config_dict(cfg)}
+    params = {"source": source, **config_dict(cfg)}
     write_json(out_store.parent / "dataset.provenance.json", provenance("dataset", inputs, params))
     return metrics
 
@@ -52,8 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = P.read_params(args.params)
         source = P.dataset_source(raw, args.params)
         cfg = P.section(raw, "dataset", args.params)
-        threads = P.dataset_threads(raw, args.params)
-        metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled(), threads)
+        metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled())
         write_metrics(layout.DATASET_DIR / "metrics.json", metrics)
 
     return run_main("dataset", body, argv)

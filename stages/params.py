@@ -55,8 +55,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "report": ("stages.params", "ReportParams"),
 }
 TOP_LEVEL = ("seed", "rounds", *SECTIONS)
-DATASET_SOURCE_KEY = "source"  # pipeline-level keys inside `dataset:`; the rest is DatasetConfig
-DATASET_THREADS_KEY = "threads"
+DATASET_SOURCE_KEY = "source"  # pipeline-level key inside `dataset:`; the rest is DatasetConfig
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -91,7 +90,7 @@ def section(params: Mapping[str, Any], name: str, path: str | Path = PARAMS_FILE
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{_where(path, name)}: must be a mapping, got {raw!r}")
     if name == "dataset":
-        raw = {k: v for k, v in raw.items() if k not in (DATASET_SOURCE_KEY, DATASET_THREADS_KEY)}
+        raw = {k: v for k, v in raw.items() if k != DATASET_SOURCE_KEY}
     return from_mapping(config_class(name), raw, _where(path, name))
 
 
@@ -111,15 +110,6 @@ def dataset_source(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) ->
             f"{_where(path, 'dataset.source')}: must be 'build', a D4RL dataset name or an HDF5 path, got {value!r}"
         )
     return value.strip()
-
-
-def dataset_threads(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> int:
-    """torch threads while building the dataset (0: torch's default); TD3's small MLPs like 1."""
-    raw = params.get("dataset") or {}
-    value = raw.get(DATASET_THREADS_KEY, 0) if isinstance(raw, Mapping) else 0
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{_where(path, 'dataset.threads')}: must be a non-negative integer, got {value!r}")
-    return value
 
 
 def rounds(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> dict[int, int]:
@@ -158,7 +148,6 @@ class Params:
 
     seed: int
     source: str
-    dataset_threads: int
     rounds: dict[int, int]
     sections: dict[str, Any]
 
@@ -168,7 +157,6 @@ def load_all(path: str | Path = PARAMS_FILE) -> Params:
     return Params(
         seed=seed(params, path),
         source=dataset_source(params, path),
-        dataset_threads=dataset_threads(params, path),
         rounds=rounds(params, path),
         sections={name: section(params, name, path) for name in SECTIONS},
     )

@@ -59,8 +59,8 @@ def test_bad_top_level_seed_and_source(tmp_path):
         P.load_all(_write(tmp_path, yaml.safe_dump({**base, "seed": -1})))
     with pytest.raises(ConfigError, match=r"params.yaml:dataset.source"):
         P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "source": ""}})))
-    with pytest.raises(ConfigError, match=r"params.yaml:dataset.threads: must be a non-negative integer"):
-        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "threads": "two"}})))
+    with pytest.raises(ConfigError, match=r"params.yaml:dataset.torch_threads: must be an integer"):
+        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "torch_threads": "two"}})))
     with pytest.raises(ConfigError, match=r"dataset: unknown key\(s\) \['sauce'\]"):
         P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "sauce": "x"}})))
     with pytest.raises(ConfigError, match="not found"):

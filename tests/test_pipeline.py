@@ -114,3 +114,8 @@ def test_serve_registers_the_run_and_the_round_deployments(tmp_path):
     assert deps["cfdg-run"].parameters == {"root": str(tmp_path)}
     assert deps["cfdg-round"].parameters == {"root": str(tmp_path), "k": 1}
     assert deps["cfdg-round"].entrypoint.endswith("pipeline/flows.py:cfdg_round")
+
+
+def test_cfdg_run_is_the_same_command():
+    out = sh(ROOT, sys.executable, "-m", "cfdg", "run", "--help")
+    assert "--retries" in out.stdout and "--root" in out.stdout

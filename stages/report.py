@@ -8,6 +8,7 @@ stores) and turns it into pictures and tables with the pure functions of cfdg.re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
 from stages import layout
 from stages import params as P
-from stages.common import derive_seed, run_main, write_json
+from stages.common import derive_seed, provenance, run_main, write_json
 
 # The learning-curve fields every pretrain/rollout metrics file carries (stages.common.score_fields).
 SCORE_KEYS = ("normalized_score",)
@@ -124,6 +125,14 @@ def make_report(rounds_dir: Path, offline: Path, rounds: Sequence[int], cfg: P.R
         "final_score_std": points[-1].std,
     }
     write_json(out_dir / "summary.json", summary)
+    inputs = {
+        "offline": offline,
+        "online": rounds_dir / str(last) / layout.ONLINE,
+        "synthetic": rounds_dir / str(last) / layout.SYNTHETIC,
+        **{f"round{k}-{name}": rounds_dir / str(k) / name for k in rounds for name in ("rollout.json", "quality.json")},
+    }
+    params = {"rounds": list(rounds), "report": dataclasses.asdict(cfg)}
+    write_json(out_dir / "report.provenance.json", provenance("report", inputs, params))
     table1 = R.table1_markdown([summary])
     atomic_write_text(out_dir / "table1.md", table1)
     atomic_write_text(out_dir / "report.md", report_markdown(summary, rows, table1, title))

@@ -15,7 +15,9 @@ from cfdg.errors import CfdgError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cfdg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="cfdg", description="Classifier-Free Diffusion Generation for offline-to-online RL."
+    )
     parser.add_argument("--version", action="version", version=f"cfdg {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):

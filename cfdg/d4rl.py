@@ -31,7 +31,7 @@ import numpy as np
 from cfdg import __version__
 from cfdg.envs import env_name
 from cfdg.errors import CfdgError, DatasetError
-from cfdg.io import _temp_sibling, digest
+from cfdg.io import atomic_file, digest
 from cfdg.store import StoreMeta, Transitions, iter_store, read_attrs, write_store
 
 NextObs = Literal["auto", "derive", "file"]
@@ -220,29 +220,22 @@ def export_d4rl(store_path: str | os.PathLike, out_file: str | os.PathLike) -> P
     """
     store_path, out_file = Path(store_path), Path(out_file)
     attrs = read_attrs(store_path)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_sibling(out_file)
-    try:
-        with h5py.File(tmp, "w", track_order=True) as f:
-            sets: dict[str, h5py.Dataset] = {}
-            for block in iter_store(store_path):
-                for key, arr in block.arrays().items():
-                    if key not in sets:
-                        shape = (0, *arr.shape[1:])
-                        sets[key] = f.create_dataset(key, shape=shape, maxshape=(None, *arr.shape[1:]), dtype=arr.dtype)
-                    ds = sets[key]
-                    ds.resize(ds.shape[0] + arr.shape[0], axis=0)
-                    ds[-arr.shape[0] :] = arr
-            if not sets:
-                raise DatasetError(f"{store_path}: store is empty, nothing to export")
-            meta = f.create_group("metadata")
-            meta.attrs[EXPORT_MARK] = __version__
-            for key in ("kind", "env_id", "source", "round", "seed", "code_version"):
-                meta.attrs[key] = attrs[key]
-            for key in ("params", "inputs", "counts"):
-                meta.attrs[key] = json.dumps(attrs[key], sort_keys=True)
-        os.replace(tmp, out_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_file(out_file) as tmp, h5py.File(tmp, "w", track_order=True) as f:
+        sets: dict[str, h5py.Dataset] = {}
+        for block in iter_store(store_path):
+            for key, arr in block.arrays().items():
+                if key not in sets:
+                    shape = (0, *arr.shape[1:])
+                    sets[key] = f.create_dataset(key, shape=shape, maxshape=(None, *arr.shape[1:]), dtype=arr.dtype)
+                ds = sets[key]
+                ds.resize(ds.shape[0] + arr.shape[0], axis=0)
+                ds[-arr.shape[0] :] = arr
+        if not sets:
+            raise DatasetError(f"{store_path}: store is empty, nothing to export")
+        meta = f.create_group("metadata")
+        meta.attrs[EXPORT_MARK] = __version__
+        for key in ("kind", "env_id", "source", "round", "seed", "code_version"):
+            meta.attrs[key] = attrs[key]
+        for key in ("params", "inputs", "counts"):
+            meta.attrs[key] = json.dumps(attrs[key], sort_keys=True)
     return out_file

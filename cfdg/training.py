@@ -18,7 +18,6 @@ i % capacity, so APL's FIFO position follows from `online_rows`.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import random
 from pathlib import Path
@@ -33,9 +32,9 @@ from tqdm.auto import tqdm
 from cfdg import envs
 from cfdg.agents import PARADIGM, Agent, AgentConfig, make_agent
 from cfdg.config import check, from_mapping, to_dict
-from cfdg.device import select_device
+from cfdg.device import select_device, torch_threads
 from cfdg.errors import CheckpointError, ConfigError, StoreError
-from cfdg.io import atomic_torch_save, digest
+from cfdg.io import atomic_torch_save, digest, read_checkpoint
 from cfdg.replay import SOURCES, BatchMixer, ReplayBuffer, Synthetic, sample_uniform
 from cfdg.store import StoreMeta, Transitions, append_store, read_store, write_store
 
@@ -223,12 +222,7 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Load with weights_only=True and check it belongs to `env` / `algo` / dims when given."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = read_checkpoint(path, "agent")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a cfdg agent checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
@@ -323,18 +317,6 @@ def _env_spec(env: str, data: Transitions, where: Path) -> float:
             f"{where}: obs/act dims {data.obs_dim}/{data.act_dim} do not match env '{env}' ({obs_dim}/{act_dim})"
         )
     return high
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Small MLP updates on a shared CPU run fastest single-threaded; 0 keeps the current setting."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def pretrain(

@@ -36,3 +36,12 @@ def transitions() -> Transitions:
 @pytest.fixture
 def meta() -> StoreMeta:
     return StoreMeta(kind="offline", env_id="hopper", source="test", seed=0, params={"a": 1})
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """The tests' networks are tiny: one torch thread is faster and immune to a busy machine."""
+    from cfdg.device import torch_threads
+
+    with torch_threads(1):
+        yield

@@ -23,14 +23,6 @@ CPU = torch.device("cpu")
 SMALL = {"hidden_dims": (32, 32), "batch_size": 64}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny MLPs: one thread is fastest and immune to oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def agent(algo: str, seed: int = 0, **kw):
     torch.manual_seed(seed)
     return make_agent(AgentConfig(algo=algo, **{**SMALL, **kw}), 5, 3, 1.0, CPU)

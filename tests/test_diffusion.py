@@ -43,15 +43,6 @@ OBS, ACT = 2, 1
 TOY = {"width": 128, "depth": 3, "train_steps": 2500, "sample_steps": 32, "sample_batch": 2000, "guidance_w": 1.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small networks are op-overhead bound; one thread is faster and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def mixture(n: int, centre: float, seed: int, terminal_rate: float) -> Transitions:
     """Two components at ±1 around `centre` in every dimension (s, a, r, s')."""
     rng = np.random.default_rng(seed)

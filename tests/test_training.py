@@ -19,14 +19,6 @@ from cfdg.training import OnlineConfig, PretrainConfig, load_checkpoint, pretrai
 from tests.conftest import make_transitions
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny MLPs: one thread is fastest and immune to oversubscription
-    yield
-    torch.set_num_threads(n)
-
-
 def pd_action(obs: np.ndarray) -> np.ndarray:
     """A hand-tuned PD controller that keeps Hopper upright (≈1000 return over 1000 steps)."""
     return np.clip(-3.0 * obs[2:5] - 0.3 * obs[8:11], -1, 1)

@@ -21,9 +21,7 @@ a bigger budget gets there.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +31,7 @@ from tqdm.auto import tqdm
 
 from cfdg.config import check, to_dict
 from cfdg.datasets.behaviour import Actor, TD3Params, train_td3
-from cfdg.device import select_device
+from cfdg.device import select_device, torch_threads
 from cfdg.envs import env_name, gym_id, make_env, normalized_score
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
@@ -160,23 +158,11 @@ def _summary(env: str, returns: list[float]) -> dict[str, float | None]:
     return out
 
 
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """torch intra-op threads set to `n` (0: unchanged) for the block, restored afterwards."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def build_dataset(
     cfg: DatasetConfig, out_store: str | Path, out_card: str | Path | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train the behaviour policy if the kind needs one, collect, write the store and card; returns the card."""
-    with _threads(cfg.torch_threads):
+    with torch_threads(cfg.torch_threads):
         return _build(cfg, out_store, out_card, progress)
 
 

@@ -19,7 +19,7 @@ from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
 from cfdg.diffusion.normaliser import Normaliser
 from cfdg.errors import CfdgError, CheckpointError
-from cfdg.io import atomic_torch_save
+from cfdg.io import atomic_torch_save, read_checkpoint
 
 FORMAT = "cfdg-diffusion"
 VERSION = 1
@@ -44,12 +44,7 @@ def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
 def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
     """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: diffusion checkpoint does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable diffusion checkpoint ({type(e).__name__}: {e})") from e
+    ckpt = read_checkpoint(path, "diffusion")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
     if ckpt.get("version") != VERSION:

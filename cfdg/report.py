@@ -112,7 +112,8 @@ def quality_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(f"| {r['round']} | {r['divergence'].capitalize()} | {off} | {gen} |")
     note = (
         "\nJensen-Shannon divergence to the real online data of the round, in nats (lower is better, "
-        "max ln 2 ≈ 0.69): classifier two-sample estimate, per-dimension histogram estimate in brackets.\n"
+        "max ln 2 ≈ 0.69): classifier two-sample estimate, per-dimension histogram estimate in brackets. "
+        "Generated = the online-labelled synthetic samples (the whole store is in quality.json).\n"
     )
     return "\n".join(lines) + "\n" + note
 

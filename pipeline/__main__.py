@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pipeline  # noqa: F401  (environment defaults before prefect is imported)
-from cfdg.errors import CfdgError, ConfigError
+from cfdg.cli import dispatch
+from cfdg.errors import ConfigError
 
 LOCAL_API = "http://127.0.0.1:4200/api"
 RERUN_HINT = (
@@ -215,12 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CfdgError as e:
-        print(f"pipeline: error: {e}", file=sys.stderr)
-        return 2
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

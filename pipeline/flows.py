@@ -10,9 +10,13 @@ of round metrics and the report's images as artifacts.
 from __future__ import annotations
 
 import base64
+import codecs
 import json
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from prefect.artifacts import (
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
 from stages import layout
 from stages import params as P
+from stages.common import PROGRESS_ENV
 
 ROUND_STAGES = ("rollout", "fit", "materialise")
 
@@ -46,22 +51,48 @@ _QUIET = (
 )
 
 
-def dvc_repro(root: Path, target: str, log: Any = None) -> tuple[int, list[str]]:
-    """Run `dvc repro <target>` in `root`, passing each output line to `log` as it comes."""
+def _split_output(stream: Any) -> Iterator[tuple[str, bool]]:
+    """(line, is_redraw) from a byte stream as it arrives; tqdm redraws end in '\\r', not '\\n'."""
+    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    buf = ""
+    while chunk := stream.read1(4096):
+        buf += decode.decode(chunk)
+        while (cut := min((i for i in (buf.find("\r"), buf.find("\n")) if i >= 0), default=-1)) >= 0:
+            yield buf[:cut], buf[cut] == "\r"
+            buf = buf[cut + 1 :]
+    if buf:
+        yield buf, False
+
+
+def dvc_repro(root: Path, target: str, log: Any = None, redraw_every_s: float = 15.0) -> tuple[int, list[str]]:
+    """Run `dvc repro <target>` in `root`, passing each output line to `log` as it comes.
+
+    The stages' progress bars are forced on (their stderr is a pipe here) and every
+    `redraw_every_s` seconds the latest one is logged, so a long stage shows how far it is.
+    """
+    env = {**os.environ, PROGRESS_ENV: os.environ.get(PROGRESS_ENV, "1")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "dvc", "repro", target],
         cwd=root,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
     )
-    lines = []
+    lines: list[str] = []
+    last_redraw = 0.0
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
+    for raw, redraw in _split_output(proc.stdout):
+        line = raw.rstrip()
+        if not line.strip():
+            continue
+        if redraw:
+            now = time.monotonic()
+            if log is not None and now - last_redraw >= redraw_every_s:
+                last_redraw = now
+                log(line.strip())
+            continue
         lines.append(line)
-        if log is not None and line.strip() and not line.strip().startswith(_QUIET):
+        if log is not None and not line.strip().startswith(_QUIET):
             log(line)
     return proc.wait(), lines
 

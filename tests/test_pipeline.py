@@ -119,3 +119,23 @@ def test_serve_registers_the_run_and_the_round_deployments(tmp_path):
 def test_cfdg_run_is_the_same_command():
     out = sh(ROOT, sys.executable, "-m", "cfdg", "run", "--help")
     assert "--retries" in out.stdout and "--root" in out.stdout
+
+
+def test_stage_output_is_split_on_progress_redraws():
+    """Progress bars reach the Prefect log: '\r' redraws are lines of their own, bytes may split anywhere."""
+    import io
+
+    from pipeline.flows import _split_output
+
+    class Trickle(io.BytesIO):
+        def read1(self, n: int = -1) -> bytes:
+            return super().read1(3)  # a multi-byte character and every line end fall across reads
+
+    data = "start\n 10%|#  | 1/10\r 20%|## | 2/10\r\nné done".encode()
+    assert list(_split_output(Trickle(data))) == [
+        ("start", False),
+        (" 10%|#  | 1/10", True),
+        (" 20%|## | 2/10", True),
+        ("", False),
+        ("né done", False),
+    ]

@@ -19,9 +19,12 @@ i % capacity, so APL's FIFO position follows from `online_rows`.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import gymnasium as gym
 import mujoco
@@ -39,6 +42,7 @@ from cfdg.replay import SOURCES, BatchMixer, ReplayBuffer, Synthetic, sample_uni
 from cfdg.store import StoreMeta, Transitions, append_store, read_store, write_store
 
 CHECKPOINT_FORMAT = "cfdg-agent/1"
+T = TypeVar("T")
 APL_ONLINE_BUFFER = 20_000  # APL's FIFO online buffer
 
 
@@ -319,6 +323,20 @@ def _env_spec(env: str, data: Transitions, where: Path) -> float:
     return high
 
 
+def _in_cfg_threads(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run `fn` with torch's thread count set to its argument `cfg.threads` (see torch_threads)."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        cfg = signature.bind(*args, **kwargs).arguments["cfg"]
+        with torch_threads(cfg.threads):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+@_in_cfg_threads
 def pretrain(
     offline_store: Path,
     agent_cfg: AgentConfig,
@@ -328,13 +346,6 @@ def pretrain(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Offline training for `cfg.steps` gradient steps; writes the checkpoint, returns metrics."""
-    with torch_threads(cfg.threads):
-        return _pretrain(Path(offline_store), agent_cfg, cfg, Path(out_checkpoint), seed, progress)
-
-
-def _pretrain(
-    offline_store: Path, agent_cfg: AgentConfig, cfg: PretrainConfig, out_checkpoint: Path, seed: int, progress: bool
-) -> dict[str, Any]:
     offline_store, out_checkpoint = Path(offline_store), Path(out_checkpoint)
     data, attrs = read_store(offline_store)
     env = envs.env_name(attrs["env_id"])
@@ -416,6 +427,7 @@ def _read_matching(path: Path, env: str, obs_dim: int, act_dim: int, kind: str) 
     return data
 
 
+@_in_cfg_threads
 def run_round(
     checkpoint_in: Path,
     offline_store: Path,
@@ -432,33 +444,6 @@ def run_round(
 
     `algo`, when given, must match the checkpoint's algorithm (params.yaml against the artifact).
     """
-    with torch_threads(cfg.threads):
-        return _run_round(
-            checkpoint_in,
-            offline_store,
-            online_store_in,
-            synthetic_store_in,
-            cfg,
-            out_checkpoint,
-            out_online_store,
-            round_index,
-            progress,
-            algo,
-        )
-
-
-def _run_round(
-    checkpoint_in: Path,
-    offline_store: Path,
-    online_store_in: Path | None,
-    synthetic_store_in: Path | None,
-    cfg: OnlineConfig,
-    out_checkpoint: Path,
-    out_online_store: Path,
-    round_index: int,
-    progress: bool,
-    algo: str | None,
-) -> dict[str, Any]:
     checkpoint_in, offline_store = Path(checkpoint_in), Path(offline_store)
     out_checkpoint, out_online_store = Path(out_checkpoint), Path(out_online_store)
     offline, off_attrs = read_store(offline_store)

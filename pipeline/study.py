@@ -156,7 +156,7 @@ def stage_keys(cell: Cell, sections: Mapping[str, list[str]], commit: str) -> di
     keys: dict[str, str] = {}
     read: dict[str, Any] = {}
     for target in targets(cell):
-        base, _, k = target.partition("@")
+        base = target.partition("@")[0]
         for dotted in sections.get(base, []):
             read[dotted] = _lookup(cell.params, dotted)
         blob = json.dumps([commit, target, sorted(read.items())], sort_keys=True, default=str)
@@ -173,9 +173,9 @@ def shared_keys(cells: Sequence[Cell], sections: Mapping[str, list[str]], commit
 
 
 @contextlib.contextmanager
-def stage_lock(lock_dir: Path, key: str | None) -> Iterator[None]:
+def stage_lock(lock_dir: Path | None, key: str | None) -> Iterator[None]:
     """Serialise a stage that other cells share (one machine); no lock for a cell's own stages."""
-    if key is None:
+    if key is None or lock_dir is None:
         yield
         return
     from filelock import FileLock
@@ -204,7 +204,9 @@ class StageRun:
         return [ln.split("'")[1] for ln in self.lines if "is cached - skipping run" in ln and ln.startswith("Stage '")]
 
 
-def run_target(ws: Path, target: str, env: Mapping[str, str], log: Callable[[str], None], pull: bool = False) -> StageRun:
+def run_target(
+    ws: Path, target: str, env: Mapping[str, str], log: Callable[[str], None], pull: bool = False
+) -> StageRun:
     """`dvc repro [--pull] <target>` in `ws`, its output passed to `log` line by line.
 
     Peak memory is sampled (every 0.2 s) over the processes DVC starts, the stage itself, not
@@ -297,7 +299,7 @@ def execute_cell(
     for i, target in enumerate(todo):
         key = keys[target]
         for attempt in range(stage_retries + 1):
-            with stage_lock(lock_dir, key if lock_dir and key in shared else None) if lock_dir else contextlib.nullcontext():
+            with stage_lock(lock_dir, key if key in shared else None):
                 run = run_target(ws, target, env, log, pull=pull)
             if run.code == 0:
                 break
@@ -434,8 +436,13 @@ def run_study(
         skipped = [c.name for c in plan.study.cells if c not in pending]
         logger.info(
             "study %s: %d cells, %d finished (skipped), %d to run, %d at once; cache %s",
-            plan.study.name, len(plan.study.cells), len(skipped), len(pending), n, cache,
-        )  # fmt: skip
+            plan.study.name,
+            len(plan.study.cells),
+            len(skipped),
+            len(pending),
+            n,
+            cache,
+        )
         for c in pending:  # sequential: `git worktree add` takes the repository's lock
             prepare_workspace(plan.root, cell_dir(plan.sdir, c), plan.commit, cache, c.params_yaml)
         atomic_write_json(plan.sdir / "study.json", study_record(plan))
@@ -477,11 +484,19 @@ def study_record(plan: Plan) -> dict[str, Any]:
         "file": str(plan.study.path),
         "commit": plan.commit,
         "cells": [
-            {"name": c.name, "grid": c.grid, "dataset": c.dataset, "algo": c.algo, "variant": c.variant,
-             "ablation": c.ablation, "seed": c.seed, "digest": c.digest}
+            {
+                "name": c.name,
+                "grid": c.grid,
+                "dataset": c.dataset,
+                "algo": c.algo,
+                "variant": c.variant,
+                "ablation": c.ablation,
+                "seed": c.seed,
+                "digest": c.digest,
+            }
             for c in plan.study.cells
         ],
-    }  # fmt: skip
+    }
 
 
 def cell_row(plan: Plan, cell: Cell) -> dict[str, Any]:

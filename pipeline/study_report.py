@@ -91,11 +91,23 @@ def collect(plan: Any) -> list[dict[str, Any]]:
         if res is None:
             continue
         records.append(
-            {"cell": c.name, "grid": c.grid, "dataset": c.dataset, "algo": c.algo, "variant": c.variant,
-             "ablation": c.ablation, "seed": c.seed, **res,
-             "stages": read_state(state_path(plan.sdir, c)).get("stages", {})}
-        )  # fmt: skip
+            {
+                "cell": c.name,
+                "grid": c.grid,
+                "dataset": c.dataset,
+                "algo": c.algo,
+                "variant": c.variant,
+                "ablation": c.ablation,
+                "seed": c.seed,
+                **res,
+                "stages": read_state(state_path(plan.sdir, c)).get("stages", {}),
+            }
+        )
     return records
+
+
+def _vname(v: str) -> str:
+    return R.VARIANT_NAMES.get(v, v)
 
 
 def _variants(records: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -106,10 +118,20 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
     main = [r for r in records if not r["ablation"]]
     if not main:
         return "No finished cells without ablation.\n"
-    summaries = [{"dataset": r["dataset"], "algo": r["algo"], "variant": r["variant"], "final_score": r["final_score"]}
-                 for r in main]  # fmt: skip
-    lines = [R.table1_markdown(summaries), "", "Pretrained → after the last round (D4RL-normalised, mean ± std over seeds):", ""]
-    lines += ["| Dataset | Algorithm | Variant | Pretrained | Final | Change | Seeds |", "|---|---|---|---:|---:|---:|---:|"]
+    summaries = [
+        {"dataset": r["dataset"], "algo": r["algo"], "variant": r["variant"], "final_score": r["final_score"]}
+        for r in main
+    ]
+    lines = [
+        R.table1_markdown(summaries),
+        "",
+        "Pretrained → after the last round (D4RL-normalised, mean ± std over seeds):",
+        "",
+    ]
+    lines += [
+        "| Dataset | Algorithm | Variant | Pretrained | Final | Change | Seeds |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in main:
         groups[(r["dataset"], r["algo"], r["variant"])].append(r)
@@ -117,7 +139,7 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
         pre = [r["pretrain_score"] for r in rs]
         fin = [r["final_score"] for r in rs]
         change = [f - p for f, p in zip(fin, pre, strict=True)]
-        lines.append(f"| {d} | {a.upper()} | {R.VARIANT_NAMES.get(v, v)} | {_fmt(pre)} | {_fmt(fin)} | {_fmt(change)} | {len(rs)} |")
+        lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {_fmt(pre)} | {_fmt(fin)} | {_fmt(change)} | {len(rs)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,16 +166,20 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
             for div in DIVERGENCES:
                 off = [q[key] for q in qs if (key := f"offline_vs_online.{div}.classifier") in q]
                 gen = [q[key] for q in qs if (key := f"generated_vs_online.{div}.classifier") in q]
-                lines.append(
-                    f"| {d} | {a.upper()} | {R.VARIANT_NAMES.get(v, v)} | {k} | {div} | {_fmt(off, 2)} | {_fmt(gen, 2)} |"
-                )
+                lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {div} | {_fmt(off, 2)} | {_fmt(gen, 2)} |")
             keys = sorted({key for q in qs for key in q if "fidelity" in key})
             for key in keys:
                 vals = [q[key] for q in qs if key in q]
-                fidelity.append(f"| {d} | {a.upper()} | {R.VARIANT_NAMES.get(v, v)} | {k} | {key} | {_fmt(vals, 3)} |")
+                fidelity.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {key} | {_fmt(vals, 3)} |")
     if fidelity:
-        lines += ["", "Fidelity (simulator ground truth) per round:", "",
-                  "| Dataset | Algorithm | Variant | Round | Metric | Mean ± std |", "|---|---|---|---:|---|---:|", *fidelity]  # fmt: skip
+        lines += [
+            "",
+            "Fidelity (simulator ground truth) per round:",
+            "",
+            "| Dataset | Algorithm | Variant | Round | Metric | Mean ± std |",
+            "|---|---|---|---:|---|---:|",
+            *fidelity,
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -165,22 +191,31 @@ def table3(records: Sequence[Mapping[str, Any]]) -> str:
     names = list(dict.fromkeys(r["ablation"] for r in abl))
     rows = sorted({(r["dataset"], r["algo"]) for r in abl})
     cols = [*names, "cfdg"]
-    lines = ["| Dataset | Algorithm | " + " | ".join(("CFDG" if c == "cfdg" else c) for c in cols) + " |",
-             "|---|---|" + "---:|" * len(cols)]  # fmt: skip
+    lines = [
+        "| Dataset | Algorithm | " + " | ".join(("CFDG" if c == "cfdg" else c) for c in cols) + " |",
+        "|---|---|" + "---:|" * len(cols),
+    ]
     means: dict[str, list[float]] = defaultdict(list)
     for d, a in rows:
         cells = []
         for col in cols:
-            xs = [r["final_score"] for r in records
-                  if r["dataset"] == d and r["algo"] == a
-                  and ((r["ablation"] == col) if col != "cfdg" else (not r["ablation"] and r["variant"] == "cfdg"))]  # fmt: skip
+            xs = [
+                r["final_score"]
+                for r in records
+                if r["dataset"] == d
+                and r["algo"] == a
+                and ((r["ablation"] == col) if col != "cfdg" else (not r["ablation"] and r["variant"] == "cfdg"))
+            ]
             cells.append(_fmt(xs, 2))
             if xs:
                 means[col].append(_mean_std(xs)[0])
         lines.append(f"| {d} | {a.upper()} | " + " | ".join(cells) + " |")
     if len(rows) > 1:
-        lines.append("| Average | | " + " | ".join(
-            f"{sum(means[c]) / len(means[c]):.2f}" if len(means[c]) == len(rows) else "–" for c in cols) + " |")  # fmt: skip
+        lines.append(
+            "| Average | | "
+            + " | ".join(f"{sum(means[c]) / len(means[c]):.2f}" if len(means[c]) == len(rows) else "–" for c in cols)
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -213,12 +248,13 @@ def compute_table(records: Sequence[Mapping[str, Any]]) -> str:
                 pre_s = wall
         groups[(r["algo"], r["variant"])].append((online_s, peak, pre_s))
     lines = [
-        "| Algorithm | Variant | Online phase wall time (s) | Peak memory, online phase (MB RSS) | Pretraining (s) | Cells |",
+        "| Algorithm | Variant | Online phase wall time (s) | Peak memory, online phase (MB RSS) "
+        "| Pretraining (s) | Cells |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for (a, v), xs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.get(kv[0][1], 10), kv[0][1])):
         lines.append(
-            f"| {a.upper()} | {R.VARIANT_NAMES.get(v, v)} | {_fmt([x[0] for x in xs])} | "
+            f"| {a.upper()} | {_vname(v)} | {_fmt([x[0] for x in xs])} | "
             f"{max(x[1] for x in xs):.0f} | {_fmt([x[2] for x in xs])} | {len(xs)} |"
         )
     note = (
@@ -249,8 +285,10 @@ def curves_png(records: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
             steps = sorted(by_step)
             stats = [_mean_std(by_step[s]) for s in steps]
             n = max(len(by_step[s]) for s in steps)
-            (line,) = ax.plot(steps, [m for m, _ in stats], marker="o", label=f"{R.VARIANT_NAMES.get(v, v)} (n={n})")
-            ax.fill_between(steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2, color=line.get_color())
+            (line,) = ax.plot(steps, [m for m, _ in stats], marker="o", label=f"{_vname(v)} (n={n})")
+            ax.fill_between(
+                steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2, color=line.get_color()
+            )
         ax.set_title(f"{a.upper()} on {d}")
         ax.set_xlabel("online env steps")
         ax.set_ylabel("D4RL normalised score")
@@ -287,15 +325,27 @@ def write_report(plan: Any) -> Path:
     md = [
         f"# Study {plan.study.name}",
         "",
-        f"{len(records)} of {len(plan.study.cells)} cells finished" + (f" ({missing} not yet)" if missing else "")
+        f"{len(records)} of {len(plan.study.cells)} cells finished"
+        + (f" ({missing} not yet)" if missing else "")
         + f"; code {plan.commit[:10]}; study file `{plan.study.path}`.",
         "",
-        "## Table 1: final score, base vs augmentations (mean ± std over seeds)", "", parts["table1"],
-        "## Learning curves (mean ± std over seeds)", "", "![curves](curves.png)" if png else "(none yet)", "",
-        "## Table 2: alignment and fidelity of generated data per round", "", parts["table2"],
-        "## Table 3: ablations", "", parts["table3"],
-        "## Compute (Table 6 form)", "", parts["compute"],
-    ]  # fmt: skip
+        "## Table 1: final score, base vs augmentations (mean ± std over seeds)",
+        "",
+        parts["table1"],
+        "## Learning curves (mean ± std over seeds)",
+        "",
+        "![curves](curves.png)" if png else "(none yet)",
+        "",
+        "## Table 2: alignment and fidelity of generated data per round",
+        "",
+        parts["table2"],
+        "## Table 3: ablations",
+        "",
+        parts["table3"],
+        "## Compute (Table 6 form)",
+        "",
+        parts["compute"],
+    ]
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
 
@@ -308,13 +358,17 @@ def publish(plan: Any, report: Path) -> None:
 
     from pipeline.study import _artifact_key
 
-    create_markdown_artifact(report.read_text(), key=_artifact_key(f"study-{plan.study.name}-report"),
-                             description=str(report))  # fmt: skip
+    create_markdown_artifact(
+        report.read_text(), key=_artifact_key(f"study-{plan.study.name}-report"), description=str(report)
+    )
     png = report.parent / "curves.png"
     if png.is_file():
         url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-        create_image_artifact(image_url=url, key=_artifact_key(f"study-{plan.study.name}-curves"),
-                              description="learning curves, mean ± std over seeds")  # fmt: skip
+        create_image_artifact(
+            image_url=url,
+            key=_artifact_key(f"study-{plan.study.name}-curves"),
+            description="learning curves, mean ± std over seeds",
+        )
 
 
 def publish_flow(plan: Any) -> Path:

@@ -283,7 +283,7 @@ def execute_cell(
     state_file: Path,
     commit: str,
     keys: Mapping[str, str],
-    shared: set[str],
+    shared: set[str] | None,
     lock_dir: Path | None,
     log: Callable[[str], None],
     progress: Callable[[float], None] = lambda _: None,
@@ -291,15 +291,22 @@ def execute_cell(
     stage_retries: int = 0,
 ) -> dict[str, Any]:
     """Run the cell's stages in order; the state file is rewritten after each one (nothing is lost
-    when a later stage fails). Returns the final state."""
+    when a later stage fails). Stages whose key is in `shared` (all, if None) take a lock.
+    Returns the final state."""
     env = cell_env(cell)
-    state: dict[str, Any] = {"cell": cell.name, "status": "running", "digest": cell.digest, "commit": commit}
+    state: dict[str, Any] = {
+        "cell": cell.name,
+        "status": "running",
+        "digest": cell.digest,
+        "commit": commit,
+        "started": time.time(),
+    }
     stages: dict[str, Any] = read_state(state_file).get("stages", {})
     todo = targets(cell)
     for i, target in enumerate(todo):
         key = keys[target]
         for attempt in range(stage_retries + 1):
-            with stage_lock(lock_dir, key if key in shared else None):
+            with stage_lock(lock_dir, key if shared is None or key in shared else None):
                 run = run_target(ws, target, env, log, pull=pull)
             if run.code == 0:
                 break
@@ -327,7 +334,7 @@ def execute_cell(
         state["stages"] = stages
         atomic_write_json(state_file, state)
         progress(100.0 * (i + 1) / len(todo))
-    state["status"] = "done"
+    state.update(status="done", finished=time.time())
     state.pop("failed_stage", None)
     atomic_write_json(state_file, state)
     return state

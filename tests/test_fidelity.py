@@ -216,3 +216,46 @@ def test_bad_input_is_one_line(env, obs_dim, act_dim, error):
     with pytest.raises(error) as e:
         simulator_fidelity(data, env, max_rows=4)
     assert isinstance(e.value, CfdgError) and "\n" not in str(e.value)
+
+
+# --- Memorisation (cfdg.quality) on real rollouts --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def buffers() -> dict[str, Transitions]:
+    """A training buffer and two fresh buffers from the same policy (different episodes)."""
+    return {
+        name: rollout("halfcheetah", n, seed=seed, amplitude=0.5, smooth=0.5)
+        for name, n, seed in (("train", 2000, 10), ("fresh", 800, 11), ("held", 800, 12))
+    }
+
+
+@pytest.mark.parametrize("reference", ["held_out", "leave_one_episode_out"])
+def test_memorisation_ratio_is_one_for_fresh_rows_and_small_for_copies(buffers, reference):
+    from cfdg.quality import memorisation_ratio
+
+    train, fresh = buffers["train"], buffers["fresh"]
+    held = buffers["held"] if reference == "held_out" else None
+    rng = np.random.default_rng(0)
+    copies = train.take(rng.choice(len(train), 800))
+    noise = rng.normal(0, 0.01, copies.observations.shape).astype(np.float32)
+    near_copies = dataclasses.replace(copies, observations=copies.observations + noise)
+
+    healthy = memorisation_ratio(fresh, train, held, max_rows=800, seed=0)
+    assert healthy["reference"] == reference
+    assert 0.8 <= healthy["ratio"] <= 1.25, healthy
+    assert memorisation_ratio(copies, train, held, max_rows=800)["ratio"] == 0.0
+    assert memorisation_ratio(near_copies, train, held, max_rows=800)["ratio"] < 0.3
+    assert memorisation_ratio(fresh, train, held, max_rows=800, seed=0) == healthy
+
+
+def test_fresh_rows_are_the_rows_a_later_store_added(buffers):
+    from cfdg.quality import fresh_rows
+
+    train = buffers["train"]
+    grown = Transitions.concat([train, buffers["fresh"]])
+    fresh = fresh_rows(train, grown)
+    assert len(fresh) == len(buffers["fresh"])
+    np.testing.assert_array_equal(fresh.observations, buffers["fresh"].observations)
+    with pytest.raises(StoreError, match="does not start with"):
+        fresh_rows(buffers["fresh"], grown)

@@ -93,9 +93,16 @@ def make_simulator(env: str, obs_dim: int) -> tuple[Any, ObsLayout]:
     kwargs: dict[str, Any] = {}
     if name == "ant" and obs_dim == 27:
         kwargs["include_cfrc_ext_in_observation"] = False
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Ant's xml: a deprecation notice from the MuJoCo compiler
-        sim = gym.make(GYM_IDS[name], **kwargs).unwrapped
+    previous_handler = mujoco.get_mju_user_warning()
+    # Ant's xml draws a deprecation notice from the MuJoCo compiler, which MuJoCo would also append
+    # to MUJOCO_LOG.TXT in the working directory.
+    mujoco.set_mju_user_warning(_quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sim = gym.make(GYM_IDS[name], **kwargs).unwrapped
+    finally:
+        mujoco.set_mju_user_warning(previous_handler)
     sim.reset(seed=0)
     n_skipped = 2 if name == "ant" else 1
     nq, nv = int(sim.model.nq), int(sim.model.nv)

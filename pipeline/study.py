@@ -312,11 +312,13 @@ def execute_cell(
                 break
             log(f"{cell.name}: {target} failed (attempt {attempt + 1}/{stage_retries + 1})")
         previous = stages.get(target, {})
-        did_run = target in run.ran
+        did_run, restored = target in run.ran, target in run.restored
+        last = "ran" if did_run else "restored" if restored else "unchanged"
         stages[target] = {
             "key": key,
-            "ran": did_run,
-            "restored": target in run.restored,
+            "last": last,  # what this run did; `ran` / `restored`: how the workspace got the output
+            "ran": did_run or (last == "unchanged" and previous.get("ran", False)),
+            "restored": restored or (last == "unchanged" and previous.get("restored", False)),
             "wall_s": round(run.wall_s, 3),
             "max_rss_mb": round(run.max_rss_mb, 1),
             # the cost of computing it, kept from the run that computed it
@@ -557,7 +559,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_cells(args: argparse.Namespace) -> int:
-    study = load_study(args.study, args.root, validate=not args.no_validate)
+    study = load_study(args.study, args.root, validate=not args.no_validate, check_files=not args.no_files)
     for c in study.cells:
         print(c.name)
     print(f"{study.name}: {len(study.cells)} cells", file=sys.stderr)
@@ -591,6 +593,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("study")
     p.add_argument("--root", default=".")
     p.add_argument("--no-validate", action="store_true")
+    p.add_argument("--no-files", action="store_true", help="do not require D4RL source files to be present here")
     p.set_defaults(func=_cmd_cells)
 
 

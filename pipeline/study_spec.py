@@ -221,7 +221,7 @@ def _grids(doc: Mapping[str, Any], where: str) -> list[tuple[str, Mapping[str, A
     return out
 
 
-def load_study(path: str | Path, root: str | Path = ".", validate: bool = True) -> Study:
+def load_study(path: str | Path, root: str | Path = ".", validate: bool = True, check_files: bool = True) -> Study:
     """Read and expand a study file; every cell's params validated unless `validate` is False."""
     root = Path(root)
     path = Path(path)
@@ -257,9 +257,11 @@ def load_study(path: str | Path, root: str | Path = ".", validate: bool = True) 
         if not isinstance(ablations, Mapping):
             raise ConfigError(f"{gw}.ablations: must be a mapping name -> params overrides")
         if ablations:
-            sub = _axis_values(g.get("ablation_axes") or {}, f"{gw}.ablation_axes") if g.get("ablation_axes") else axes
-            if "variant" in (g.get("ablation_axes") or {}):
+            given = g.get("ablation_axes") or {}
+            if isinstance(given, Mapping) and "variant" in given:
                 raise ConfigError(f"{gw}.ablation_axes: an ablation is its own variant; drop `variant`")
+            narrowed = _axis_values(given, f"{gw}.ablation_axes")
+            sub = {a: (narrowed[a] if a in given else axes[a]) for a in AXES}  # unnamed axes: the grid's
             for ab_name, layer in ablations.items():
                 if not isinstance(layer, Mapping) or not layer:
                     raise ConfigError(f"{gw}.ablations.{ab_name}: must be a non-empty mapping of params overrides")
@@ -269,7 +271,7 @@ def load_study(path: str | Path, root: str | Path = ".", validate: bool = True) 
                     cells.append(_cell(res, grid, grid_base, picked, str(ab_name), dict(layer), f"{gw}.ablations"))
     _check_duplicates(cells, where)
     if validate:
-        validate_cells(cells, where)
+        validate_cells(cells, where, check_files)
     return Study(name=name, path=path, description=str(doc.get("description", "")), cells=tuple(cells))
 
 
@@ -325,13 +327,30 @@ def _check_duplicates(cells: Sequence[Cell], where: str) -> None:
         digests[c.digest] = c
 
 
-def validate_cells(cells: Sequence[Cell], where: str) -> None:
-    """Every cell's params.yaml through the same validation `pipeline check` does."""
+def validate_cells(cells: Sequence[Cell], where: str, check_files: bool = True) -> None:
+    """Every cell's params.yaml through `pipeline check`'s validation. `check_files=False` skips
+    checking that a D4RL source file is present (to plan a GPU study on a machine without them)."""
+    checked: dict[str, ConfigError | None] = {}
+    checked_source = getattr(P, "checked_source", None)
     with tempfile.TemporaryDirectory(prefix="cfdg-study-") as tmp:
         path = Path(tmp) / "params.yaml"
         for c in cells:
             path.write_text(c.params_yaml)
             try:
-                P.load_all(path)
+                raw = P.read_params(path)
+                P.seed(raw, path)
+                P.rounds(raw, path)
+                for name in P.SECTIONS:
+                    P.section(raw, name, path)
+                source = P.dataset_source(raw, path)
+                if check_files and checked_source is not None:
+                    if source not in checked:
+                        try:
+                            checked_source(raw, path)
+                            checked[source] = None
+                        except ConfigError as e:
+                            checked[source] = e
+                    if checked[source] is not None:
+                        raise checked[source]
             except ConfigError as e:
                 raise ConfigError(f"{where}: cell {c.name}: {e}") from None

@@ -262,6 +262,10 @@ def load_study(path: str | Path, root: str | Path = ".", validate: bool = True, 
                 raise ConfigError(f"{gw}.ablation_axes: an ablation is its own variant; drop `variant`")
             narrowed = _axis_values(given, f"{gw}.ablation_axes")
             sub = {a: (narrowed[a] if a in given else axes[a]) for a in AXES}  # unnamed axes: the grid's
+            for a in given:  # a plain name the grid's axis defines means that value, overrides and all
+                named = dict(axes[a])
+                if isinstance(given[a], list):
+                    sub[a] = [(n, named[n]) if n in named else (n, layer) for n, layer in sub[a]]
             for ab_name, layer in ablations.items():
                 if not isinstance(layer, Mapping) or not layer:
                     raise ConfigError(f"{gw}.ablations.{ab_name}: must be a non-empty mapping of params overrides")

@@ -17,6 +17,7 @@ import mujoco
 import numpy as np
 import torch
 
+from cfdg import envs
 from cfdg.errors import CheckpointError
 
 
@@ -91,6 +92,7 @@ def capture_env(env: gym.Env, obs: np.ndarray, episode_return: float, episode_le
         "obs": torch.from_numpy(np.asarray(obs, dtype=np.float64).copy()),
         "episode_return": float(episode_return),
         "episode_length": int(episode_length),
+        "extra": envs.episode_state(env),
     }
 
 
@@ -100,6 +102,7 @@ def restore_env(env: gym.Env, state: dict[str, Any]) -> tuple[np.ndarray, float,
     mj = state["mj_state"].numpy()
     if mj.shape[0] != mujoco.mj_stateSize(u.model, spec):
         raise CheckpointError("checkpoint's MuJoCo state does not fit this env")
+    envs.restore_episode_state(env, state.get("extra"))
     mujoco.mj_setState(u.model, u.data, mj, spec)
     mujoco.mj_forward(u.model, u.data)
     _time_limit(env)._elapsed_steps = state["elapsed_steps"]

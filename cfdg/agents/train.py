@@ -67,6 +67,7 @@ def _env_spec(env: str, data: Transitions, where: Path) -> float:
     obs_dim, act_dim = int(e.observation_space.shape[0]), int(e.action_space.shape[0])
     high = float(e.action_space.high[0])
     e.close()
+    envs.check_layout(env, data.obs_dim, data.act_dim, where)
     if (obs_dim, act_dim) != (data.obs_dim, data.act_dim):
         raise StoreError(
             f"{where}: obs/act dims {data.obs_dim}/{data.act_dim} do not match env '{env}' ({obs_dim}/{act_dim})"

@@ -51,6 +51,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "pretrain": ("cfdg.training", "PretrainConfig"),
     "online": ("cfdg.training", "OnlineConfig"),
     "diffusion": ("cfdg.diffusion", "DiffusionConfig"),
+    "sampling": ("cfdg.diffusion", "SamplingConfig"),
     "quality": ("stages.params", "QualityParams"),
     "report": ("stages.params", "ReportParams"),
 }

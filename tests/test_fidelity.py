@@ -354,3 +354,59 @@ def test_quality_dynamics_command(tmp_path, capsys):
         assert main(["quality", *argv]) == 2, argv
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, (argv, err)
+
+
+# --- The report's ground-truth table and plot -----------------------------------------------------------
+
+
+def _js(x: float) -> dict:
+    return {p: {"classifier": x, "histogram": x / 2} for p in ("state", "action", "transition")}
+
+
+def _fid(x: float) -> dict:
+    return {"next_state_rel_error": x, "reward_rel_error": x / 10, "termination_agreement": 1.0, "share_checked": 0.98}
+
+
+GT_QUALITY = [
+    {
+        "round": 2,
+        "rows": {"generated": 100},
+        "offline_vs_online": _js(0.5),
+        "generated_vs_online": _js(0.3),
+        "generated_all_vs_online": _js(0.35),
+        "fidelity": {"generated": _fid(0.2), "generated_all": _fid(0.25), "online": _fid(1e-9), "offline": _fid(2e-9)},
+        "memorisation": {"ratio": 0.9},
+    },
+    {"round": 1, "rows": {"generated": 100}, "offline_vs_online": _js(0.55), "generated_vs_online": _js(0.4)},
+]
+GT_FRESH = {
+    1: {
+        "online_vs_fresh": _js(0.1),
+        "offline_vs_fresh": _js(0.6),
+        "generated_vs_fresh": _js(0.45),
+        "memorisation": {"ratio": 1.1},
+    }
+}
+
+
+def test_ground_truth_rows_table_and_plot(tmp_path):
+    from matplotlib.image import imread
+
+    from cfdg import report as R
+
+    rows = R.ground_truth_rows(GT_QUALITY, GT_FRESH)
+    assert [(r["round"], r["data"]) for r in rows] == [(k, d) for k in (1, 2) for d in R.GROUND_TRUTH_DATA]
+    by = {(r["round"], r["data"]): r for r in rows}
+    assert by[(1, "generated")]["js_state_round"] == 0.4 and by[(1, "generated")]["js_state_fresh"] == 0.45
+    assert by[(1, "online")]["js_state_round"] is None and by[(1, "online")]["js_state_fresh"] == 0.1
+    assert by[(1, "generated")]["memorisation_fresh"] == 1.1 and by[(1, "generated")]["next_state_rel_error"] is None
+    assert by[(2, "generated")]["memorisation_round"] == 0.9 and by[(2, "generated")]["js_state_fresh"] is None
+    assert by[(2, "offline")]["next_state_rel_error"] == 2e-9 and by[(2, "generated_all")]["js_state_round"] == 0.35
+    md = R.ground_truth_markdown(rows)
+    assert "| 2 | Generated (online-labelled) | 0.30 | – | – | 0.200 | 0.020 | 1.000 | 98% | 0.90 / – |" in md
+    assert "| 2 | Real online (round buffer) | – | – | – | 1e-09 |" in md
+    a = R.ground_truth_png(rows, tmp_path / "a.png")
+    b = R.ground_truth_png(rows, tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes() and imread(a).std() > 0.01
+    none_variant = [{"round": 1, "rows": {"generated": 0}, "offline_vs_online": _js(0.5)}]
+    assert [r["data"] for r in R.ground_truth_rows(none_variant)] == ["offline", "online"]

@@ -132,7 +132,7 @@ def test_each_stage_declares_exactly_what_it_reads():
     assert params["rollout"] == {"online"}
     assert params["fit"] == {"seed", "diffusion"}
     assert params["materialise"] == {"seed", "diffusion", "quality"}
-    assert params["report"] == {"rounds", "report"}
+    assert params["report"] == {"rounds", "report", "quality"}
     assert not any("diffusion" in params[s] for s in ("dataset", "pretrain", "rollout"))
 
 

@@ -1,7 +1,8 @@
 """Stage `dataset`: the offline dataset as a transition store, built locally or imported.
 
 `dataset.source: build` makes a D4RL-style dataset with gymnasium MuJoCo (cfdg.datasets);
-any other value is a D4RL dataset name or HDF5 path the user already has (cfdg.d4rl).
+any other value is a D4RL dataset name or HDF5 path, or a local Minari dataset id, that the
+user already has (cfdg.sources).
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import store
-from stages import layout
-from stages import params as P
-from stages.common import config_dict, progress_enabled, provenance, run_main, write_json, write_metrics
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import write_metrics
+from stages.provenance import config_dict, provenance
+from stages.runner import progress_enabled, run_main
 
 
 def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progress: bool = True) -> dict[str, Any]:
@@ -24,28 +27,29 @@ def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progres
         card = dict(build_dataset(cfg, out_store, out_card, progress=progress))
         inputs: dict[str, Path] = {}
     else:
-        from cfdg.d4rl import import_d4rl
+        from cfdg.sources import import_source, source_path
 
-        import_d4rl(source, out_store, seed=int(getattr(cfg, "seed", 0)))
+        import_source(source, out_store, seed=int(getattr(cfg, "seed", 0)))
         attrs = store.read_attrs(out_store)
         card = {"source": source, "env_id": attrs["env_id"], "rows": attrs["counts"]["rows"], "imported": True}
         write_json(out_card, card)
-        inputs = {"source": Path(source)} if Path(source).exists() else {}
+        found = source_path(source)
+        inputs = {"source": found} if found is not None else {}
     rows = int(store.read_attrs(out_store)["counts"]["rows"])
     metrics = {
         "rows": rows,
         **{k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)},
     }
-    params = {"source": source, **config_dict(cfg)}
-    write_json(out_store.parent / "dataset.provenance.json", provenance("dataset", inputs, params))
+    recorded = {"source": source, **config_dict(cfg)}
+    write_json(out_store.parent / "dataset.provenance.json", provenance("dataset", inputs, recorded))
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
-        source = P.dataset_source(raw, args.params)
-        cfg = P.section(raw, "dataset", args.params)
+        raw = params.read_params(args.params)
+        source = params.dataset_source(raw, args.params)
+        cfg = params.section(raw, "dataset", args.params)
         metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled())
         write_metrics(layout.DATASET_DIR / "metrics.json", metrics)
 

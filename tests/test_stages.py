@@ -133,7 +133,7 @@ def test_each_stage_declares_exactly_what_it_reads():
     assert declared["rollout"] == {"rollout"}
     assert declared["fit"] == {"seed", "diffusion"}
     assert declared["materialise"] == {"seed", "sampling", "quality"}  # the variant comes from the checkpoint
-    assert declared["report"] == {"rounds", "report"}
+    assert declared["report"] == {"rounds", "report", "quality"}
     assert not any("diffusion" in declared[s] for s in ("dataset", "pretrain", "rollout", "materialise"))
     assert not any("sampling" in declared[s] for s in declared if s != "materialise")
 
@@ -180,6 +180,11 @@ def test_full_repro_writes_every_artifact_with_provenance(finished):
     # Table 2's "generated" is the online-labelled 80% of a cfdg store; the whole store is beside it.
     rows = quality["rows"]
     assert rows["generated_online"] == round(0.8 * rows["generated"])
+    # Ground truth beside the JS: real rows replay exactly in the simulator, generated ones are measured.
+    fidelity = quality["fidelity"]
+    for real in ("online", "offline"):
+        assert fidelity[real]["next_state_rel_error"] <= 0.01 and fidelity[real]["share_checked"] >= 0.9
+    assert fidelity["generated"]["rows_sampled"] > 0 and quality["memorisation"]["ratio"] > 0
     from cfdg.store import read_attrs
 
     synth = read_attrs(art / "rounds" / str(last) / "synthetic.zarr")

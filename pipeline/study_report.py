@@ -167,14 +167,14 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
                 off = [q[key] for q in qs if (key := f"offline_vs_online.{div}.classifier") in q]
                 gen = [q[key] for q in qs if (key := f"generated_vs_online.{div}.classifier") in q]
                 lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {div} | {_fmt(off, 2)} | {_fmt(gen, 2)} |")
-            keys = sorted({key for q in qs for key in q if "fidelity" in key})
+            keys = sorted({key for q in qs for key in q if "fidelity" in key or "memorisation" in key})
             for key in keys:
                 vals = [q[key] for q in qs if key in q]
                 fidelity.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {key} | {_fmt(vals, 3)} |")
     if fidelity:
         lines += [
             "",
-            "Fidelity (simulator ground truth) per round:",
+            "Fidelity (simulator ground truth) and memorisation per round:",
             "",
             "| Dataset | Algorithm | Variant | Round | Metric | Mean ± std |",
             "|---|---|---|---:|---|---:|",

@@ -40,6 +40,7 @@ def test_tiny_study_cells():
         "hopper-mr-iql-none-s1",
         "hopper-mr-iql-cfdg-s0",
         "hopper-mr-iql-cfdg-s1",
+        "hopper-mr-iql-wo-guidance-s0",
         "hopper-mr-iql-wo-offline-da-s0",
     ]
     none0, cfdg1 = study.cell("hopper-mr-iql-none-s0"), study.cell("hopper-mr-iql-cfdg-s1")
@@ -49,6 +50,8 @@ def test_tiny_study_cells():
     assert cfdg1.params["dataset"]["medium_steps"] == 1000  # the tiny preset under the study
     ablation = study.cell("hopper-mr-iql-wo-offline-da-s0")
     assert ablation.ablation == "wo-offline-da" and ablation.params["diffusion"]["variant"] == "cfdg"
+    assert ablation.params["sampling"]["online_label_share"] == 1.0
+    assert study.cell("hopper-mr-iql-wo-guidance-s0").params["diffusion"]["variant"] == "joint"
 
 
 @pytest.mark.parametrize(
@@ -151,7 +154,7 @@ def test_failed_cell_is_retried_alone_and_loses_nothing(tiny_study):
     assert all(s["status"] == "done" for name, s in before.items() if name != FAILING)
 
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
-    assert "5 cells, 4 already finished, 0 failed" in second.stdout
+    assert "6 cells, 5 already finished, 0 failed" in second.stdout
     after = _states(tiny_study["project"])
     assert all(s["status"] == "done" for s in after.values())
     for name, s in after.items():
@@ -177,9 +180,9 @@ def test_cells_run_in_parallel_and_share_stages_through_the_cache(tiny_study):
 
     final = _states(tiny_study["project"])
     dataset_ran = [n for n, s in final.items() if s["stages"]["dataset"]["ran"]]
-    assert len(dataset_ran) == 1, dataset_ran  # one dataset for all five cells ...
+    assert len(dataset_ran) == 1, dataset_ran  # one dataset for all six cells ...
     restored = [n for n, s in final.items() if s["stages"]["dataset"]["restored"]]
-    assert len(restored) == 4, restored  # ... the others checked it out of the shared cache
+    assert len(restored) == 5, restored  # ... the others checked it out of the shared cache
     # Pretraining depends on the seed only: computed once per seed. Round 1's rollout has no
     # synthetic data before it, so base and CFDG of a seed share it too.
     for target in ("pretrain", "rollout@1"):
@@ -211,12 +214,13 @@ def test_report_tables_and_curves(tiny_study):
     table2 = (report / "table2.md").read_text()
     assert "| hopper-mr | IQL | CFDG | 1 | state |" in table2
     table3 = (report / "table3.md").read_text()
-    assert "wo-offline-da" in table3 and "CFDG" in table3 and "| hopper-mr | IQL |" in table3
+    assert "| Dataset | Algorithm | wo-guidance | wo-offline-da | CFDG |" in table3
+    assert "| hopper-mr | IQL |" in table3
     compute = (report / "compute.md").read_text()
     assert "| IQL | Base |" in compute and "| IQL | CFDG |" in compute
     assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     results = json.loads((report / "results.json").read_text())
-    assert len(results) == 5
+    assert len(results) == 6
     # Table 1's numbers are the cells' own metrics files, aggregated.
     scores = [results[f"hopper-mr-iql-cfdg-s{s}"]["curve"][-1][1] for s in (0, 1)]
     mean = sum(scores) / 2

@@ -107,6 +107,8 @@ def prepare_workspace(root: Path, ws: Path, commit: str, cache: Path, params_yam
     if not (ws / ".git").exists():
         ws.parent.mkdir(parents=True, exist_ok=True)
         _git(root, "worktree", "add", "--detach", "--force", str(ws), commit)
+    elif _git(ws, "rev-parse", "HEAD") != commit:  # the project moved on since this cell last ran
+        _git(ws, "checkout", "--quiet", "--detach", "--force", commit)
     if not (ws / ".dvc").is_dir():
         raise ConfigError(f"{root}: the project has no committed .dvc directory (run `dvc init` and commit)")
     subprocess.run([*DVC, "cache", "dir", "--local", str(cache)], cwd=ws, check=True, capture_output=True)

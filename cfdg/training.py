@@ -360,6 +360,8 @@ def pretrain(
     agent.set_obs_stats(data.observations)
     agent.offline_steps_total = cfg.steps
     buffer = ReplayBuffer.from_transitions(data, device)
+    if getattr(agent, "needs_mc_returns", False):  # Cal-QL: reference values from the offline episodes
+        buffer.mc_returns = torch.as_tensor(agent.offline_mc_returns(data)).to(device)
     del data
 
     sums, losses, curve = MetricSums(), [], []

@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 
 from cfdg.agents.apl import APL
+from cfdg.agents.calql import CalQL
 from cfdg.agents.common import Agent
 from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import IQL
 from cfdg.agents.pex import PEX
 
-AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL}
+AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL, "calql": CalQL}
 
 # Which batch-mixing paradigm each algorithm uses (paper 2.2 / 3.3).
-PARADIGM: dict[str, str] = {"iql": "concat", "pex": "concat", "apl": "bernoulli"}
+PARADIGM: dict[str, str] = {"iql": "concat", "pex": "concat", "apl": "bernoulli", "calql": "concat"}
 
 
 def make_agent(cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> Agent:

@@ -12,19 +12,12 @@ from typing import Any
 
 from cfdg import store
 from cfdg.store import StoreMeta
-from stages import layout
-from stages import params as P
-from stages.common import (
-    config_dict,
-    derive_seed,
-    input_digests,
-    progress_enabled,
-    provenance,
-    run_main,
-    write_json,
-    write_metrics,
-)
-from stages.pretrain import empty_transitions, store_dims
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import write_metrics
+from stages.provenance import config_dict, derive_seed, input_digests, provenance
+from stages.runner import progress_enabled, run_main
+from stages.stores import empty_transitions, store_dims
 
 
 def materialise_stage(
@@ -32,7 +25,7 @@ def materialise_stage(
     offline: Path,
     online: Path,
     cfg: Any,
-    quality_cfg: P.QualityParams,
+    quality_cfg: params.QualityParams,
     seed: int,
     k: int,
     out_store: Path,
@@ -63,12 +56,12 @@ def materialise_stage(
             seed=derive_seed(seed, k, "materialise"),
             progress=progress,
         )
-    params = {"seed": seed, "diffusion": config_dict(cfg), "quality": config_dict(quality_cfg)}
-    write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, params))
+    recorded = {"seed": seed, "diffusion": config_dict(cfg), "quality": config_dict(quality_cfg)}
+    write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, recorded))
     return measure_quality(offline, online, out_store, quality_cfg, k)
 
 
-def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: P.QualityParams, k: int) -> dict[str, Any]:
+def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.QualityParams, k: int) -> dict[str, Any]:
     from cfdg.quality import js_divergences
 
     real_online, _ = store.read_store(online)
@@ -96,16 +89,16 @@ def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: P.Quality
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
+        raw = params.read_params(args.params)
         k = args.round
         out_dir = layout.round_dir(k)
         quality = materialise_stage(
             out_dir / layout.DIFFUSION,
             layout.OFFLINE,
             out_dir / layout.ONLINE,
-            P.section(raw, "diffusion", args.params),
-            P.section(raw, "quality", args.params),
-            P.seed(raw, args.params),
+            params.section(raw, "diffusion", args.params),
+            params.section(raw, "quality", args.params),
+            params.seed(raw, args.params),
             k,
             out_dir / layout.SYNTHETIC,
             progress_enabled(),

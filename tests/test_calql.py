@@ -70,7 +70,7 @@ def test_tanh_gaussian_log_prob_matches_torch_distribution():
     torch.manual_seed(0)
     pi = TanhGaussianPolicy(4, 3, (16,), 1.0)
     obs, eps = torch.randn(32, 4), torch.randn(32, 3)
-    act, logp = pi(obs, eps)
+    _, logp = pi(obs, eps)
     mean, log_std = pi.dist(obs)
     dist = TransformedDistribution(Normal(mean, log_std.exp()), TanhTransform(cache_size=1))
     u = mean + log_std.exp() * eps
@@ -87,7 +87,7 @@ def agent(**kw):
 
 
 def batch(data: Transitions, mc: np.ndarray | None, rows=slice(0, 64)):
-    from cfdg.replay import Batch
+    from cfdg.agents.replay import Batch
 
     t = data.take(np.arange(len(data))[rows])
     return Batch(
@@ -142,3 +142,54 @@ def test_calql_config_validation():
         from_mapping(AgentConfig, {"algo": "cql"}, "agent")
     cfg = from_mapping(AgentConfig, {"algo": "calql", "cql_clip_diff_min": -200}, "agent")
     assert dataclasses.asdict(cfg)["cql_clip_diff_min"] == -200.0
+
+
+def test_state_round_trip_and_another_algorithms_state_refused():
+    import io
+
+    from cfdg.errors import CheckpointError
+
+    data = make_transitions(300)
+    a = agent(cql_lagrange=True, cql_target_action_gap=0.8)
+    mc = a.offline_mc_returns(data)
+    for i in range(3):
+        a.update(batch(data, mc, slice(64 * i, 64 * (i + 1))))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = agent(cql_lagrange=True, cql_target_action_gap=0.8)
+    torch.manual_seed(99)  # b starts from other weights: everything must come from the state
+    b.load_state_dict(torch.load(buf, weights_only=True))
+    for x in (a, b):
+        torch.manual_seed(7)
+        x.update(batch(data, mc, slice(0, 64)))
+    for name in a._modules:
+        for p, q in zip(getattr(a, name).parameters(), getattr(b, name).parameters(), strict=True):
+            assert torch.equal(p, q), name
+    with pytest.raises(CheckpointError, match="calql"):
+        b.load_state_dict(make_agent(AgentConfig(algo="iql", hidden_dims=(32, 32)), 5, 3, 1.0, CPU).state_dict())
+
+
+def test_calql_pretraining_beats_random_policy(tmp_path):
+    """The PD-controller Hopper data of test_training; γ = 0.9 so Q settles within the test's 1000 steps
+    (at CORL's γ = 0.99 the calibrated Q is still far below its bound after a few thousand steps)."""
+    from cfdg.agents.checkpoint import load_checkpoint
+    from cfdg.agents.config import PretrainConfig, RolloutConfig
+    from cfdg.agents.train import pretrain, run_round
+    from cfdg.errors import CheckpointError
+    from cfdg.store import StoreMeta, write_store
+    from tests.test_training import pd_action, random_returns, rollouts
+
+    data = rollouts(3000, lambda o, rng: np.clip(pd_action(o) + rng.normal(0, 0.3, 3), -1, 1), seed=0)
+    store = write_store(tmp_path / "h.zarr", data, StoreMeta(kind="offline", env_id="Hopper-v5", source="pd"))
+    cfg = AgentConfig(algo="calql", hidden_dims=(64, 64), batch_size=64, cql_policy_lr=3e-4, discount=0.9)
+    m = pretrain(store, cfg, PretrainConfig(steps=1000, eval_every=0, eval_episodes=3), tmp_path / "c.pt", 0, False)
+    rand = float(np.mean(random_returns(3, seed=10_000)))
+    assert m["final_return"] > max(10 * rand, 500), (m["final_return"], rand)
+    assert 0 < m["losses"][-1]["bound_rate"] < 1  # the calibration binds on part of the batch
+    assert load_checkpoint(tmp_path / "c.pt", algo="calql")["algo"] == "calql"
+    rollout = RolloutConfig(steps=10, warmup_steps=5, eval_episodes=1, chunk_rows=10)
+    with pytest.raises(CheckpointError, match="algorithm 'calql', not 'iql'"):
+        run_round(
+            tmp_path / "c.pt", store, None, None, rollout, tmp_path / "x.pt", tmp_path / "x.zarr", 1, False, "iql"
+        )

@@ -28,8 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cfdg.agents.common import Agent, Mode, TwinQ, adam, frozen_copy, mlp, noise, soft_update
+from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
+from cfdg.agents.networks import TwinQ, mlp
+from cfdg.agents.optim import adam, frozen_copy, soft_update
 from cfdg.store import Transitions
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -247,8 +249,18 @@ class CalQL(Agent):
                 a_next, logp_next = self._sample(next_obs, n)
             q_ood = self._q_many(self.critic, obs, torch.cat([a_rand, a_curr, a_next], dim=1)).float()
             q_rand, q_curr, q_next = q_ood.split(n, dim=-1)
-            gap = cql_gap(qs, q_rand, q_curr, q_next, logp_curr, logp_next, bound, self.act_dim, c.cql_temp,
-                          c.cql_importance_sample)
+            gap = cql_gap(
+                qs,
+                q_rand,
+                q_curr,
+                q_next,
+                logp_curr,
+                logp_next,
+                bound,
+                self.act_dim,
+                c.cql_temp,
+                c.cql_importance_sample,
+            )
             lo = -math.inf if c.cql_clip_diff_min is None else c.cql_clip_diff_min
             hi = math.inf if c.cql_clip_diff_max is None else c.cql_clip_diff_max
             gap = gap.clamp(lo, hi).mean(dim=1)  # [heads]

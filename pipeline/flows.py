@@ -134,6 +134,10 @@ def round_row(root: Path, k: int) -> dict[str, Any]:
             value = (quality.get(f"{side}_vs_online") or {}).get(div) or {}
             est = value.get("classifier") if isinstance(value, dict) else value
             row[f"js_{side}_{div}"] = None if est is None else round(float(est), 3)
+    error = ((quality.get("fidelity") or {}).get("generated") or {}).get("next_state_rel_error")
+    row["next_state_rel_error"] = None if error is None else round(float(error), 4)
+    ratio = (quality.get("memorisation") or {}).get("ratio")
+    row["memorisation_ratio"] = None if ratio is None else round(float(ratio), 3)
     return row
 
 
@@ -185,6 +189,7 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
     report_dir = base / layout.REPORT_DIR
     _png_artifact(report_dir / "learning_curve.png", "cfdg-learning-curve", "learning curve")
     _png_artifact(report_dir / "quality.png", "cfdg-quality", "JS divergences per round")
+    _png_artifact(report_dir / "ground_truth.png", "cfdg-ground-truth", "fidelity, fresh-data alignment, memorisation")
     _png_artifact(report_dir / "tsne.png", "cfdg-tsne", "t-SNE of the last round")
     report_md = report_dir / "report.md"
     if report_md.is_file():

@@ -1,7 +1,12 @@
 """Stage `materialise@k`: sample the synthetic store of round k and measure its quality.
 
-Quality (paper 3.1, Table 2): Jensen-Shannon divergence between the real online data and
-(a) the offline data, (b) the generated data, for states, actions and transitions.
+Reads params `sampling` (+ seed) and `quality`, never `diffusion`: the variant comes from the
+fitted checkpoint, so a sampling change reruns this stage and what follows, and no fit.
+With `sampling.buffer: fifo` the store also keeps the newest rows of round k-1's store.
+
+Quality (paper 3.1, Table 2, DESIGN.md "Quality of generated data"): Jensen-Shannon divergence
+between the real online data and (a) the offline data, (b) the generated data, for states, actions
+and transitions; simulator fidelity (cfdg.fidelity) and the memorisation ratio (cfdg.quality).
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cfdg import store
+from cfdg.errors import CfdgError
 from cfdg.store import StoreMeta
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -30,9 +38,19 @@ def materialise_stage(
     k: int,
     out_store: Path,
     progress: bool = True,
+    prev_synthetic: Path | None = None,
 ) -> dict[str, Any]:
-    """Write `out_store`; returns the quality metrics of round k."""
+    """Write `out_store` from the model and `cfg` (a SamplingConfig); returns round k's quality metrics.
+
+    `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
+    """
+    from cfdg.diffusion.checkpoint import checkpoint_variant
+
+    variant = checkpoint_variant(model)
     inputs = {"diffusion": model, "offline": offline, "online": online}
+    carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
+    if carried:
+        inputs["previous_synthetic"] = prev_synthetic
     attrs = store.read_attrs(online)
     meta = StoreMeta(
         kind="synthetic",
@@ -40,28 +58,35 @@ def materialise_stage(
         source=attrs["source"],
         round=k,
         seed=seed,
-        params={"diffusion": config_dict(cfg)},
+        params={"variant": variant, "sampling": config_dict(cfg)},
         inputs=input_digests(inputs),
     )
-    if cfg.variant == "none":
+    if variant == "none":
         store.write_store(out_store, empty_transitions(*store_dims(online), labels=True), meta)
     else:
         from cfdg.diffusion import load_diffusion, sample_to_store
 
         sample_to_store(
             load_diffusion(model),
-            cfg.n_synthetic,
             out_store,
             meta,
             seed=derive_seed(seed, k, "materialise"),
+            sampling=cfg,
+            prev=prev_synthetic if carried else None,
             progress=progress,
         )
-    recorded = {"seed": seed, "diffusion": config_dict(cfg), "quality": config_dict(quality_cfg)}
+    recorded = {"seed": seed, "variant": variant, "sampling": config_dict(cfg), "quality": config_dict(quality_cfg)}
     write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, recorded))
     return measure_quality(offline, online, out_store, quality_cfg, k)
 
 
 def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.QualityParams, k: int) -> dict[str, Any]:
+    """Alignment (JS to the round's online data), fidelity (simulator) and memorisation of round k's store.
+
+    Fidelity is measured on the online-labelled generated rows, the whole store, and, as baselines
+    that must score ≈ 0, the real online and offline rows. Memorisation compares the online-labelled
+    rows with the round's online rows, leaving whole episodes out for the reference (no fit hold-out).
+    """
     from cfdg.quality import js_divergences
 
     real_online, _ = store.read_store(online)
@@ -72,6 +97,7 @@ def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.Qu
         "rows": {"offline": len(real_offline), "online": len(real_online), "generated": len(generated)},
         "offline_vs_online": js_divergences(real_online, real_offline, seed=cfg.seed, max_rows=cfg.max_rows),
     }
+    online_like = None
     if len(generated):
         # Table 2 compares the samples meant to look like online data: the online-labelled ones.
         # The whole store (20% offline-labelled for cfdg) is what the agent sees; both are kept.
@@ -84,7 +110,42 @@ def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.Qu
         quality["generated_all_vs_online"] = js_divergences(
             real_online, generated, seed=cfg.seed, max_rows=cfg.max_rows
         )
+    quality.update(
+        ground_truth(store.read_attrs(online)["env_id"], real_offline, real_online, generated, online_like, cfg)
+    )
     return quality
+
+
+def ground_truth(
+    env_id: str,
+    offline: store.Transitions,
+    online: store.Transitions,
+    generated: store.Transitions,
+    online_like: store.Transitions | None,
+    cfg: params.QualityParams,
+) -> dict[str, Any]:
+    """{"fidelity": {...}, "memorisation": {...}} where measurable (a MuJoCo env, rows present)."""
+    from cfdg.envs import GYM_IDS, env_name
+    from cfdg.fidelity import simulator_fidelity
+    from cfdg.quality import episode_ids, memorisation_ratio
+
+    out: dict[str, Any] = {}
+    if cfg.fidelity_rows == 0:
+        return out
+    try:
+        env = env_name(env_id)
+    except CfdgError:
+        return out
+    if env in GYM_IDS:
+        parts = {"generated": online_like, "generated_all": generated, "online": online, "offline": offline}
+        out["fidelity"] = {
+            name: simulator_fidelity(data, env, max_rows=cfg.fidelity_rows, seed=cfg.seed)
+            for name, data in parts.items()
+            if data is not None and len(data)
+        }
+    if online_like is not None and len(online_like) >= 2 and len(np.unique(episode_ids(online))) >= 2:
+        out["memorisation"] = memorisation_ratio(online_like, online, max_rows=cfg.fidelity_rows, seed=cfg.seed)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             out_dir / layout.DIFFUSION,
             layout.OFFLINE,
             out_dir / layout.ONLINE,
-            params.section(raw, "diffusion", args.params),
+            params.section(raw, "sampling", args.params),
             params.section(raw, "quality", args.params),
             params.seed(raw, args.params),
             k,
             out_dir / layout.SYNTHETIC,
             progress_enabled(),
+            prev_synthetic=layout.round_dir(k - 1) / layout.SYNTHETIC,
         )
         write_metrics(out_dir / "quality.json", quality)
 

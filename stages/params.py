@@ -27,9 +27,13 @@ class QualityParams:
 
     max_rows: int = 5000  # rows per side given to the JS estimators
     seed: int = 0
+    # rows replayed in the simulator per data set (cfdg.fidelity; ~1 s per 2000 hopper rows) and
+    # matched for the memorisation ratio; 0 turns both off
+    fidelity_rows: int = 2000
 
     def __post_init__(self) -> None:
         check(self.max_rows >= 10, "quality.max_rows", f"must be >= 10, got {self.max_rows}")
+        check(self.fidelity_rows >= 0, "quality.fidelity_rows", f"must be >= 0, got {self.fidelity_rows}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +48,7 @@ class ReportParams:
 
 
 # The sections, in params.yaml order; `config_class` says which dataclass validates each.
-SECTIONS = ("dataset", "agent", "pretrain", "rollout", "diffusion", "quality", "report")
+SECTIONS = ("dataset", "agent", "pretrain", "rollout", "diffusion", "sampling", "quality", "report")
 TOP_LEVEL = ("seed", "rounds", *SECTIONS)
 DATASET_SOURCE_KEY = "source"  # pipeline-level key inside `dataset:`; the rest is DatasetConfig
 
@@ -93,6 +97,10 @@ def config_class(name: str) -> type:
             from cfdg.diffusion.config import DiffusionConfig
 
             return DiffusionConfig
+        case "sampling":
+            from cfdg.diffusion.config import SamplingConfig
+
+            return SamplingConfig
         case "quality":
             return QualityParams
         case "report":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -63,8 +64,50 @@ def _tsne_features(data: store.Transitions) -> np.ndarray:
     ).astype(np.float32)
 
 
+def fresh_alignment(
+    rounds_dir: Path, offline: store.Transitions, rounds: Sequence[int], cfg: params.QualityParams
+) -> dict[int, dict[str, Any]]:
+    """Round k's data against round k+1's fresh online rows, which no model of round k saw.
+
+    State/action/transition JS of the fresh rows to round k's real online buffer, the offline data and
+    round k's online-labelled samples, and the memorisation ratio with the fresh rows as the held-out
+    reference. This is what the agent's next data will look like; only the report can measure it.
+    """
+    from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
+
+    out: dict[int, dict[str, Any]] = {}
+    ordered = sorted(rounds)
+    for k, later in itertools.pairwise(ordered):
+        online, _ = store.read_store(rounds_dir / str(k) / layout.ONLINE)
+        fresh = fresh_rows(online, store.read_store(rounds_dir / str(later) / layout.ONLINE)[0])
+        if len(fresh) < 20:
+            continue
+        generated, _ = store.read_store(rounds_dir / str(k) / layout.SYNTHETIC)
+        seed, rows = cfg.seed, cfg.max_rows
+        result: dict[str, Any] = {
+            "rows": {"fresh": len(fresh)},
+            "online_vs_fresh": js_divergences(fresh, online, seed=seed, max_rows=rows),
+            "offline_vs_fresh": js_divergences(fresh, offline, seed=seed, max_rows=rows),
+        }
+        if len(generated):
+            online_like = generated.take(generated.labels == store.LABEL_ONLINE)
+            if len(online_like) >= 20:
+                result["generated_vs_fresh"] = js_divergences(fresh, online_like, seed=seed, max_rows=rows)
+                if cfg.fidelity_rows:
+                    result["memorisation"] = memorisation_ratio(
+                        online_like, online, fresh, max_rows=cfg.fidelity_rows, seed=seed
+                    )
+        out[k] = result
+    return out
+
+
 def make_report(
-    rounds_dir: Path, offline: Path, rounds: Sequence[int], cfg: params.ReportParams, out_dir: Path
+    rounds_dir: Path,
+    offline: Path,
+    rounds: Sequence[int],
+    cfg: params.ReportParams,
+    out_dir: Path,
+    quality_cfg: params.QualityParams | None = None,
 ) -> dict:
     """Write the report files into `out_dir`; returns the run summary (summary.json)."""
     from cfdg.tsne import tsne_plot
@@ -102,6 +145,12 @@ def make_report(
     report.quality_png(rows, out_dir / "quality.png")
 
     offline_data, _ = store.read_store(offline)
+    fresh = fresh_alignment(rounds_dir, offline_data, rounds, quality_cfg or params.QualityParams())
+    truth = report.ground_truth_rows(quality, fresh)
+    write_json(out_dir / "fresh.json", {str(k): v for k, v in fresh.items()})
+    write_json(out_dir / "ground_truth.json", truth)
+    atomic_write_text(out_dir / "ground_truth.md", report.ground_truth_markdown(truth))
+    report.ground_truth_png(truth, out_dir / "ground_truth.png")
     online_data, _ = store.read_store(rounds_dir / str(last) / layout.ONLINE)
     generated, _ = store.read_store(rounds_dir / str(last) / layout.SYNTHETIC)
     groups = {"offline": _tsne_features(offline_data), "online": _tsne_features(online_data)}
@@ -133,15 +182,25 @@ def make_report(
         "synthetic": rounds_dir / str(last) / layout.SYNTHETIC,
         **{f"round{k}-{name}": rounds_dir / str(k) / name for k in rounds for name in ("rollout.json", "quality.json")},
     }
-    recorded = {"rounds": list(rounds), "report": dataclasses.asdict(cfg)}
+    recorded = {
+        "rounds": list(rounds),
+        "report": dataclasses.asdict(cfg),
+        "quality": dataclasses.asdict(quality_cfg or params.QualityParams()),
+    }
     write_json(out_dir / "report.provenance.json", provenance("report", inputs, recorded))
     table1 = report.table1_markdown([summary])
     atomic_write_text(out_dir / "table1.md", table1)
-    atomic_write_text(out_dir / "report.md", report_markdown(summary, rows, table1, title))
+    atomic_write_text(out_dir / "report.md", report_markdown(summary, rows, table1, title, truth))
     return summary
 
 
-def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], table1: str, title: str) -> str:
+def report_markdown(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    table1: str,
+    title: str,
+    truth: Sequence[Mapping[str, Any]] = (),
+) -> str:
     return "\n".join(
         [
             f"# cfdg report: {title}",
@@ -158,6 +217,11 @@ def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
             "",
             report.quality_markdown(rows),
             "![quality](quality.png)",
+            "",
+            "## Ground truth: alignment to fresh data, simulator fidelity, memorisation",
+            "",
+            report.ground_truth_markdown(truth) if truth else "(no round measured)\n",
+            "![ground truth](ground_truth.png)",
             "",
             "## t-SNE of offline, online and generated data (Figure 1 form)",
             "",
@@ -197,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         raw = params.read_params(args.params)
         rounds = list(params.rounds(raw, args.params))
         cfg = params.section(raw, "report", args.params)
-        make_report(layout.ROUNDS_DIR, layout.OFFLINE, rounds, cfg, layout.REPORT_DIR)
+        quality = params.section(raw, "quality", args.params)
+        make_report(layout.ROUNDS_DIR, layout.OFFLINE, rounds, cfg, layout.REPORT_DIR, quality)
 
     return run_main("report", body, argv)
 

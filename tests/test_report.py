@@ -112,6 +112,11 @@ def test_report_of_a_real_run(finished, tmp_path):
     md = (rep / "report.md").read_text()
     for needle in ("learning_curve.png", "tsne.png", "| Round | Divergence |", "| Dataset | IQL CFDG |"):
         assert needle in md
+    # Ground truth: round 1 is also measured against round 2's fresh rows; real rows replay exactly.
+    truth = {(r["round"], r["data"]): r for r in json.loads((rep / "ground_truth.json").read_text())}
+    assert truth[(1, "generated")]["js_state_fresh"] is not None and truth[(2, "generated")]["js_state_fresh"] is None
+    assert truth[(1, "generated")]["memorisation_fresh"] > 0 and truth[(2, "online")]["next_state_rel_error"] <= 0.01
+    assert "ground_truth.png" in md and _png(rep / "ground_truth.png").std() > 0.01
 
     # Table 1 across runs: this run plus a made-up base run of another seed.
     other = tmp_path / "base.json"

@@ -19,7 +19,7 @@ from typing import Any
 from cfdg.io import atomic_write_bytes
 
 DIVERGENCES = ("state", "action", "transition")
-VARIANT_NAMES = {"none": "Base", "synther": "SynthER", "cfdg": "CFDG"}
+VARIANT_NAMES = {"none": "Base", "synther": "SynthER", "joint": "CFDG w/o guidance", "cfdg": "CFDG"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +170,7 @@ def table1_markdown(summaries: Iterable[Mapping[str, Any]]) -> str:
     datasets = sorted({k[0] for k in stats})
     algos = [a for a in ("iql", "pex", "apl") if any(k[1] == a for k in stats)]
     algos += sorted({k[1] for k in stats} - set(algos))
-    variants = [v for v in ("none", "synther", "cfdg") if any(k[2] == v for k in stats)]
+    variants = [v for v in ("none", "synther", "joint", "cfdg") if any(k[2] == v for k in stats)]
     variants += sorted({k[2] for k in stats} - set(variants))
     header = ["Dataset"] + [f"{a.upper()} {VARIANT_NAMES.get(v, v)}" for a in algos for v in variants]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         "| workers | cells | wall (s) | cells/hour | speed-up | cell wall on worker (s) | in `dvc repro` (s) | "
-        "submit → start (s) |"
+        "submit → start, incl. queueing (s) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

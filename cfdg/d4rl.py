@@ -29,7 +29,7 @@ import h5py
 import numpy as np
 
 from cfdg import __version__
-from cfdg.envs import env_name
+from cfdg.envs import check_layout, env_name
 from cfdg.errors import CfdgError, DatasetError
 from cfdg.io import atomic_file, digest
 from cfdg.store import StoreMeta, Transitions, iter_store, read_attrs, write_store
@@ -183,10 +183,11 @@ def _env_of(path: Path, source: str, meta: dict[str, object], env: str | None) -
     if "env_id" in meta:
         return env_name(str(meta["env_id"]))
     for guess in (source, path.stem):
-        try:
-            return env_name(Path(guess).name.split("-")[0].split("_")[0])
-        except CfdgError:
-            continue
+        for key in (Path(guess).name.replace("_", "-"), Path(guess).name.split("-")[0].split("_")[0]):
+            try:  # the whole name first: AntMaze names carry the maze (antmaze-large-play-v2)
+                return env_name(key)
+            except CfdgError:
+                continue
     raise DatasetError(f"{path}: cannot tell the env from the name {source!r}; pass env= (e.g. 'hopper')")
 
 
@@ -199,6 +200,7 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
     data, meta = _load(path, "auto")
     name = str(source)
     env_id = _env_of(path, name, meta, env)
+    check_layout(env_id, data.obs_dim, data.act_dim, path)
     if data.labels is not None:
         data = Transitions(**{k: v for k, v in data.arrays().items() if k != "labels"})
     store_meta = StoreMeta(

@@ -3,18 +3,27 @@
 Minari stores episodes with T+1 observations; a store row i is (obs[t], a[t], r[t], obs[t+1]).
 Stores are cut into episodes at terminal/timeout rows and wherever s' of a row is not the s of
 the next one (synthetic rows are independent, so each becomes its own one-step episode).
+
+Dict observations (Minari's `D4RL/antmaze/*` datasets: observation 27 / achieved_goal 2 /
+desired_goal 2) become one row vector achieved_goal ⊕ observation (29, x and y first as in
+D4RL); the goal is left out, as D4RL leaves it out. The online env `antmaze-<maze>-minari`
+yields exactly these vectors (cfdg.envs.FlatAntMaze).
+
+Datasets are found by id under $MINARI_DATASETS_PATH (default ~/.minari/datasets), where
+`minari download` puts them; nothing is ever downloaded here.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cfdg.envs import env_name
+from cfdg.envs import check_layout, env_name
 from cfdg.errors import CfdgError, DatasetError
 from cfdg.io import digest, replace_path
 from cfdg.store import StoreMeta, Transitions, read_store, write_store
@@ -28,18 +37,79 @@ def _minari() -> Any:
     return minari
 
 
+MINARI_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*-v\d+")
+
+
+def minari_root() -> Path:
+    return Path(os.environ.get("MINARI_DATASETS_PATH") or "~/.minari/datasets").expanduser()
+
+
+def is_minari_source(source: str | os.PathLike) -> bool:
+    """A Minari id (`D4RL/antmaze/umaze-v1`, `mujoco/hopper/medium-v0`) or a Minari dataset directory."""
+    s = str(source)
+    if s.endswith((".hdf5", ".h5")) or Path(s).is_file():
+        return False
+    if Path(s).is_dir():
+        return (Path(s) / "data" / "metadata.json").is_file() or (Path(s) / "metadata.json").is_file()
+    return "/" in s and MINARI_ID.fullmatch(s) is not None
+
+
+def find_minari_dataset(source: str | os.PathLike) -> Path:
+    """The directory of a local Minari dataset given its id or path; never downloads."""
+    s = str(source)
+    if Path(s).is_dir():
+        return Path(s)
+    path = minari_root() / s
+    if not (path / "data").is_dir():
+        raise DatasetError(
+            f"Minari dataset {s!r} not found: no {path / 'data'} (set MINARI_DATASETS_PATH to the folder "
+            "holding it, or run `minari download` yourself; cfdg never downloads)"
+        )
+    return path
+
+
+def _flat_observations(obs: Any, where: Path) -> np.ndarray:
+    """One vector per step: plain arrays as they are, AntMaze dicts as achieved_goal ⊕ observation."""
+    if isinstance(obs, dict):
+        missing = {"observation", "achieved_goal"} - set(obs)
+        if missing:
+            raise DatasetError(f"{where}: dict observations lack {sorted(missing)} (keys {sorted(obs)})")
+        return np.concatenate([np.asarray(obs["achieved_goal"]), np.asarray(obs["observation"])], axis=1)
+    return np.asarray(obs)
+
+
+def _check_maze(ds: Any, env_id: str, where: Path) -> None:
+    """An AntMaze dataset must be recorded in the maze the online env builds (walls compared)."""
+    if not env_id.startswith("antmaze-"):
+        return
+    from cfdg.envs import maze_map
+
+    kwargs = getattr(getattr(ds, "env_spec", None), "kwargs", None) or {}
+    recorded = kwargs.get("maze_map")
+    if recorded is None:
+        return
+    walls = [[int(c == 1) for c in row] for row in recorded]
+    ours = [[int(c == 1) for c in row] for row in maze_map(env_id.split("-")[1], "minari")]
+    if walls != ours:
+        raise DatasetError(f"{where}: recorded in a maze whose walls differ from D4RL's {env_id.split('-')[1]} maze")
+
+
 def import_minari(
-    dataset_dir: str | os.PathLike, out: str | os.PathLike, env: str | None = None, seed: int = 0
+    dataset_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    env: str | None = None,
+    seed: int = 0,
+    source: str | None = None,
 ) -> Path:
-    """Write the offline store `out` from the Minari dataset directory `dataset_dir`."""
+    """Write the offline store `out` from a Minari dataset (its directory, or its id under $MINARI_DATASETS_PATH)."""
     minari = _minari()
-    dataset_dir = Path(dataset_dir)
+    dataset_dir = find_minari_dataset(dataset_dir)
     data_path = dataset_dir / "data" if (dataset_dir / "data").is_dir() else dataset_dir
     try:
         ds = minari.MinariDataset(str(data_path))
         parts = []
         for ep in ds.iterate_episodes():
-            obs = np.asarray(ep.observations)
+            obs = _flat_observations(ep.observations, dataset_dir)
             parts.append(
                 {
                     "observations": obs[:-1],
@@ -60,10 +130,12 @@ def import_minari(
         env_id = env_name(env or spec_id or dataset_dir.name)
     except CfdgError as e:
         raise DatasetError(str(e)) from e
+    _check_maze(ds, env_id, dataset_dir)
+    check_layout(env_id, data.obs_dim, data.act_dim, dataset_dir)
     meta = StoreMeta(
         kind="offline",
         env_id=env_id,
-        source=str(dataset_dir),
+        source=str(source if source is not None else dataset_dir),
         seed=seed,
         params={"format": "minari"},
         inputs={"dataset": digest(data_path)},
@@ -87,16 +159,19 @@ def export_minari(store: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     dataset_id = f"{attrs['env_id']}-cfdg-v0"
-    buffers = []
+    from minari.data_collector.episode_buffer import EpisodeBuffer
+
+    buffers: list[Any] = []
     for idx in _episodes(data):
         buffers.append(
-            {
-                "observations": np.concatenate([data.observations[idx], data.next_observations[idx[-1:]]]),
-                "actions": data.actions[idx],
-                "rewards": data.rewards[idx],
-                "terminations": data.terminals[idx],
-                "truncations": data.timeouts[idx] | (~data.terminals[idx] & (idx == idx[-1])),
-            }
+            EpisodeBuffer(
+                id=len(buffers),
+                observations=np.concatenate([data.observations[idx], data.next_observations[idx[-1:]]]),
+                actions=data.actions[idx],
+                rewards=data.rewards[idx].tolist(),
+                terminations=data.terminals[idx].tolist(),
+                truncations=(data.timeouts[idx] | (~data.terminals[idx] & (idx == idx[-1]))).tolist(),
+            )
         )
     from cfdg.envs import gym_id
 

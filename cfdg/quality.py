@@ -12,6 +12,7 @@ Two estimators, in nats (0 = same distribution, ln 2 ≈ 0.693 = disjoint suppor
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
@@ -110,3 +111,109 @@ def js_divergences(reference: Transitions, candidate: Transitions, seed: int = 0
         a, b = a[rng.permutation(n)], b[rng.permutation(n)]
         out[part] = {"classifier": classifier_js(a, b, seed), "histogram": histogram_js(a, b)}
     return out
+
+
+# --- Memorisation and alignment to rows the model never saw -------------------------------------
+
+
+def transition_vectors(data: Transitions) -> np.ndarray:
+    """(s, a, r, s') per row in float64, the vector the memorisation check measures distances on."""
+    return part_arrays(data)["transition"].astype(np.float64)
+
+
+def episode_ids(data: Transitions) -> np.ndarray:
+    """Episode index of each row of a store kept in collection order (an episode ends at terminal|timeout)."""
+    ends = (data.terminals | data.timeouts).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(ends[:-1])]) if len(data) else np.zeros(0, np.int64)
+
+
+def nearest_distances(
+    queries: np.ndarray,
+    reference: np.ndarray,
+    query_groups: np.ndarray | None = None,
+    reference_groups: np.ndarray | None = None,
+    chunk: int = 512,
+) -> np.ndarray:
+    """Exact Euclidean distance from each query row to its nearest reference row (torch.cdist in chunks).
+
+    With groups, reference rows of the query's own group are ignored (leave-one-group-out).
+    Float64 and no matmul shortcut, so the result does not depend on the thread count.
+    """
+    import torch
+
+    ref = torch.from_numpy(np.ascontiguousarray(reference, dtype=np.float64))
+    ref_g = None if reference_groups is None else torch.from_numpy(np.asarray(reference_groups, np.int64))
+    out = np.empty(len(queries))
+    for start in range(0, len(queries), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + chunk], dtype=np.float64))
+        d = torch.cdist(q, ref, compute_mode="donot_use_mm_for_euclid_dist")
+        if ref_g is not None and query_groups is not None:
+            qg = torch.from_numpy(np.asarray(query_groups[start : start + chunk], np.int64))
+            d = d.masked_fill(qg[:, None] == ref_g[None, :], float("inf"))
+        out[start : start + len(q)] = d.min(dim=1).values.numpy()
+    return out
+
+
+def memorisation_ratio(
+    generated: Transitions,
+    training: Transitions,
+    held_out: Transitions | None = None,
+    max_rows: int = 2000,
+    max_training_rows: int = 50_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Median NN distance generated → training over held-out real → training (≈ 1 healthy, ≪ 1 copying).
+
+    Distances are on (s, a, r, s') vectors standardised by the training rows' mean and std. Up to
+    `max_rows` generated and held-out rows (seeded sample) are matched exactly against up to
+    `max_training_rows` training rows. `held_out`: real rows the model never saw (e.g. the next
+    round's fresh transitions). Without it, whole episodes are left out one at a time: each sampled
+    training row is matched against the training rows of OTHER episodes, which is what a held-out
+    episode of the same buffer would see, so the fit needs no hold-out (`training` in collection order).
+    """
+    for name, d in (("generated", generated), ("training", training)):
+        if len(d) < 2:
+            raise StoreError(f"memorisation_ratio: {name} has {len(d)} rows; at least 2 are needed")
+    rng = np.random.default_rng(seed)
+    train_idx = _sample(rng, len(training), max_training_rows)
+    train = transition_vectors(training)
+    mean, std = train.mean(axis=0), train.std(axis=0)
+    std = np.where(std > 1e-8, std, 1.0)
+    ref = (train[train_idx] - mean) / std
+    gen = (transition_vectors(generated.take(_sample(rng, len(generated), max_rows))) - mean) / std
+    gen_nn = nearest_distances(gen, ref)
+    if held_out is not None:
+        if len(held_out) < 2:
+            raise StoreError(f"memorisation_ratio: held_out has {len(held_out)} rows; at least 2 are needed")
+        kind = "held_out"
+        held = (transition_vectors(held_out.take(_sample(rng, len(held_out), max_rows))) - mean) / std
+        held_nn = nearest_distances(held, ref)
+    else:
+        kind = "leave_one_episode_out"
+        episodes = episode_ids(training)
+        if len(np.unique(episodes[train_idx])) < 2:
+            raise StoreError("memorisation_ratio: training holds one episode; leave-one-episode-out needs two")
+        pick = train_idx[_sample(rng, len(train_idx), max_rows)]
+        held_nn = nearest_distances((train[pick] - mean) / std, ref, episodes[pick], episodes[train_idx])
+    gen_med, held_med = float(np.median(gen_nn)), float(np.median(held_nn))
+    return {
+        "ratio": gen_med / max(held_med, 1e-12),
+        "generated_median_nn": gen_med,
+        "reference_median_nn": held_med,
+        "reference": kind,
+        "rows": {"generated": len(gen_nn), "reference": len(held_nn), "training": len(train_idx)},
+    }
+
+
+def _sample(rng: np.random.Generator, n: int, cap: int) -> np.ndarray:
+    return np.sort(rng.choice(n, cap, replace=False)) if n > cap else np.arange(n)
+
+
+def fresh_rows(previous: Transitions, current: Transitions) -> Transitions:
+    """Rows of the online store of round k+1 that round k's store did not hold (the online store only grows)."""
+    n = len(previous)
+    if len(current) < n or not np.array_equal(current.observations[:n], previous.observations):
+        raise StoreError(
+            f"fresh_rows: the later online store ({len(current)} rows) does not start with the earlier one ({n} rows)"
+        )
+    return current.take(slice(n, None))

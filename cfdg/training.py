@@ -184,6 +184,7 @@ def capture_env(env: gym.Env, obs: np.ndarray, episode_return: float, episode_le
         "obs": torch.from_numpy(np.asarray(obs, dtype=np.float64).copy()),
         "episode_return": float(episode_return),
         "episode_length": int(episode_length),
+        "extra": envs.episode_state(env),
     }
 
 
@@ -193,6 +194,7 @@ def restore_env(env: gym.Env, state: dict[str, Any]) -> tuple[np.ndarray, float,
     mj = state["mj_state"].numpy()
     if mj.shape[0] != mujoco.mj_stateSize(u.model, spec):
         raise CheckpointError("checkpoint's MuJoCo state does not fit this env")
+    envs.restore_episode_state(env, state.get("extra"))
     mujoco.mj_setState(u.model, u.data, mj, spec)
     mujoco.mj_forward(u.model, u.data)
     _time_limit(env)._elapsed_steps = state["elapsed_steps"]
@@ -316,6 +318,7 @@ def _env_spec(env: str, data: Transitions, where: Path) -> float:
     obs_dim, act_dim = int(e.observation_space.shape[0]), int(e.action_space.shape[0])
     high = float(e.action_space.high[0])
     e.close()
+    envs.check_layout(env, data.obs_dim, data.act_dim, where)
     if (obs_dim, act_dim) != (data.obs_dim, data.act_dim):
         raise StoreError(
             f"{where}: obs/act dims {data.obs_dim}/{data.act_dim} do not match env '{env}' ({obs_dim}/{act_dim})"

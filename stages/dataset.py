@@ -1,7 +1,8 @@
 """Stage `dataset`: the offline dataset as a transition store, built locally or imported.
 
 `dataset.source: build` makes a D4RL-style dataset with gymnasium MuJoCo (cfdg.datasets);
-any other value is a D4RL dataset name or HDF5 path the user already has (cfdg.d4rl).
+any other value is a D4RL dataset name or HDF5 path, or a local Minari dataset id, that the
+user already has (cfdg.sources).
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progres
         card = dict(build_dataset(cfg, out_store, out_card, progress=progress))
         inputs: dict[str, Path] = {}
     else:
-        from cfdg.d4rl import import_d4rl
+        from cfdg.sources import import_source, source_path
 
-        import_d4rl(source, out_store, seed=int(getattr(cfg, "seed", 0)))
+        import_source(source, out_store, seed=int(getattr(cfg, "seed", 0)))
         attrs = store.read_attrs(out_store)
         card = {"source": source, "env_id": attrs["env_id"], "rows": attrs["counts"]["rows"], "imported": True}
         write_json(out_card, card)
-        inputs = {"source": Path(source)} if Path(source).exists() else {}
+        found = source_path(source)
+        inputs = {"source": found} if found is not None else {}
     rows = int(store.read_attrs(out_store)["counts"]["rows"])
     metrics = {
         "rows": rows,

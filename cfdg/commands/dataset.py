@@ -23,8 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--no-progress", action="store_true")
     q.set_defaults(func=_build)
 
-    q = dsub.add_parser("import", help="convert a D4RL HDF5 file (path or D4RL dataset name) to a store")
-    q.add_argument("source", help="e.g. hopper-medium-replay-v2 (looked up in $D4RL_DATASET_DIR) or a .hdf5 path")
+    q = dsub.add_parser("import", help="convert a D4RL HDF5 file or a local Minari dataset to a store")
+    q.add_argument(
+        "source",
+        help="e.g. hopper-medium-replay-v2 (looked up in $D4RL_DATASET_DIR), a .hdf5 path, or a Minari id "
+        "such as D4RL/antmaze/umaze-v1 (looked up in $MINARI_DATASETS_PATH, never downloaded)",
+    )
     q.add_argument("--out", required=True)
     q.add_argument("--env", help="env when the name does not tell it")
     q.add_argument("--seed", type=int, default=0)
@@ -65,10 +69,10 @@ def _build(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
-    from cfdg.d4rl import import_d4rl
+    from cfdg.sources import import_source
     from cfdg.store import read_attrs
 
-    out = import_d4rl(args.source, args.out, seed=args.seed, env=args.env)
+    out = import_source(args.source, args.out, seed=args.seed, env=args.env)
     attrs = read_attrs(out)
     print(f"store: {out} ({attrs['counts']['rows']} transitions, env {attrs['env_id']}, from {attrs['source']})")
     return 0

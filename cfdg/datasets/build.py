@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from cfdg.config import check, to_dict
 from cfdg.datasets.behaviour import Actor, TD3Params, train_td3
 from cfdg.device import select_device, torch_threads
-from cfdg.envs import env_name, gym_id, make_env, normalized_score
+from cfdg.envs import env_name, gym_id, is_robotics, make_env, normalized_score
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
 from cfdg.store import StoreMeta, Transitions, write_store
@@ -69,6 +69,12 @@ class DatasetConfig:
             gym_id(self.env)
         except ConfigError as e:
             raise ConfigError(f"{w}.env: {e}") from None
+        if is_robotics(self.env) and self.kind != "random":
+            raise ConfigError(
+                f"{w}.kind: {self.kind!r} cannot be built for {env_name(self.env)} (no behaviour policy learns "
+                "AntMaze/Adroit on CPU in reasonable time); build 'random' or set dataset.source to a D4RL "
+                "file or Minari dataset"
+            )
         for name in ("medium_steps", "expert_steps", "transitions", "max_episode_steps", "eval_every"):
             check(getattr(self, name) > 0, f"{w}.{name}", f"must be positive, got {getattr(self, name)}")
         check(self.eval_episodes > 0, f"{w}.eval_episodes", f"must be positive, got {self.eval_episodes}")

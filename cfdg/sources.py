@@ -1,0 +1,30 @@
+"""Where `dataset.source` / `cfdg dataset import SOURCE` reads from: a D4RL file or a Minari dataset.
+
+- a Minari id (`D4RL/antmaze/umaze-v1`, `mujoco/hopper/medium-v0`) or a Minari dataset directory:
+  read from $MINARI_DATASETS_PATH (default ~/.minari/datasets), never downloaded (cfdg.minari_io);
+- anything else: a D4RL HDF5 path or D4RL dataset name (cfdg.d4rl).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from cfdg.minari_io import find_minari_dataset, import_minari, is_minari_source
+
+
+def source_path(source: str) -> Path | None:
+    """The file or directory a source reads, when it exists locally (recorded as a stage input)."""
+    if is_minari_source(source):
+        return find_minari_dataset(source)
+    p = Path(source)
+    return p if p.exists() else None
+
+
+def import_source(source: str, out: str | os.PathLike, seed: int = 0, env: str | None = None) -> Path:
+    """Write the offline store `out` from `source`; the store's env_id names the online env to use."""
+    if is_minari_source(source):
+        return import_minari(find_minari_dataset(source), out, env=env, seed=seed, source=source)
+    from cfdg.d4rl import import_d4rl
+
+    return import_d4rl(source, out, seed=seed, env=env)

@@ -337,44 +337,10 @@ def draw(model: Any, n: int, seed: int, s: Sampler, batch: int = 4096) -> Any:
 # ---------------------------------------------------------------- measures
 
 
-def _rows(t: Any) -> np.ndarray:
-    return np.concatenate([t.observations, t.actions, t.rewards[:, None], t.next_observations], axis=1)
-
-
-def memorisation_ratio(
-    generated: Any, train_rows: Any, heldout: Any, scale_ref: Any, seed: int, n: int = 2000
-) -> float:
-    """median NN distance (generated → training rows) / median NN distance (held-out real → training rows).
-
-    Distances on (s, a, r, s') standardised by `scale_ref`'s statistics, so every variant is
-    measured in the same units whatever data it was fitted on.
-    """
-    try:  # the project's own measure, where it exists
-        from cfdg.quality import memorisation_ratio as project_ratio  # type: ignore[attr-defined]
-    except ImportError:
-        project_ratio = None
-    if project_ratio is not None:
-        return float(project_ratio(generated, train_rows, heldout, seed=seed)["ratio"])
-    from sklearn.neighbors import NearestNeighbors
-
-    ref = _rows(scale_ref)
-    mu, sd = ref.mean(0), ref.std(0) + 1e-6
-    rng = np.random.default_rng(seed)
-
-    def pick(t: Any) -> np.ndarray:
-        x = (_rows(t) - mu) / sd
-        return x[rng.choice(len(x), min(n, len(x)), replace=False)]
-
-    nn_ = NearestNeighbors(n_neighbors=1).fit((_rows(train_rows) - mu) / sd)
-    d_gen = nn_.kneighbors(pick(generated))[0][:, 0]
-    d_real = nn_.kneighbors(pick(heldout))[0][:, 0]
-    return float(np.median(d_gen) / max(np.median(d_real), 1e-12))
-
-
-def measure(gen: Any, data: RoundData, k: int, train_rows: Any | None, seed: int) -> dict[str, Any]:
+def measure(gen: Any, data: RoundData, k: int, seed: int, memorisation: bool = True) -> dict[str, Any]:
     """Fidelity, alignment (round data and fresh rows) and memorisation of one set of online-labelled rows."""
     from cfdg.fidelity import simulator_fidelity
-    from cfdg.quality import js_divergences
+    from cfdg.quality import js_divergences, memorisation_ratio
 
     online, fresh = data.online[k - 1], data.fresh[k - 1]
     fid = simulator_fidelity(gen, ENV, max_rows=FIDELITY_ROWS, seed=seed)
@@ -391,8 +357,10 @@ def measure(gen: Any, data: RoundData, k: int, train_rows: Any | None, seed: int
     if fresh is not None:
         jf = js_divergences(fresh, gen, seed=seed, max_rows=JS_ROWS)
         out |= {"js_state_fresh": jf["state"]["classifier"], "js_transition_fresh": jf["transition"]["classifier"]}
-        if train_rows is not None:
-            out["memorisation"] = memorisation_ratio(gen, train_rows, fresh, online, seed)
+    if memorisation:
+        # Against the round's online rows (what online-labelled samples could copy) for every variant,
+        # so all are measured in the same units; reference = leave-one-episode-out real rows.
+        out["memorisation"] = memorisation_ratio(gen, online, None, max_rows=FIDELITY_ROWS, seed=seed)["ratio"]
     return out
 
 
@@ -405,7 +373,6 @@ def run_job(args: tuple[str, str, int, str, str]) -> list[dict]:
     import torch
 
     torch.set_num_threads(1)
-    from cfdg.store import Transitions
 
     cand = candidate(name)
     data = load(Path(data_path))
@@ -417,12 +384,6 @@ def run_job(args: tuple[str, str, int, str, str]) -> list[dict]:
         t0 = time.perf_counter()
         model, fit_metrics = fit_one(cand, variant, data, k, seed, prev)
         fit_s = time.perf_counter() - t0
-        if variant == "cfdg":
-            train_rows = Transitions.concat([data.offline, data.online[k - 1]])
-        else:
-            train_rows = (
-                data.online[k - 1] if variant == "synther" else Transitions.concat([data.offline, data.online[k - 1]])
-            )
         for s in cand.samplers:
             if variant != "cfdg" and s.w != DEFAULT_SAMPLER.w and s.solver == "heun" and s.steps == 32:
                 continue  # guidance sweep: only the conditional model has a guidance weight
@@ -448,7 +409,7 @@ def run_job(args: tuple[str, str, int, str, str]) -> list[dict]:
                 "fit_s": fit_s,
                 "sample_s": sample_s,
                 "device": fit_metrics["device"],
-                **measure(gen, data, k, train_rows, seed),
+                **measure(gen, data, k, seed),
             }
             records.append(rec)
             with open(out_path, "a") as f:
@@ -470,7 +431,7 @@ def reference_records(data: RoundData, seeds: int) -> list[dict]:
                     "variant": "offline",
                     "seed": seed,
                     "round": k,
-                    **measure(off, data, k, None, seed),
+                    **measure(off, data, k, seed, memorisation=False),
                 }
             )
             if data.fresh[k - 1] is not None:
@@ -603,6 +564,68 @@ def markdown(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> str:
     return "\n".join(lines) + "\n"
 
 
+TARGETS = [
+    ("ns≤synther", "next_state_rel_error", "synther", "le"),
+    ("JS≤synther", "js_state", "synther", "le"),
+    ("JSfresh≤synther", "js_state_fresh", "synther", "le"),
+    ("memo≥synther−std", "memorisation", "synther", "ge_std"),
+    ("JS<offline", "js_state", "offline", "lt"),
+    ("JSfresh<offline", "js_state_fresh", "offline", "lt"),
+    ("ns≤0.10", "next_state_rel_error", None, "abs"),
+]
+
+
+def targets(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> str:
+    """Issue 8 §3's targets for each CFDG candidate and round, on means over seeds.
+
+    The synther reference is the same candidate's synther model where it was fitted (equal compute),
+    else the baseline synther; the offline reference is the offline data measured the same way.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in recs:
+        if r["candidate"] == "reference" or r.get("sampler") == sampler:
+            groups.setdefault((r["candidate"], r["variant"], r["round"]), []).append(r)
+
+    def stat(key: tuple, m: str) -> tuple[float, float] | None:
+        vals = [r[m] for r in groups.get(key, []) if r.get(m) is not None]
+        if not vals:
+            return None
+        return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+    lines = ["| candidate | round | " + " | ".join(t[0] for t in TARGETS) + " |", "|" + "---|" * (2 + len(TARGETS))]
+    cands = sorted(
+        {c for c, v, _ in groups if v == "cfdg"},
+        key=lambda c: (
+            [x.name for x in CANDIDATES + COMBOS + CURVES].index(c)
+            if c in [x.name for x in CANDIDATES + COMBOS + CURVES]
+            else 99
+        ),
+    )
+    for c in cands:
+        for k in sorted({k for cc, v, k in groups if cc == c and v == "cfdg"}):
+            cells = []
+            for _, m, ref, how in TARGETS:
+                mine = stat((c, "cfdg", k), m)
+                if ref == "synther":
+                    other = stat((c, "synther", k), m) or stat(("baseline", "synther", k), m)
+                elif ref == "offline":
+                    other = stat(("reference", "offline", k), m)
+                else:
+                    other = (0.10, 0.0)
+                if mine is None or other is None:
+                    cells.append("–")
+                    continue
+                ok = {
+                    "le": mine[0] <= other[0],
+                    "lt": mine[0] < other[0],
+                    "abs": mine[0] <= other[0],
+                    "ge_std": mine[0] >= other[0] - other[1],
+                }[how]
+                cells.append(f"{'✓' if ok else '✗'} {mine[0]:.3f}/{other[0]:.3f}")
+            lines.append(f"| {c} | {k} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -631,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         run(a.data, a.out, names, variants, a.seeds, a.workers, a.deadline, not a.no_references)
     else:
         recs = read_records(a.results)
-        md = markdown(recs)
+        md = markdown(recs) + "\nTargets (CFDG mean / reference mean):\n\n" + targets(recs)
         print(md)
         if a.md:
             a.md.parent.mkdir(parents=True, exist_ok=True)

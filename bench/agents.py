@@ -25,9 +25,9 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cfdg.agents import AgentConfig, make_agent
+from cfdg.agents.replay import BatchMixer, ReplayBuffer, sample_uniform
 from cfdg.device import select_device
-from cfdg.replay import BatchMixer, ReplayBuffer, sample_uniform
-from tests.conftest import make_transitions
+from cfdg.fake_data import make_transitions
 
 OBS, ACT = 17, 6  # HalfCheetah / Walker2d sizes
 

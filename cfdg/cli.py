@@ -1,27 +1,38 @@
-"""The `cfdg` command. Subcommands live in `cfdg/commands/<name>.py`, each with `register(sub)`.
+"""The library's commands: `dataset`, `store`, `agent`, `quality`, and the dispatcher they share.
 
-Discovery keeps this file free of per-feature edits: a new command is a new module.
+These work on files (stores, checkpoints) and know nothing of the pipeline. The user's `cfdg`
+command (pipeline/cli.py) adds `run`, `round`, `serve`, ... on top; `python -m cfdg` offers the
+library commands alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import pkgutil
 import sys
 
-from cfdg import __version__, commands
+from cfdg import __version__
+from cfdg.commands import agent, dataset, quality, store
 from cfdg.errors import CfdgError
+
+DESCRIPTION = "Classifier-Free Diffusion Generation for offline-to-online RL."
+
+
+def add_library_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the library's sub-commands on `sub` (each module's `register`)."""
+    for module in (agent, dataset, quality, store):
+        module.register(sub)
+
+
+def new_parser(prog: str) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A parser with `--version` and an empty, required set of sub-commands."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"cfdg {__version__}")
+    return parser, parser.add_subparsers(dest="command", required=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cfdg", description="Classifier-Free Diffusion Generation for offline-to-online RL."
-    )
-    parser.add_argument("--version", action="version", version=f"cfdg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"cfdg.commands.{mod.name}").register(sub)
+    parser, sub = new_parser("cfdg")
+    add_library_commands(sub)
     return parser
 
 

@@ -196,7 +196,8 @@ def simulator_fidelity(
     - reward_rel_error: MSE(r, r_sim) / Var(r_sim) (reward_mse beside it);
     - termination_agreement: share of rows whose `terminals` equals the simulator's termination;
     - rows_sampled, rows_checked, rows_skipped {reason: count}, share_checked.
-    Error values are None when no row could be checked. `to_state` exists so tests can plug in a wrong reset.
+    Numbers only (DVC metrics); the error keys are absent when no row could be checked.
+    `to_state` exists so tests can plug in a wrong reset.
     """
     if max_rows <= 0:
         raise ConfigError(f"fidelity: max_rows must be positive, got {max_rows}")
@@ -217,16 +218,13 @@ def simulator_fidelity(
     ok = np.array([r is None for r in reasons], dtype=bool)
     skipped = {k: sum(r == k for r in reasons) for k in SKIP_REASONS}
     out: dict[str, Any] = {
-        "env": layout.env,
         "rows_sampled": len(idx),
         "rows_checked": int(ok.sum()),
         "rows_skipped": skipped,
         "share_checked": float(ok.mean()),
     }
-    keys = ["next_state_rel_error", "next_state_mse", "copy_mse", "reward_rel_error", "reward_mse"]
-    keys += ["termination_agreement"] + (["next_state_rel_error_joints"] if layout.contact_dims else [])
     if not ok.any():
-        return out | {k: None for k in keys}
+        return out
     s = rows.observations[ok].astype(np.float64)
     s_next = rows.next_observations[ok].astype(np.float64)
     sim_next = s_sim[ok]

@@ -170,6 +170,7 @@ def memorisation_ratio(
     round's fresh transitions). Without it, whole episodes are left out one at a time: each sampled
     training row is matched against the training rows of OTHER episodes, which is what a held-out
     episode of the same buffer would see, so the fit needs no hold-out (`training` in collection order).
+    Numbers only (DVC metrics): ratio, generated_median_nn, reference_median_nn, rows.
     """
     for name, d in (("generated", generated), ("training", training)):
         if len(d) < 2:
@@ -185,11 +186,9 @@ def memorisation_ratio(
     if held_out is not None:
         if len(held_out) < 2:
             raise StoreError(f"memorisation_ratio: held_out has {len(held_out)} rows; at least 2 are needed")
-        kind = "held_out"
         held = (transition_vectors(held_out.take(_sample(rng, len(held_out), max_rows))) - mean) / std
         held_nn = nearest_distances(held, ref)
     else:
-        kind = "leave_one_episode_out"
         episodes = episode_ids(training)
         if len(np.unique(episodes[train_idx])) < 2:
             raise StoreError("memorisation_ratio: training holds one episode; leave-one-episode-out needs two")
@@ -200,7 +199,6 @@ def memorisation_ratio(
         "ratio": gen_med / max(held_med, 1e-12),
         "generated_median_nn": gen_med,
         "reference_median_nn": held_med,
-        "reference": kind,
         "rows": {"generated": len(gen_nn), "reference": len(held_nn), "training": len(train_idx)},
     }
 

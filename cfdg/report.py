@@ -198,3 +198,136 @@ def table1_markdown(summaries: Iterable[Mapping[str, Any]]) -> str:
                 cells.append(f"{totals[(a, v)]:.1f}" if complete[(a, v)] else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+# --- Ground truth per round: alignment to the round's and to fresh data, fidelity, memorisation ------
+
+GROUND_TRUTH_DATA = ("offline", "online", "generated", "generated_all")
+GROUND_TRUTH_NAMES = {
+    "offline": "Offline data",
+    "online": "Real online (round buffer)",
+    "generated": "Generated (online-labelled)",
+    "generated_all": "Generated (whole store)",
+}
+
+
+def _get(tree: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(tree, Mapping) or tree.get(key) is None:
+            return None
+        tree = tree[key]
+    return tree
+
+
+def ground_truth_rows(
+    per_round: Sequence[Mapping[str, Any]], fresh: Mapping[int, Mapping[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """One row per (round, data set): state JS to the round's online data and to the next round's fresh
+    rows, simulator fidelity and memorisation ratios; None where not measured.
+
+    `per_round` are the rounds' quality.json (materialise); `fresh[k]` is what the report measured
+    against round k+1's fresh rows (`{"<data>_vs_fresh": js, "memorisation": {...}}`).
+    """
+    fresh = fresh or {}
+    rows = []
+    for q in sorted(per_round, key=lambda q: q["round"]):
+        k = int(q["round"])
+        f = fresh.get(k, {})
+        for data in GROUND_TRUTH_DATA:
+            if data.startswith("generated") and not _get(q, "rows", "generated"):
+                continue  # variant `none`: no store
+            js_round = None if data == "online" else _get(q, f"{data}_vs_online", "state", "classifier")
+            rows.append(
+                {
+                    "round": k,
+                    "data": data,
+                    "js_state_round": js_round,
+                    "js_state_fresh": _get(f, f"{data}_vs_fresh", "state", "classifier"),
+                    "js_transition_fresh": _get(f, f"{data}_vs_fresh", "transition", "classifier"),
+                    "next_state_rel_error": _get(q, "fidelity", data, "next_state_rel_error"),
+                    "reward_rel_error": _get(q, "fidelity", data, "reward_rel_error"),
+                    "termination_agreement": _get(q, "fidelity", data, "termination_agreement"),
+                    "share_checked": _get(q, "fidelity", data, "share_checked"),
+                    "memorisation_round": _get(q, "memorisation", "ratio") if data == "generated" else None,
+                    "memorisation_fresh": _get(f, "memorisation", "ratio") if data == "generated" else None,
+                }
+            )
+    return rows
+
+
+def _sci(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.3f}" if x >= 0.01 else f"{x:.0e}"
+
+
+def ground_truth_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per round and data set: alignment (to the round's data and to fresh rows), fidelity, memorisation."""
+    lines = [
+        "| Round | Data | State JS to round | State JS to fresh | Transition JS to fresh | Next-state rel. error "
+        "| Reward rel. error | Termination agreement | Rows checked | Memorisation (round / fresh) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        mem = "–"
+        if r["memorisation_round"] is not None or r["memorisation_fresh"] is not None:
+            mem = f"{_fmt(r['memorisation_round'])} / {_fmt(r['memorisation_fresh'])}"
+        share = "–" if r["share_checked"] is None else f"{100 * r['share_checked']:.0f}%"
+        lines.append(
+            f"| {r['round']} | {GROUND_TRUTH_NAMES.get(r['data'], r['data'])} | {_fmt(r['js_state_round'])} "
+            f"| {_fmt(r['js_state_fresh'])} | {_fmt(r['js_transition_fresh'])} | {_sci(r['next_state_rel_error'])} "
+            f"| {_sci(r['reward_rel_error'])} | {_fmt(r['termination_agreement'], 3)} | {share} | {mem} |"
+        )
+    note = (
+        "\nState/transition JS: classifier estimate in nats (lower is better, max ln 2 ≈ 0.69) to the round's "
+        "online data (what the model was fitted on) and to the next round's fresh online rows (never seen by "
+        "the model; absent for the last round). Next-state error relative to copying s' = s, reward error "
+        "relative to the simulator's reward variance, both from replaying rows in the MuJoCo simulator "
+        "(real rows score ≈ 0 by construction). Memorisation: median nearest-neighbour distance of generated "
+        "rows to the round's online rows over that of held-out real rows (round: leave-one-episode-out; "
+        "fresh: the next round's rows); ≈ 1 healthy, ≪ 1 copying.\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def ground_truth_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
+    """Per round: state JS (to round / to fresh), next-state relative error (log scale), memorisation ratio."""
+    from matplotlib.ticker import MaxNLocator
+
+    if not rows:
+        raise ValueError("ground_truth_png: no rows to plot")
+    fig = _figure(12.0, 3.4)
+    panels = (
+        ("state JS (nats)", (("js_state_round", "-", "to round"), ("js_state_fresh", "--", "to fresh"))),
+        ("next-state rel. error", (("next_state_rel_error", "-", ""),)),
+        ("memorisation ratio", (("memorisation_round", "-", "round"), ("memorisation_fresh", "--", "fresh"))),
+    )
+    colors = {"offline": "tab:orange", "online": "tab:green", "generated": "tab:blue", "generated_all": "tab:purple"}
+    for i, (title, series) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        drawn = False
+        for data in GROUND_TRUTH_DATA:
+            for key, style, suffix in series:
+                pts = sorted((r["round"], r[key]) for r in rows if r["data"] == data and r[key] is not None)
+                if not pts:
+                    continue
+                y = [max(p[1], 1e-7) for p in pts] if key == "next_state_rel_error" else [p[1] for p in pts]
+                label = GROUND_TRUTH_NAMES[data] + (f", {suffix}" if suffix else "")
+                ax.plot([p[0] for p in pts], y, style, marker="o", color=colors[data], label=label)
+                drawn = True
+        if i == 0:
+            ax.axhline(math.log(2), color="grey", lw=0.8, ls=":")
+            ax.set_ylim(0, 0.75)
+        elif i == 1 and drawn:
+            ax.set_yscale("log")
+        else:
+            ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+            ax.set_ylim(bottom=0)
+        ax.set_title(title)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(loc="best", fontsize=6)
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -1,4 +1,4 @@
-"""Prefect orchestration of the DVC pipeline: `python -m pipeline run | serve | server | preset | check`.
+"""Prefect orchestration of the DVC pipeline and the `cfdg` command (pipeline/cli.py) that drives it.
 
 Prefect settings are environment variables read when prefect is first imported, so they are
 set here, before any module of this package imports it: no telemetry, and a generous start-up

@@ -30,9 +30,8 @@ from prefect.artifacts import (
 )
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
-from stages import layout
-from stages import params as P
-from stages.common import PROGRESS_ENV
+from stages import layout, params
+from stages.runner import PROGRESS_ENV
 
 ROUND_STAGES = ("rollout", "fit", "materialise")
 
@@ -135,6 +134,10 @@ def round_row(root: Path, k: int) -> dict[str, Any]:
             value = (quality.get(f"{side}_vs_online") or {}).get(div) or {}
             est = value.get("classifier") if isinstance(value, dict) else value
             row[f"js_{side}_{div}"] = None if est is None else round(float(est), 3)
+    error = ((quality.get("fidelity") or {}).get("generated") or {}).get("next_state_rel_error")
+    row["next_state_rel_error"] = None if error is None else round(float(error), 4)
+    ratio = (quality.get("memorisation") or {}).get("ratio")
+    row["memorisation_ratio"] = None if ratio is None else round(float(ratio), 3)
     return row
 
 
@@ -149,7 +152,7 @@ def cfdg_round(k: int, root: str = ".", retries: int = 1) -> dict[str, Any]:
     """One generation round k: rollout@k -> fit@k -> materialise@k, each through DVC."""
     logger = get_run_logger()
     base = Path(root)
-    table = P.rounds(P.read_params(base / "params.yaml"), base / "params.yaml")
+    table = params.rounds(params.read_params(base / "params.yaml"), base / "params.yaml")
     if k not in table:
         raise ValueError(f"round {k} is not in the rounds table of {base / 'params.yaml'} (rounds {list(table)})")
     progress = create_progress_artifact(
@@ -171,8 +174,8 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
     """The whole loop: dataset, pretrain, every round of params.yaml, report. Returns the report path."""
     logger = get_run_logger()
     base = Path(root)
-    params = P.load_all(base / "params.yaml")  # every section validated before anything runs
-    rounds = list(params.rounds)
+    checked = params.load_all(base / "params.yaml")  # every section validated before anything runs
+    rounds = list(checked.rounds)
     overall = create_progress_artifact(0.0, key="cfdg-run-progress", description="rounds completed")
     for target in ("dataset", "pretrain"):
         repro.with_options(retries=retries)(target, root)
@@ -186,6 +189,7 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
     report_dir = base / layout.REPORT_DIR
     _png_artifact(report_dir / "learning_curve.png", "cfdg-learning-curve", "learning curve")
     _png_artifact(report_dir / "quality.png", "cfdg-quality", "JS divergences per round")
+    _png_artifact(report_dir / "ground_truth.png", "cfdg-ground-truth", "fidelity, fresh-data alignment, memorisation")
     _png_artifact(report_dir / "tsne.png", "cfdg-tsne", "t-SNE of the last round")
     report_md = report_dir / "report.md"
     if report_md.is_file():
@@ -195,7 +199,7 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
 
 
 def deployments(root: str) -> list:
-    """The two deployments `python -m pipeline serve` registers: the whole run, and one round."""
+    """The two deployments `cfdg serve` registers: the whole run, and one round."""
     return [
         cfdg_run.to_deployment(name="cfdg-run", parameters={"root": root}, description="the whole CFDG loop"),
         cfdg_round.to_deployment(

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import store
-from stages import layout
-from stages import params as P
-from stages.common import config_dict, progress_enabled, provenance, run_main, write_json, write_metrics
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import write_metrics
+from stages.provenance import config_dict, provenance
+from stages.runner import progress_enabled, run_main
 
 
 def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progress: bool = True) -> dict[str, Any]:
@@ -38,16 +40,16 @@ def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progres
         "rows": rows,
         **{k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)},
     }
-    params = {"source": source, **config_dict(cfg)}
-    write_json(out_store.parent / "dataset.provenance.json", provenance("dataset", inputs, params))
+    recorded = {"source": source, **config_dict(cfg)}
+    write_json(out_store.parent / "dataset.provenance.json", provenance("dataset", inputs, recorded))
     return metrics
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
-        source = P.dataset_source(raw, args.params)
-        cfg = P.section(raw, "dataset", args.params)
+        raw = params.read_params(args.params)
+        source = params.dataset_source(raw, args.params)
+        cfg = params.section(raw, "dataset", args.params)
         metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled())
         write_metrics(layout.DATASET_DIR / "metrics.json", metrics)
 

@@ -12,17 +12,11 @@ from typing import Any
 
 from cfdg.io import atomic_torch_save
 from cfdg.store import read_store
-from stages import layout
-from stages import params as P
-from stages.common import (
-    config_dict,
-    derive_seed,
-    progress_enabled,
-    provenance,
-    run_main,
-    write_json,
-    write_metrics,
-)
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import write_metrics
+from stages.provenance import config_dict, derive_seed, provenance
+from stages.runner import progress_enabled, run_main
 
 
 def fit_stage(
@@ -42,23 +36,23 @@ def fit_stage(
             offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress
         )
         save_diffusion(model, out_model)
-    params = {"seed": seed, "diffusion": config_dict(cfg)}
+    recorded = {"seed": seed, "diffusion": config_dict(cfg)}
     inputs = {"offline": offline, "online": online}
-    write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, params))
+    write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, recorded))
     return {"round": k, "variant": cfg.variant, **dict(metrics)}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
+        raw = params.read_params(args.params)
         k = args.round
         out_dir = layout.round_dir(k)
-        cfg = P.section(raw, "diffusion", args.params)
+        cfg = params.section(raw, "diffusion", args.params)
         metrics = fit_stage(
             layout.OFFLINE,
             out_dir / layout.ONLINE,
             cfg,
-            P.seed(raw, args.params),
+            params.seed(raw, args.params),
             k,
             out_dir / layout.DIFFUSION,
             progress_enabled(),

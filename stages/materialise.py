@@ -1,7 +1,8 @@
 """Stage `materialise@k`: sample the synthetic store of round k and measure its quality.
 
-Quality (paper 3.1, Table 2): Jensen-Shannon divergence between the real online data and
-(a) the offline data, (b) the generated data, for states, actions and transitions.
+Quality (paper 3.1, Table 2, DESIGN.md "Quality of generated data"): Jensen-Shannon divergence
+between the real online data and (a) the offline data, (b) the generated data, for states, actions
+and transitions; simulator fidelity (cfdg.fidelity) and the memorisation ratio (cfdg.quality).
 """
 
 from __future__ import annotations
@@ -10,21 +11,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cfdg import store
+from cfdg.errors import CfdgError
 from cfdg.store import StoreMeta
-from stages import layout
-from stages import params as P
-from stages.common import (
-    config_dict,
-    derive_seed,
-    input_digests,
-    progress_enabled,
-    provenance,
-    run_main,
-    write_json,
-    write_metrics,
-)
-from stages.pretrain import empty_transitions, store_dims
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import write_metrics
+from stages.provenance import config_dict, derive_seed, input_digests, provenance
+from stages.runner import progress_enabled, run_main
+from stages.stores import empty_transitions, store_dims
 
 
 def materialise_stage(
@@ -32,7 +29,7 @@ def materialise_stage(
     offline: Path,
     online: Path,
     cfg: Any,
-    quality_cfg: P.QualityParams,
+    quality_cfg: params.QualityParams,
     seed: int,
     k: int,
     out_store: Path,
@@ -63,12 +60,18 @@ def materialise_stage(
             seed=derive_seed(seed, k, "materialise"),
             progress=progress,
         )
-    params = {"seed": seed, "diffusion": config_dict(cfg), "quality": config_dict(quality_cfg)}
-    write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, params))
+    recorded = {"seed": seed, "diffusion": config_dict(cfg), "quality": config_dict(quality_cfg)}
+    write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, recorded))
     return measure_quality(offline, online, out_store, quality_cfg, k)
 
 
-def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: P.QualityParams, k: int) -> dict[str, Any]:
+def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.QualityParams, k: int) -> dict[str, Any]:
+    """Alignment (JS to the round's online data), fidelity (simulator) and memorisation of round k's store.
+
+    Fidelity is measured on the online-labelled generated rows, the whole store, and, as baselines
+    that must score ≈ 0, the real online and offline rows. Memorisation compares the online-labelled
+    rows with the round's online rows, leaving whole episodes out for the reference (no fit hold-out).
+    """
     from cfdg.quality import js_divergences
 
     real_online, _ = store.read_store(online)
@@ -79,6 +82,7 @@ def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: P.Quality
         "rows": {"offline": len(real_offline), "online": len(real_online), "generated": len(generated)},
         "offline_vs_online": js_divergences(real_online, real_offline, seed=cfg.seed, max_rows=cfg.max_rows),
     }
+    online_like = None
     if len(generated):
         # Table 2 compares the samples meant to look like online data: the online-labelled ones.
         # The whole store (20% offline-labelled for cfdg) is what the agent sees; both are kept.
@@ -91,21 +95,56 @@ def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: P.Quality
         quality["generated_all_vs_online"] = js_divergences(
             real_online, generated, seed=cfg.seed, max_rows=cfg.max_rows
         )
+    quality.update(
+        ground_truth(store.read_attrs(online)["env_id"], real_offline, real_online, generated, online_like, cfg)
+    )
     return quality
+
+
+def ground_truth(
+    env_id: str,
+    offline: store.Transitions,
+    online: store.Transitions,
+    generated: store.Transitions,
+    online_like: store.Transitions | None,
+    cfg: params.QualityParams,
+) -> dict[str, Any]:
+    """{"fidelity": {...}, "memorisation": {...}} where measurable (a MuJoCo env, rows present)."""
+    from cfdg.envs import GYM_IDS, env_name
+    from cfdg.fidelity import simulator_fidelity
+    from cfdg.quality import episode_ids, memorisation_ratio
+
+    out: dict[str, Any] = {}
+    if cfg.fidelity_rows == 0:
+        return out
+    try:
+        env = env_name(env_id)
+    except CfdgError:
+        return out
+    if env in GYM_IDS:
+        parts = {"generated": online_like, "generated_all": generated, "online": online, "offline": offline}
+        out["fidelity"] = {
+            name: simulator_fidelity(data, env, max_rows=cfg.fidelity_rows, seed=cfg.seed)
+            for name, data in parts.items()
+            if data is not None and len(data)
+        }
+    if online_like is not None and len(online_like) >= 2 and len(np.unique(episode_ids(online))) >= 2:
+        out["memorisation"] = memorisation_ratio(online_like, online, max_rows=cfg.fidelity_rows, seed=cfg.seed)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
+        raw = params.read_params(args.params)
         k = args.round
         out_dir = layout.round_dir(k)
         quality = materialise_stage(
             out_dir / layout.DIFFUSION,
             layout.OFFLINE,
             out_dir / layout.ONLINE,
-            P.section(raw, "diffusion", args.params),
-            P.section(raw, "quality", args.params),
-            P.seed(raw, args.params),
+            params.section(raw, "diffusion", args.params),
+            params.section(raw, "quality", args.params),
+            params.seed(raw, args.params),
             k,
             out_dir / layout.SYNTHETIC,
             progress_enabled(),

@@ -10,47 +10,21 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cfdg import store
-from cfdg.store import StoreMeta, Transitions
-from stages import layout
-from stages import params as P
-from stages.common import (
-    config_dict,
-    input_digests,
-    progress_enabled,
-    provenance,
-    run_main,
-    score_fields,
-    write_json,
-    write_metrics,
-)
-
-
-def empty_transitions(obs_dim: int, act_dim: int, labels: bool) -> Transitions:
-    f = np.float32
-    return Transitions(
-        observations=np.zeros((0, obs_dim), f),
-        actions=np.zeros((0, act_dim), f),
-        rewards=np.zeros(0, f),
-        next_observations=np.zeros((0, obs_dim), f),
-        terminals=np.zeros(0, bool),
-        timeouts=np.zeros(0, bool),
-        labels=np.zeros(0, np.uint8) if labels else None,
-    )
-
-
-def store_dims(path: Path) -> tuple[int, int]:
-    arrays = store.info(path)["arrays"]
-    return int(arrays["observations"]["shape"][1]), int(arrays["actions"]["shape"][1])
+from cfdg.store import StoreMeta
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import score_fields, write_metrics
+from stages.provenance import config_dict, input_digests, provenance
+from stages.runner import progress_enabled, run_main
+from stages.stores import empty_transitions, store_dims
 
 
 def pretrain_stage(
     offline: Path, agent_cfg: Any, cfg: Any, seed: int, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
     """Pretrain on `offline`, write `out_dir/{agent.pt, online.zarr, synthetic.zarr}`; returns metrics."""
-    from cfdg.training import pretrain
+    from cfdg.agents.train import pretrain
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = dict(pretrain(offline, agent_cfg, cfg, out_dir / layout.AGENT, seed=seed, progress=progress))
@@ -60,20 +34,20 @@ def pretrain_stage(
     for kind, name in (("online", layout.ONLINE), ("synthetic", layout.SYNTHETIC)):
         meta = StoreMeta(kind=kind, env_id=attrs["env_id"], source=attrs["source"], round=0, seed=seed, inputs=inputs)
         store.write_store(out_dir / name, empty_transitions(obs_dim, act_dim, kind == "synthetic"), meta)
-    params = {"seed": seed, "agent": config_dict(agent_cfg), "pretrain": config_dict(cfg)}
-    write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, params))
+    recorded = {"seed": seed, "agent": config_dict(agent_cfg), "pretrain": config_dict(cfg)}
+    write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, recorded))
     return {"round": 0, **metrics, **score_fields(metrics, env_steps=0)}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
+        raw = params.read_params(args.params)
         out_dir = layout.round_dir(0)
         metrics = pretrain_stage(
             layout.OFFLINE,
-            P.section(raw, "agent", args.params),
-            P.section(raw, "pretrain", args.params),
-            P.seed(raw, args.params),
+            params.section(raw, "agent", args.params),
+            params.section(raw, "pretrain", args.params),
+            params.seed(raw, args.params),
             out_dir,
             progress_enabled(),
         )

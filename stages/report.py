@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from cfdg import report as R
-from cfdg import store
+from cfdg import report, store
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
-from stages import layout
-from stages import params as P
-from stages.common import derive_seed, provenance, run_main, write_json
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.provenance import derive_seed, provenance
+from stages.runner import run_main
 
-# The learning-curve fields every pretrain/rollout metrics file carries (stages.common.score_fields).
+# The learning-curve fields every pretrain/rollout metrics file carries (stages.metrics.score_fields).
 SCORE_KEYS = ("normalized_score",)
 STD_KEYS = ("normalized_score_std",)
 STEP_KEYS = ("env_steps_total",)
@@ -47,9 +48,9 @@ def _first(metrics: Mapping[str, Any], keys: Sequence[str], where: Path, default
     return default
 
 
-def curve_point(metrics: Mapping[str, Any], where: Path) -> R.CurvePoint:
+def curve_point(metrics: Mapping[str, Any], where: Path) -> report.CurvePoint:
     """The learning-curve point a stage's metrics describe (round 0 = the pretrained agent)."""
-    return R.CurvePoint(
+    return report.CurvePoint(
         env_steps=int(_first(metrics, STEP_KEYS, where)),
         score=float(_first(metrics, SCORE_KEYS, where)),
         std=float(_first(metrics, STD_KEYS, where, 0.0) or 0.0),
@@ -63,7 +64,51 @@ def _tsne_features(data: store.Transitions) -> np.ndarray:
     ).astype(np.float32)
 
 
-def make_report(rounds_dir: Path, offline: Path, rounds: Sequence[int], cfg: P.ReportParams, out_dir: Path) -> dict:
+def fresh_alignment(
+    rounds_dir: Path, offline: store.Transitions, rounds: Sequence[int], cfg: params.QualityParams
+) -> dict[int, dict[str, Any]]:
+    """Round k's data against round k+1's fresh online rows, which no model of round k saw.
+
+    State/action/transition JS of the fresh rows to round k's real online buffer, the offline data and
+    round k's online-labelled samples, and the memorisation ratio with the fresh rows as the held-out
+    reference. This is what the agent's next data will look like; only the report can measure it.
+    """
+    from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
+
+    out: dict[int, dict[str, Any]] = {}
+    ordered = sorted(rounds)
+    for k, later in itertools.pairwise(ordered):
+        online, _ = store.read_store(rounds_dir / str(k) / layout.ONLINE)
+        fresh = fresh_rows(online, store.read_store(rounds_dir / str(later) / layout.ONLINE)[0])
+        if len(fresh) < 20:
+            continue
+        generated, _ = store.read_store(rounds_dir / str(k) / layout.SYNTHETIC)
+        seed, rows = cfg.seed, cfg.max_rows
+        result: dict[str, Any] = {
+            "rows": {"fresh": len(fresh)},
+            "online_vs_fresh": js_divergences(fresh, online, seed=seed, max_rows=rows),
+            "offline_vs_fresh": js_divergences(fresh, offline, seed=seed, max_rows=rows),
+        }
+        if len(generated):
+            online_like = generated.take(generated.labels == store.LABEL_ONLINE)
+            if len(online_like) >= 20:
+                result["generated_vs_fresh"] = js_divergences(fresh, online_like, seed=seed, max_rows=rows)
+                if cfg.fidelity_rows:
+                    result["memorisation"] = memorisation_ratio(
+                        online_like, online, fresh, max_rows=cfg.fidelity_rows, seed=seed
+                    )
+        out[k] = result
+    return out
+
+
+def make_report(
+    rounds_dir: Path,
+    offline: Path,
+    rounds: Sequence[int],
+    cfg: params.ReportParams,
+    out_dir: Path,
+    quality_cfg: params.QualityParams | None = None,
+) -> dict:
     """Write the report files into `out_dir`; returns the run summary (summary.json)."""
     from cfdg.tsne import tsne_plot
 
@@ -85,21 +130,27 @@ def make_report(rounds_dir: Path, offline: Path, rounds: Sequence[int], cfg: P.R
         int(pre["seed"]),
     )
     dataset = str(attrs["source"]).removeprefix("cfdg-built:")
-    label = f"{algo.upper()}-{R.VARIANT_NAMES.get(variant, variant)}"
+    label = f"{algo.upper()}-{report.VARIANT_NAMES.get(variant, variant)}"
     title = cfg.title or f"{label} on {dataset} (seed {seed})"
 
-    R.learning_curve_png({label: points}, out_dir / "learning_curve.png", title=title)
+    report.learning_curve_png({label: points}, out_dir / "learning_curve.png", title=title)
     write_json(
         out_dir / "learning_curve.json",
         [{"env_steps": p.env_steps, "score": p.score, "std": p.std, "round": p.round} for p in points],
     )
 
-    rows = R.quality_rows(quality)
+    rows = report.quality_rows(quality)
     write_json(out_dir / "quality.json", rows)
-    atomic_write_text(out_dir / "quality.md", R.quality_markdown(rows))
-    R.quality_png(rows, out_dir / "quality.png")
+    atomic_write_text(out_dir / "quality.md", report.quality_markdown(rows))
+    report.quality_png(rows, out_dir / "quality.png")
 
     offline_data, _ = store.read_store(offline)
+    fresh = fresh_alignment(rounds_dir, offline_data, rounds, quality_cfg or params.QualityParams())
+    truth = report.ground_truth_rows(quality, fresh)
+    write_json(out_dir / "fresh.json", {str(k): v for k, v in fresh.items()})
+    write_json(out_dir / "ground_truth.json", truth)
+    atomic_write_text(out_dir / "ground_truth.md", report.ground_truth_markdown(truth))
+    report.ground_truth_png(truth, out_dir / "ground_truth.png")
     online_data, _ = store.read_store(rounds_dir / str(last) / layout.ONLINE)
     generated, _ = store.read_store(rounds_dir / str(last) / layout.SYNTHETIC)
     groups = {"offline": _tsne_features(offline_data), "online": _tsne_features(online_data)}
@@ -131,15 +182,25 @@ def make_report(rounds_dir: Path, offline: Path, rounds: Sequence[int], cfg: P.R
         "synthetic": rounds_dir / str(last) / layout.SYNTHETIC,
         **{f"round{k}-{name}": rounds_dir / str(k) / name for k in rounds for name in ("rollout.json", "quality.json")},
     }
-    params = {"rounds": list(rounds), "report": dataclasses.asdict(cfg)}
-    write_json(out_dir / "report.provenance.json", provenance("report", inputs, params))
-    table1 = R.table1_markdown([summary])
+    recorded = {
+        "rounds": list(rounds),
+        "report": dataclasses.asdict(cfg),
+        "quality": dataclasses.asdict(quality_cfg or params.QualityParams()),
+    }
+    write_json(out_dir / "report.provenance.json", provenance("report", inputs, recorded))
+    table1 = report.table1_markdown([summary])
     atomic_write_text(out_dir / "table1.md", table1)
-    atomic_write_text(out_dir / "report.md", report_markdown(summary, rows, table1, title))
+    atomic_write_text(out_dir / "report.md", report_markdown(summary, rows, table1, title, truth))
     return summary
 
 
-def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], table1: str, title: str) -> str:
+def report_markdown(
+    summary: Mapping[str, Any],
+    rows: Sequence[Mapping[str, Any]],
+    table1: str,
+    title: str,
+    truth: Sequence[Mapping[str, Any]] = (),
+) -> str:
     return "\n".join(
         [
             f"# cfdg report: {title}",
@@ -154,8 +215,13 @@ def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
             "",
             "## Quality of generated data (Table 2 form)",
             "",
-            R.quality_markdown(rows),
+            report.quality_markdown(rows),
             "![quality](quality.png)",
+            "",
+            "## Ground truth: alignment to fresh data, simulator fidelity, memorisation",
+            "",
+            report.ground_truth_markdown(truth) if truth else "(no round measured)\n",
+            "![ground truth](ground_truth.png)",
             "",
             "## t-SNE of offline, online and generated data (Figure 1 form)",
             "",
@@ -171,7 +237,7 @@ def report_markdown(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]
 def table_main(paths: Sequence[str], out: str | None) -> int:
     """`--table`: Table 1 from several runs' summary.json files."""
     summaries = [_read_json(Path(p)) for p in paths]
-    text = R.table1_markdown(summaries)
+    text = report.table1_markdown(summaries)
     if out:
         atomic_write_text(out, text)
     print(text, end="")
@@ -192,10 +258,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
-        rounds = list(P.rounds(raw, args.params))
-        cfg = P.section(raw, "report", args.params)
-        make_report(layout.ROUNDS_DIR, layout.OFFLINE, rounds, cfg, layout.REPORT_DIR)
+        raw = params.read_params(args.params)
+        rounds = list(params.rounds(raw, args.params))
+        cfg = params.section(raw, "report", args.params)
+        quality = params.section(raw, "quality", args.params)
+        make_report(layout.ROUNDS_DIR, layout.OFFLINE, rounds, cfg, layout.REPORT_DIR, quality)
 
     return run_main("report", body, argv)
 

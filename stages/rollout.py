@@ -12,9 +12,11 @@ from typing import Any
 
 from cfdg import store
 from cfdg.errors import ConfigError
-from stages import layout
-from stages import params as P
-from stages.common import config_dict, progress_enabled, provenance, run_main, score_fields, write_json, write_metrics
+from stages import layout, params
+from stages.jsonfiles import write_json
+from stages.metrics import score_fields, write_metrics
+from stages.provenance import config_dict, provenance
+from stages.runner import progress_enabled, run_main
 
 
 def _or_none(path: Path) -> Path | None:
@@ -25,7 +27,7 @@ def _or_none(path: Path) -> Path | None:
 def rollout_stage(
     prev_dir: Path, offline: Path, k: int, cfg: Any, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    from cfdg.training import run_round
+    from cfdg.agents.train import run_round
 
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = {
@@ -45,19 +47,19 @@ def rollout_stage(
         round_index=k,
         progress=progress,
     )
-    write_json(out_dir / "rollout.provenance.json", provenance(f"rollout@{k}", inputs, {"online": config_dict(cfg)}))
+    write_json(out_dir / "rollout.provenance.json", provenance(f"rollout@{k}", inputs, {"rollout": config_dict(cfg)}))
     return {**dict(metrics), "round": k, **score_fields(metrics, env_steps=metrics["env_steps_total"])}
 
 
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
-        raw = P.read_params(args.params)
+        raw = params.read_params(args.params)
         k = args.round
-        prev = P.rounds(raw, args.params).get(k)
+        prev = params.rounds(raw, args.params).get(k)
         if prev is None:
             raise ConfigError(f"{args.params}: round {k} is not in the rounds table")
         out_dir = layout.round_dir(k)
-        cfg = P.section(raw, "online", args.params)
+        cfg = params.section(raw, "rollout", args.params)
         metrics = rollout_stage(layout.round_dir(prev), layout.OFFLINE, k, cfg, out_dir, progress_enabled())
         write_metrics(out_dir / "rollout.json", metrics)
 

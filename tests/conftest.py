@@ -4,28 +4,15 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from cfdg.fake_data import make_transitions
 from cfdg.store import StoreMeta, Transitions
 
-
-def make_transitions(n: int, obs_dim: int = 5, act_dim: int = 3, seed: int = 0, labels: bool = False) -> Transitions:
-    rng = np.random.default_rng(seed)
-    return Transitions.from_arrays(
-        {
-            "observations": rng.normal(size=(n, obs_dim)),
-            "actions": rng.uniform(-1, 1, size=(n, act_dim)),
-            "rewards": rng.normal(size=n),
-            "next_observations": rng.normal(size=(n, obs_dim)),
-            "terminals": rng.random(n) < 0.05,
-            "timeouts": np.zeros(n, bool),
-            **({"labels": (rng.random(n) < 0.8).astype(np.uint8)} if labels else {}),
-        }
-    )
+__all__ = ["make_transitions"]  # tests import it from here
 
 
 @pytest.fixture

@@ -242,7 +242,7 @@ def test_memorisation_ratio_is_one_for_fresh_rows_and_small_for_copies(buffers, 
     near_copies = dataclasses.replace(copies, observations=copies.observations + noise)
 
     healthy = memorisation_ratio(fresh, train, held, max_rows=800, seed=0)
-    assert healthy["reference"] == reference
+    assert healthy["rows"] == {"generated": 800, "reference": 800, "training": 2000}
     assert 0.8 <= healthy["ratio"] <= 1.25, healthy
     assert memorisation_ratio(copies, train, held, max_rows=800)["ratio"] == 0.0
     assert memorisation_ratio(near_copies, train, held, max_rows=800)["ratio"] < 0.3
@@ -259,3 +259,154 @@ def test_fresh_rows_are_the_rows_a_later_store_added(buffers):
     np.testing.assert_array_equal(fresh.observations, buffers["fresh"].observations)
     with pytest.raises(StoreError, match="does not start with"):
         fresh_rows(buffers["fresh"], grown)
+
+
+# --- The materialise stage's measurement on real stores ---------------------------------------------
+
+
+def test_materialise_measures_fidelity_and_memorisation(tmp_path):
+    from cfdg.store import LABEL_OFFLINE, LABEL_ONLINE, StoreMeta, write_store
+    from stages.materialise import measure_quality
+    from stages.params import QualityParams
+
+    offline = rollout("hopper", 800, seed=20, amplitude=0.5)
+    online = rollout("hopper", 600, seed=21, amplitude=0.5)
+    # "Generated": online-labelled rows copied from the online store (exact, memorised) and
+    # offline-labelled rows whose next states are shuffled (physically wrong).
+    perm = np.random.default_rng(0).permutation(300)
+    broken = with_next(offline.take(slice(0, 300)), offline.next_observations[:300][perm])
+    copied = online.take(slice(0, 300))
+    generated = Transitions.concat(
+        [
+            dataclasses.replace(broken, labels=np.full(300, LABEL_OFFLINE, np.uint8)),
+            dataclasses.replace(copied, labels=np.full(300, LABEL_ONLINE, np.uint8)),
+        ]
+    )
+    paths = {}
+    for name, data, kind in (
+        ("offline", offline, "offline"),
+        ("online", online, "online"),
+        ("gen", generated, "synthetic"),
+    ):
+        paths[name] = write_store(tmp_path / f"{name}.zarr", data, StoreMeta(kind=kind, env_id="hopper", source="test"))
+    cfg = QualityParams(max_rows=300, fidelity_rows=600)
+    q = measure_quality(paths["offline"], paths["online"], paths["gen"], cfg, 1)
+    fid = q["fidelity"]
+    assert set(fid) == {"generated", "generated_all", "online", "offline"}
+    for name in ("generated", "online", "offline"):
+        assert fid[name]["next_state_rel_error"] <= 0.01 and fid[name]["share_checked"] >= 0.95, (name, fid[name])
+    assert fid["generated"]["rows_sampled"] == 300 and fid["generated_all"]["rows_sampled"] == 600
+    assert fid["generated_all"]["next_state_rel_error"] > 0.1
+    assert q["memorisation"]["ratio"] == 0.0
+    assert all(isinstance(v, int | float) for v in _leaves(fid) + _leaves(q["memorisation"]))
+
+    off = measure_quality(
+        paths["offline"], paths["online"], paths["gen"], QualityParams(max_rows=300, fidelity_rows=0), 1
+    )
+    assert "fidelity" not in off and "memorisation" not in off
+
+
+def _leaves(tree) -> list:
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _leaves(v)]
+    return [tree]
+
+
+# --- `cfdg quality --dynamics` ------------------------------------------------------------------------
+
+
+def test_quality_dynamics_command(tmp_path, capsys):
+    import json
+
+    from cfdg.cli import main
+    from cfdg.store import StoreMeta, write_store
+
+    real = rollout("hopper", 300, seed=30)
+    perm = np.random.default_rng(0).permutation(len(real))
+    shuffled = with_next(real, real.next_observations[perm])
+    meta = StoreMeta(kind="online", env_id="hopper", source="test")
+    good = write_store(tmp_path / "real.zarr", real, meta)
+    bad = write_store(tmp_path / "shuffled.zarr", shuffled, meta)
+    odd = write_store(tmp_path / "odd.zarr", real, dataclasses.replace(meta, env_id="my-hopper-copy"))
+
+    assert main(["quality", "--dynamics", str(good)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fidelity"]["next_state_rel_error"] <= 0.01 and out["fidelity"]["rows_checked"] == 300
+    assert main(["quality", "--dynamics", str(bad), "--max-rows", "100"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["fidelity"]["next_state_rel_error"] >= 0.5 and out["fidelity"]["rows_sampled"] == 100
+    assert "memorisation" not in out
+    assert main(["quality", "--dynamics", str(good), "--training", str(good)]) == 0
+    assert json.loads(capsys.readouterr().out)["memorisation"]["ratio"] == 0.0  # every row is a training row
+    assert main(["quality", "--dynamics", str(odd), "--env", "Hopper-v5"]) == 0
+    capsys.readouterr()
+
+    for argv, needle in (
+        (["--dynamics", str(odd)], "unknown env 'my-hopper-copy'"),
+        (["--dynamics", str(good), "--reference", str(good)], "one mode"),
+        (["--dynamics", str(good), "--label", "online"], "needs a synthetic store"),
+        (["--dynamics", str(tmp_path / "nope.zarr")], "nope.zarr"),
+        (["--dynamics", str(good), "--max-rows", "0"], "--max-rows"),
+        (["--dynamics", str(good), "--env", "pen"], "no simulator check"),
+        (["--candidate", str(good)], "--reference and --candidate"),
+        (["--reference", str(good), "--candidate", str(good), "--training", str(good)], "go with --dynamics"),
+    ):
+        assert main(["quality", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, (argv, err)
+
+
+# --- The report's ground-truth table and plot -----------------------------------------------------------
+
+
+def _js(x: float) -> dict:
+    return {p: {"classifier": x, "histogram": x / 2} for p in ("state", "action", "transition")}
+
+
+def _fid(x: float) -> dict:
+    return {"next_state_rel_error": x, "reward_rel_error": x / 10, "termination_agreement": 1.0, "share_checked": 0.98}
+
+
+GT_QUALITY = [
+    {
+        "round": 2,
+        "rows": {"generated": 100},
+        "offline_vs_online": _js(0.5),
+        "generated_vs_online": _js(0.3),
+        "generated_all_vs_online": _js(0.35),
+        "fidelity": {"generated": _fid(0.2), "generated_all": _fid(0.25), "online": _fid(1e-9), "offline": _fid(2e-9)},
+        "memorisation": {"ratio": 0.9},
+    },
+    {"round": 1, "rows": {"generated": 100}, "offline_vs_online": _js(0.55), "generated_vs_online": _js(0.4)},
+]
+GT_FRESH = {
+    1: {
+        "online_vs_fresh": _js(0.1),
+        "offline_vs_fresh": _js(0.6),
+        "generated_vs_fresh": _js(0.45),
+        "memorisation": {"ratio": 1.1},
+    }
+}
+
+
+def test_ground_truth_rows_table_and_plot(tmp_path):
+    from matplotlib.image import imread
+
+    from cfdg import report as R
+
+    rows = R.ground_truth_rows(GT_QUALITY, GT_FRESH)
+    assert [(r["round"], r["data"]) for r in rows] == [(k, d) for k in (1, 2) for d in R.GROUND_TRUTH_DATA]
+    by = {(r["round"], r["data"]): r for r in rows}
+    assert by[(1, "generated")]["js_state_round"] == 0.4 and by[(1, "generated")]["js_state_fresh"] == 0.45
+    assert by[(1, "online")]["js_state_round"] is None and by[(1, "online")]["js_state_fresh"] == 0.1
+    assert by[(1, "generated")]["memorisation_fresh"] == 1.1 and by[(1, "generated")]["next_state_rel_error"] is None
+    assert by[(2, "generated")]["memorisation_round"] == 0.9 and by[(2, "generated")]["js_state_fresh"] is None
+    assert by[(2, "offline")]["next_state_rel_error"] == 2e-9 and by[(2, "generated_all")]["js_state_round"] == 0.35
+    md = R.ground_truth_markdown(rows)
+    assert "| 2 | Generated (online-labelled) | 0.30 | – | – | 0.200 | 0.020 | 1.000 | 98% | 0.90 / – |" in md
+    assert "| 2 | Real online (round buffer) | – | – | – | 1e-09 |" in md
+    a = R.ground_truth_png(rows, tmp_path / "a.png")
+    b = R.ground_truth_png(rows, tmp_path / "b.png")
+    assert a.read_bytes() == b.read_bytes() and imread(a).std() > 0.01
+    none_variant = [{"round": 1, "rows": {"generated": 0}, "offline_vs_online": _js(0.5)}]
+    assert [r["data"] for r in R.ground_truth_rows(none_variant)] == ["offline", "online"]

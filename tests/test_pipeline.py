@@ -10,8 +10,8 @@ import yaml
 from pipeline_project import ROOT, clone, dvc, env, finished_project, forget, ran_stages, sh, tree_digests
 
 from cfdg.errors import ConfigError
-from pipeline.__main__ import apply_preset
-from stages import params as P
+from pipeline.preset import apply_preset
+from stages import params
 
 
 @pytest.fixture(scope="module")
@@ -34,17 +34,17 @@ def test_preset_merges_keeps_comments_and_writes_rounds_table(tmp_path):
     tiny = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     assert raw["diffusion"]["width"] == tiny["diffusion"]["width"]
     assert raw["agent"]["algo"] == "iql" and raw["dataset"]["source"] == "build"  # keys the preset leaves alone
-    assert P.rounds(raw) == {k: k - 1 for k in range(1, tiny["rounds"] + 1)}
+    assert params.rounds(raw) == {k: k - 1 for k in range(1, tiny["rounds"] + 1)}
     apply_preset(ROOT / "configs" / "tiny.yaml", path, rounds=4)
-    assert P.rounds(P.read_params(path)) == {1: 0, 2: 1, 3: 2, 4: 3}
-    P.load_all(path)
+    assert params.rounds(params.read_params(path)) == {1: 0, 2: 1, 3: 2, 4: 3}
+    params.load_all(path)
 
 
 @pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
 def test_paper_presets_validate(tmp_path, algo):
     path = _params_copy(tmp_path)
     apply_preset(ROOT / "configs" / "paper" / f"{algo}.yaml", path)
-    p = P.load_all(path)
+    p = params.load_all(path)
     assert p.sections["agent"].algo == algo
     assert p.sections["diffusion"].width == 1024 and p.sections["diffusion"].depth == 6
     assert p.sections["diffusion"].n_synthetic == 1_000_000
@@ -116,9 +116,35 @@ def test_serve_registers_the_run_and_the_round_deployments(tmp_path):
     assert deps["cfdg-round"].entrypoint.endswith("pipeline/flows.py:cfdg_round")
 
 
-def test_cfdg_run_is_the_same_command():
-    out = sh(ROOT, sys.executable, "-m", "cfdg", "run", "--help")
-    assert "--retries" in out.stdout and "--root" in out.stdout
+def test_one_cfdg_command_holds_the_pipeline_and_the_library_commands():
+    out = sh(ROOT, sys.executable, "-m", "pipeline", "--help").stdout
+    for command in (
+        "run",
+        "round",
+        "serve",
+        "server",
+        "preset",
+        "check",
+        "table",
+        "dataset",
+        "store",
+        "agent",
+        "quality",
+    ):
+        assert command in out
+    assert "--retries" in sh(ROOT, sys.executable, "-m", "pipeline", "run", "--help").stdout
+
+
+def test_the_library_never_imports_the_orchestration_layers():
+    """cfdg/ is the bottom layer: importing every module of it loads no pipeline/, stages/, Prefect or DVC."""
+    code = (
+        "import importlib, pkgutil, sys, cfdg\n"
+        "for m in pkgutil.walk_packages(cfdg.__path__, 'cfdg.'):\n"
+        "    if not m.name.endswith('__main__'):\n"
+        "        importlib.import_module(m.name)\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'pipeline', 'stages', 'prefect', 'dvc'}))"
+    )
+    assert sh(ROOT, sys.executable, "-c", code).stdout.strip() == "[]"
 
 
 def test_stage_output_is_split_on_progress_redraws():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfdg.replay import BatchMixer, ReplayBuffer, Synthetic, sample_uniform, split_count
+from cfdg.agents.replay import BatchMixer, ReplayBuffer, Synthetic, sample_uniform, split_count
 from cfdg.store import Transitions
 from tests.conftest import make_transitions
 
@@ -42,7 +42,7 @@ def check_counts_match_rows(batch) -> None:
 
 def test_concat_draws_configured_proportions(buffers):
     online, offline, syn = buffers
-    mixer = BatchMixer("concat", 256, online, offline, syn, synthetic_ratio=1 / 3, synthetic_online_fraction=0.8)
+    mixer = BatchMixer("concat", 256, online, offline, syn, synthetic_ratio=1 / 3, synthetic_online_share=0.8)
     gen = torch.Generator().manual_seed(0)
     totals = dict.fromkeys(MARK, 0)
     for _ in range(400):

@@ -11,17 +11,17 @@ import pytest
 from matplotlib.image import imread
 from pipeline_project import finished_project, sh
 
-from cfdg import report as R
+from cfdg import report
 
 QUALITY = [
     {
         "round": 2,
-        "offline_vs_online": {d: {"classifier": 0.6, "histogram": 0.5} for d in R.DIVERGENCES},
-        "generated_vs_online": {d: {"classifier": 0.3, "histogram": 0.25} for d in R.DIVERGENCES},
+        "offline_vs_online": {d: {"classifier": 0.6, "histogram": 0.5} for d in report.DIVERGENCES},
+        "generated_vs_online": {d: {"classifier": 0.3, "histogram": 0.25} for d in report.DIVERGENCES},
     },
     {
         "round": 1,
-        "offline_vs_online": {d: {"classifier": 0.65, "histogram": 0.55} for d in R.DIVERGENCES},
+        "offline_vs_online": {d: {"classifier": 0.65, "histogram": 0.55} for d in report.DIVERGENCES},
     },
 ]
 
@@ -37,34 +37,35 @@ def _png(path):
 
 
 def test_learning_curve_png_is_deterministic(tmp_path):
-    pts = [R.CurvePoint(0, 20.0, 1.0, 0), R.CurvePoint(300, 30.0, 2.0, 1), R.CurvePoint(600, 45.0, 2.5, 2)]
-    a = R.learning_curve_png(
-        {"IQL-CFDG": pts, "IQL-Base": [R.CurvePoint(0, 20.0), R.CurvePoint(600, 35.0)]}, tmp_path / "a.png"
+    point = report.CurvePoint
+    pts = [point(0, 20.0, 1.0, 0), point(300, 30.0, 2.0, 1), point(600, 45.0, 2.5, 2)]
+    a = report.learning_curve_png(
+        {"IQL-CFDG": pts, "IQL-Base": [report.CurvePoint(0, 20.0), report.CurvePoint(600, 35.0)]}, tmp_path / "a.png"
     )
-    b = R.learning_curve_png(
-        {"IQL-CFDG": pts, "IQL-Base": [R.CurvePoint(0, 20.0), R.CurvePoint(600, 35.0)]}, tmp_path / "b.png"
+    b = report.learning_curve_png(
+        {"IQL-CFDG": pts, "IQL-Base": [report.CurvePoint(0, 20.0), report.CurvePoint(600, 35.0)]}, tmp_path / "b.png"
     )
     img = _png(a)
     assert img.shape[:2] == (400, 600) and img.std() > 0.01  # something is drawn
     assert a.read_bytes() == b.read_bytes()
     with pytest.raises(ValueError):
-        R.learning_curve_png({}, tmp_path / "c.png")
+        report.learning_curve_png({}, tmp_path / "c.png")
 
 
 def test_quality_rows_flatten_in_round_order_and_mark_missing_generated():
-    rows = R.quality_rows(QUALITY)
-    assert [(r["round"], r["divergence"]) for r in rows] == [(k, d) for k in (1, 2) for d in R.DIVERGENCES]
+    rows = report.quality_rows(QUALITY)
+    assert [(r["round"], r["divergence"]) for r in rows] == [(k, d) for k in (1, 2) for d in report.DIVERGENCES]
     assert rows[0]["offline"] == 0.65 and rows[0]["generated"] is None
     assert rows[3]["generated"] == 0.3 and rows[3]["generated_histogram"] == 0.25
 
 
 def test_quality_markdown_and_png(tmp_path):
-    rows = R.quality_rows(QUALITY)
-    md = R.quality_markdown(rows)
+    rows = report.quality_rows(QUALITY)
+    md = report.quality_markdown(rows)
     assert "| 1 | State | 0.65 (0.55) | – (–) |" in md
     assert "| 2 | Transition | 0.60 (0.50) | 0.30 (0.25) |" in md
     assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + len(rows)  # header + rows
-    _png(R.quality_png(rows, tmp_path / "q.png"))
+    _png(report.quality_png(rows, tmp_path / "q.png"))
 
 
 def _summary(dataset, algo, variant, seed, score):
@@ -80,16 +81,16 @@ def test_table1_mean_std_over_seeds_and_best_in_bold():
         _summary("walker2d-medium", "iql", "none", 0, 50.0),
         _summary("walker2d-medium", "apl", "cfdg", 0, 40.0),
     ]
-    table = R.table1_markdown(runs)
+    table = report.table1_markdown(runs)
     lines = table.strip().splitlines()
     assert lines[0] == "| Dataset | IQL Base | IQL CFDG | APL Base | APL CFDG |"
     assert lines[2] == "| hopper-medium-replay | 65.0 ± 5.0 (n=2) | **85.0 ± 5.0 (n=2)** | – | – |"
     assert lines[3] == "| walker2d-medium | 50.0 ± 0.0 (n=1) | – | – | 40.0 ± 0.0 (n=1) |"
     assert lines[4] == "| Total | 115.0 | – | – | – |"
-    mean, std, n = R.aggregate(runs)[("hopper-medium-replay", "iql", "cfdg")]
+    mean, std, n = report.aggregate(runs)[("hopper-medium-replay", "iql", "cfdg")]
     assert (mean, n) == (85.0, 2) and math.isclose(std, 5.0)
     with pytest.raises(ValueError):
-        R.table1_markdown([])
+        report.table1_markdown([])
 
 
 @pytest.mark.slow
@@ -111,6 +112,11 @@ def test_report_of_a_real_run(finished, tmp_path):
     md = (rep / "report.md").read_text()
     for needle in ("learning_curve.png", "tsne.png", "| Round | Divergence |", "| Dataset | IQL CFDG |"):
         assert needle in md
+    # Ground truth: round 1 is also measured against round 2's fresh rows; real rows replay exactly.
+    truth = {(r["round"], r["data"]): r for r in json.loads((rep / "ground_truth.json").read_text())}
+    assert truth[(1, "generated")]["js_state_fresh"] is not None and truth[(2, "generated")]["js_state_fresh"] is None
+    assert truth[(1, "generated")]["memorisation_fresh"] > 0 and truth[(2, "online")]["next_state_rel_error"] <= 0.01
+    assert "ground_truth.png" in md and _png(rep / "ground_truth.png").std() > 0.01
 
     # Table 1 across runs: this run plus a made-up base run of another seed.
     other = tmp_path / "base.json"

@@ -19,11 +19,13 @@ pytest.importorskip("gymnasium_robotics")
 
 from cfdg import envs
 from cfdg.agents import AgentConfig
+from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.resume import capture_env, restore_env
+from cfdg.agents.train import pretrain, run_round
 from cfdg.cli import main
 from cfdg.d4rl import import_d4rl
 from cfdg.errors import CfdgError, DatasetError
 from cfdg.store import read_attrs, read_store
-from cfdg.training import OnlineConfig, PretrainConfig, capture_env, pretrain, restore_env, run_round
 
 HAS_MINARI = importlib.util.find_spec("minari") is not None
 ENVS = ["antmaze-umaze", "antmaze-medium", "antmaze-large", "antmaze-umaze-minari", "pen", "door", "hammer", "relocate"]
@@ -161,7 +163,7 @@ def write_d4rl(path: Path, rows: dict[str, np.ndarray]) -> Path:
 def tiny_loop(store: Path, tmp: Path, algo: str = "iql") -> dict:
     cfg = AgentConfig(algo=algo, hidden_dims=(32, 32), batch_size=32, iql_tau=0.9, iql_beta=10.0, reward_shift=-1.0)
     pre = pretrain(store, cfg, PretrainConfig(steps=20, eval_every=0, eval_episodes=1), tmp / "a0.pt", 0, False)
-    online = OnlineConfig(steps=60, warmup_steps=30, eval_episodes=1, chunk_rows=60, log_every=30)
+    online = RolloutConfig(steps=60, warmup_steps=30, eval_episodes=1, chunk_rows=60, log_every=30)
     m = run_round(tmp / "a0.pt", store, None, None, online, tmp / "a1.pt", tmp / "online.zarr", 1, False, algo=algo)
     online_rows, attrs = read_store(tmp / "online.zarr")
     assert len(online_rows) == 60 and attrs["env_id"] == read_attrs(store)["env_id"]

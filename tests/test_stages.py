@@ -12,8 +12,7 @@ from pipeline_project import ROOT, clone, dvc, finished_project, forget, ran_sta
 
 from cfdg.errors import ConfigError
 from cfdg.io import digest
-from stages import common
-from stages import params as P
+from stages import params, provenance, runner
 
 ROUND_STAGES = ("rollout", "fit", "materialise")
 
@@ -33,9 +32,9 @@ def _write(tmp_path, text: str):
 
 
 def test_default_and_preset_params_validate():
-    p = P.load_all(ROOT / "params.yaml")
+    p = params.load_all(ROOT / "params.yaml")
     assert p.source == "build" and list(p.rounds) == list(range(1, len(p.rounds) + 1))
-    for name in P.SECTIONS:
+    for name in params.SECTIONS:
         assert p.sections[name] is not None
 
 
@@ -44,27 +43,29 @@ def test_bad_value_names_the_key(tmp_path):
     raw["quality"]["max_rows"] = "many"
     path = _write(tmp_path, yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"params.yaml:quality.max_rows: must be an integer"):
-        P.load_all(path)
+        params.load_all(path)
     raw["quality"] = {"max_rowz": 5}
     path = _write(tmp_path, yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"params.yaml:quality: unknown key\(s\) \['max_rowz'\]"):
-        P.load_all(path)
+        params.load_all(path)
 
 
 def test_bad_top_level_seed_and_source(tmp_path):
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
     with pytest.raises(ConfigError, match="unknown top-level key"):
-        P.read_params(_write(tmp_path, yaml.safe_dump({**base, "difusion": {}})))
+        params.read_params(_write(tmp_path, yaml.safe_dump({**base, "difusion": {}})))
     with pytest.raises(ConfigError, match=r"params.yaml:seed: must be a non-negative integer"):
-        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "seed": -1})))
+        params.load_all(_write(tmp_path, yaml.safe_dump({**base, "seed": -1})))
     with pytest.raises(ConfigError, match=r"params.yaml:dataset.source"):
-        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "source": ""}})))
+        params.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "source": ""}})))
     with pytest.raises(ConfigError, match=r"params.yaml:dataset.torch_threads: must be an integer"):
-        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "torch_threads": "two"}})))
+        params.load_all(
+            _write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "torch_threads": "two"}}))
+        )
     with pytest.raises(ConfigError, match=r"dataset: unknown key\(s\) \['sauce'\]"):
-        P.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "sauce": "x"}})))
+        params.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "sauce": "x"}})))
     with pytest.raises(ConfigError, match="not found"):
-        P.read_params(tmp_path / "nope.yaml")
+        params.read_params(tmp_path / "nope.yaml")
 
 
 @pytest.mark.parametrize(
@@ -79,11 +80,11 @@ def test_bad_top_level_seed_and_source(tmp_path):
 )
 def test_rounds_table_is_checked(table, message):
     with pytest.raises(ConfigError, match=message):
-        P.rounds({"rounds": table})
+        params.rounds({"rounds": table})
 
 
 def test_rounds_table_roundtrip():
-    assert P.rounds({"rounds": P.rounds_table(3)}) == {1: 0, 2: 1, 3: 2}
+    assert params.rounds({"rounds": params.rounds_table(3)}) == {1: 0, 2: 1, 3: 2}
 
 
 # --- the runner ---------------------------------------------------------------------------
@@ -91,10 +92,10 @@ def test_rounds_table_roundtrip():
 
 def test_failure_hook_fails_the_named_stage_only(monkeypatch, capsys):
     calls = []
-    monkeypatch.setenv(common.FAIL_ENV, "fit@2, pretrain")
-    assert common.run_main("fit", lambda a: calls.append(a.round), ["--round", "2"], rounds=True) == 2
+    monkeypatch.setenv(runner.FAIL_ENV, "fit@2, pretrain")
+    assert runner.run_main("fit", lambda a: calls.append(a.round), ["--round", "2"], rounds=True) == 2
     assert "fit@2: failing on purpose because CFDG_FAIL_STAGE" in capsys.readouterr().err
-    assert common.run_main("fit", lambda a: calls.append(a.round), ["--round", "1"], rounds=True) == 0
+    assert runner.run_main("fit", lambda a: calls.append(a.round), ["--round", "1"], rounds=True) == 0
     assert calls == [1]
 
 
@@ -108,9 +109,9 @@ def test_stage_reports_config_error_in_one_line(tmp_path, capsys):
 
 
 def test_derived_seeds_are_distinct_and_stable():
-    seeds = {common.derive_seed(s, k, salt) for s in range(3) for k in range(4) for salt in ("fit", "materialise")}
+    seeds = {provenance.derive_seed(s, k, salt) for s in range(3) for k in range(4) for salt in ("fit", "materialise")}
     assert len(seeds) == 24
-    assert common.derive_seed(0, 1, "fit") == common.derive_seed(0, 1, "fit")
+    assert provenance.derive_seed(0, 1, "fit") == provenance.derive_seed(0, 1, "fit")
 
 
 # --- dvc.yaml -----------------------------------------------------------------------------
@@ -126,14 +127,14 @@ def _stage_params() -> dict[str, set[str]]:
 
 
 def test_each_stage_declares_exactly_what_it_reads():
-    params = _stage_params()
-    assert params["dataset"] == {"dataset"}
-    assert params["pretrain"] == {"seed", "agent", "pretrain"}
-    assert params["rollout"] == {"online"}
-    assert params["fit"] == {"seed", "diffusion"}
-    assert params["materialise"] == {"seed", "diffusion", "quality"}
-    assert params["report"] == {"rounds", "report"}
-    assert not any("diffusion" in params[s] for s in ("dataset", "pretrain", "rollout"))
+    declared = _stage_params()
+    assert declared["dataset"] == {"dataset"}
+    assert declared["pretrain"] == {"seed", "agent", "pretrain"}
+    assert declared["rollout"] == {"rollout"}
+    assert declared["fit"] == {"seed", "diffusion"}
+    assert declared["materialise"] == {"seed", "diffusion", "quality"}
+    assert declared["report"] == {"rounds", "report", "quality"}
+    assert not any("diffusion" in declared[s] for s in ("dataset", "pretrain", "rollout"))
 
 
 def test_dvc_sees_one_stage_per_round_and_the_dag(tmp_path):
@@ -143,7 +144,7 @@ def test_dvc_sees_one_stage_per_round_and_the_dag(tmp_path):
         shutil.copy(ROOT / name, repo / name)
     sh(repo, "git", "init", "-q")
     dvc(repo, "init", "-q")
-    n = len(P.rounds(P.read_params(repo / "params.yaml")))
+    n = len(params.rounds(params.read_params(repo / "params.yaml")))
     names = [line.split()[0] for line in dvc(repo, "stage", "list").stdout.splitlines()]
     expected = ["dataset", "pretrain"] + [f"{s}@{k}" for s in ROUND_STAGES for k in range(1, n + 1)] + ["report"]
     assert sorted(names) == sorted(expected)
@@ -158,7 +159,7 @@ def test_dvc_sees_one_stage_per_round_and_the_dag(tmp_path):
 
 @pytest.mark.slow
 def test_full_repro_writes_every_artifact_with_provenance(finished):
-    rounds = P.rounds(P.read_params(finished / "params.yaml"))
+    rounds = params.rounds(params.read_params(finished / "params.yaml"))
     art = finished / "artifacts"
     sh(finished, sys.executable, "-m", "cfdg", "store", "validate", "artifacts/dataset/offline.zarr")
     for k in [0, *rounds]:
@@ -178,6 +179,11 @@ def test_full_repro_writes_every_artifact_with_provenance(finished):
     # Table 2's "generated" is the online-labelled 80% of a cfdg store; the whole store is beside it.
     rows = quality["rows"]
     assert rows["generated_online"] == round(0.8 * rows["generated"])
+    # Ground truth beside the JS: real rows replay exactly in the simulator, generated ones are measured.
+    fidelity = quality["fidelity"]
+    for real in ("online", "offline"):
+        assert fidelity[real]["next_state_rel_error"] <= 0.01 and fidelity[real]["share_checked"] >= 0.9
+    assert fidelity["generated"]["rows_sampled"] > 0 and quality["memorisation"]["ratio"] > 0
     from cfdg.store import read_attrs
 
     synth = read_attrs(art / "rounds" / str(last) / "synthetic.zarr")
@@ -218,9 +224,9 @@ def test_deleted_output_is_restored_or_rerun_alone(finished, tmp_path):
 def test_diffusion_param_change_reruns_fit_materialise_and_what_follows(finished, tmp_path):
     repo = clone(finished, tmp_path / "p")
     before = tree_digests(repo / "artifacts" / "dataset") | tree_digests(repo / "artifacts" / "rounds" / "0")
-    raw = P.read_params(repo / "params.yaml")
+    raw = params.read_params(repo / "params.yaml")
     set_params(repo, diffusion={"guidance_w": float(raw["diffusion"].get("guidance_w", 1.0)) + 1.0})
-    n = len(P.rounds(raw))
+    n = len(params.rounds(raw))
     ran = ran_stages(dvc(repo, "repro").stdout)
     expected = {f"fit@{k}" for k in range(1, n + 1)} | {f"materialise@{k}" for k in range(1, n + 1)}
     expected |= {f"rollout@{k}" for k in range(2, n + 1)} | {"report"}
@@ -255,14 +261,22 @@ def test_fit_and_materialise_other_variants(finished, tmp_path, variant):
     from stages.fit import fit_stage
     from stages.materialise import materialise_stage
 
-    raw = P.read_params(finished / "params.yaml")
+    raw = params.read_params(finished / "params.yaml")
     cfg = from_mapping(DiffusionConfig, {**raw["diffusion"], "variant": variant}, "diffusion")
     offline = finished / "artifacts" / "dataset" / "offline.zarr"
     online = finished / "artifacts" / "rounds" / "1" / "online.zarr"
     out = tmp_path / "rounds" / "1"
     fit_stage(offline, online, cfg, 0, 1, out / "diffusion.pt", progress=False)
     quality = materialise_stage(
-        out / "diffusion.pt", offline, online, cfg, P.QualityParams(max_rows=200), 0, 1, out / "synthetic.zarr", False
+        out / "diffusion.pt",
+        offline,
+        online,
+        cfg,
+        params.QualityParams(max_rows=200),
+        0,
+        1,
+        out / "synthetic.zarr",
+        False,
     )
     data, attrs = read_store(out / "synthetic.zarr")
     assert attrs["kind"] == "synthetic" and attrs["params"]["diffusion"]["variant"] == variant

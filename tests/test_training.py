@@ -10,12 +10,14 @@ import pytest
 import torch
 
 from cfdg.agents import AgentConfig
+from cfdg.agents.checkpoint import load_checkpoint
+from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.train import pretrain, run_round
 from cfdg.config import from_mapping
 from cfdg.envs import make_env, normalized_score
 from cfdg.errors import CheckpointError, ConfigError
 from cfdg.io import digest
 from cfdg.store import StoreMeta, Transitions, read_store, write_store
-from cfdg.training import OnlineConfig, PretrainConfig, load_checkpoint, pretrain, run_round
 from tests.conftest import make_transitions
 
 
@@ -84,7 +86,7 @@ def synthetic_store(path: Path, seed: int) -> Path:
     return write_store(path, data, StoreMeta(kind="synthetic", env_id="Hopper-v5", source="test"), chunk_rows=100)
 
 
-def online_cfg(steps: int, **kw) -> OnlineConfig:
+def rollout_cfg(steps: int, **kw) -> RolloutConfig:
     base = {
         "steps": steps,
         "warmup_steps": 60,
@@ -93,7 +95,7 @@ def online_cfg(steps: int, **kw) -> OnlineConfig:
         "online_threshold": 80,
         "log_every": 50,
     }
-    return from_mapping(OnlineConfig, {**base, **kw}, "online")
+    return from_mapping(RolloutConfig, {**base, **kw}, "rollout")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,7 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
         hopper_store,
         None,
         syn,
-        online_cfg(2 * K, **extra),
+        rollout_cfg(2 * K, **extra),
         tmp_path / "long.pt",
         tmp_path / "long.zarr",
         1,
@@ -160,7 +162,7 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
         hopper_store,
         None,
         syn,
-        online_cfg(K, **extra),
+        rollout_cfg(K, **extra),
         tmp_path / "r1.pt",
         tmp_path / "r1.zarr",
         1,
@@ -171,7 +173,7 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
         hopper_store,
         tmp_path / "r1.zarr",
         syn,
-        online_cfg(K, **extra),
+        rollout_cfg(K, **extra),
         tmp_path / "r2.pt",
         tmp_path / "r2.zarr",
         2,
@@ -201,7 +203,7 @@ def test_empty_synthetic_store_is_exactly_the_base_algorithm(pretrained, hopper_
     empty = rollouts(1, lambda o, rng: rng.uniform(-1, 1, 3), seed=0).take(slice(0, 0))
     empty = Transitions.from_arrays({**empty.arrays(), "labels": np.zeros(0, np.uint8)})
     syn = write_store(tmp_path / "empty.zarr", empty, StoreMeta(kind="synthetic", env_id="Hopper-v5", source="t"))
-    cfg = online_cfg(K)
+    cfg = rollout_cfg(K)
     base = run_round(pretrained["iql"], hopper_store, None, None, cfg, tmp_path / "a.pt", tmp_path / "a.zarr", 1, False)
     with_empty = run_round(
         pretrained["iql"], hopper_store, None, syn, cfg, tmp_path / "b.pt", tmp_path / "b.zarr", 1, False
@@ -212,7 +214,7 @@ def test_empty_synthetic_store_is_exactly_the_base_algorithm(pretrained, hopper_
 
 
 def test_rerun_from_input_checkpoint_gives_identical_outputs(pretrained, hopper_store, tmp_path):
-    cfg = online_cfg(K)
+    cfg = rollout_cfg(K)
     run_round(pretrained["pex"], hopper_store, None, None, cfg, tmp_path / "a.pt", tmp_path / "a.zarr", 1, False)
     run_round(pretrained["pex"], hopper_store, None, None, cfg, tmp_path / "b.pt", tmp_path / "b.zarr", 1, False)
     assert digest(tmp_path / "a.pt") == digest(tmp_path / "b.pt")
@@ -223,7 +225,7 @@ def test_rerun_from_input_checkpoint_gives_identical_outputs(pretrained, hopper_
 
 
 def test_checkpoint_from_another_algorithm_env_or_run_is_rejected(pretrained, hopper_store, tmp_path):
-    cfg = online_cfg(K)
+    cfg = rollout_cfg(K)
     with pytest.raises(CheckpointError, match="algorithm 'iql', not 'apl'"):
         run_round(
             pretrained["iql"],
@@ -267,7 +269,7 @@ def test_checkpoint_from_another_algorithm_env_or_run_is_rejected(pretrained, ho
 
 def test_online_config_requires_chunk_rows_dividing_steps():
     with pytest.raises(ConfigError, match="chunk_rows"):
-        from_mapping(OnlineConfig, {"steps": 100, "chunk_rows": 30}, "online")
+        from_mapping(RolloutConfig, {"steps": 100, "chunk_rows": 30}, "rollout")
 
 
 def test_cli_pretrain_and_round_errors(hopper_store, pretrained, tmp_path, capsys):
@@ -292,5 +294,5 @@ def test_cli_pretrain_and_round_errors(hopper_store, pretrained, tmp_path, capsy
     round_args += ["--out", str(tmp_path / "r.pt"), "--out-online-store", str(tmp_path / "r.zarr")]
     assert main([*round_args, "--set", "agent.algo=apl"]) == 2
     assert "checkpoint is for algorithm 'iql', not 'apl'" in capsys.readouterr().err
-    assert main([*round_args, "--set", "online.stepz=3"]) == 2
-    assert "online: unknown key(s) ['stepz']" in capsys.readouterr().err
+    assert main([*round_args, "--set", "rollout.stepz=3"]) == 2
+    assert "rollout: unknown key(s) ['stepz']" in capsys.readouterr().err

@@ -5,15 +5,12 @@ from __future__ import annotations
 import torch
 
 from cfdg.agents.apl import APL
-from cfdg.agents.common import Agent
+from cfdg.agents.base import Agent
 from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import IQL
 from cfdg.agents.pex import PEX
 
 AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL}
-
-# Which batch-mixing paradigm each algorithm uses (paper 2.2 / 3.3).
-PARADIGM: dict[str, str] = {"iql": "concat", "pex": "concat", "apl": "bernoulli"}
 
 
 def make_agent(cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> Agent:
@@ -21,4 +18,4 @@ def make_agent(cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, 
     return AGENTS[cfg.algo](cfg, obs_dim, act_dim, max_action, device)
 
 
-__all__ = ["AGENTS", "PARADIGM", "Agent", "AgentConfig", "make_agent"]
+__all__ = ["AGENTS", "Agent", "AgentConfig", "make_agent"]

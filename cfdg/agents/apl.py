@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch.nn.functional import mse_loss
 
-from cfdg.agents.common import Agent, DeterministicPolicy, Mode, TwinQ, adam, frozen_copy, noise, soft_update
+from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
+from cfdg.agents.networks import DeterministicPolicy, TwinQ
+from cfdg.agents.optim import adam, frozen_copy, soft_update
 
 
 def actor_loss(
@@ -23,13 +25,15 @@ def actor_loss(
     """(loss, bc_term): TD3 when lam == 0, TD3+BC (λ = α / mean|Q|) when lam == 1."""
     if lam:
         scale = alpha / q.abs().mean().detach()
-        bc = F.mse_loss(pi, actions)
+        bc = mse_loss(pi, actions)
         return -scale * q.mean() + bc, bc
     return -q.mean(), torch.zeros((), device=q.device)
 
 
 class APL(Agent):
     algo = "apl"
+    paradigm = "bernoulli"
+    online_buffer = 20_000  # APL's FIFO online buffer
     _modules = ("actor", "target_actor", "critic", "target_critic")
     _optims = ("actor_optim", "critic_optim")
 

@@ -1,4 +1,5 @@
-"""`AgentConfig`: every knob of the three agents, with the public implementations' defaults.
+"""The agents' parameters: `AgentConfig` (params `agent:`), `PretrainConfig` (`pretrain:`) and
+`RolloutConfig` (`rollout:`, one online round), with the public implementations' defaults.
 
 Defaults follow REFERENCE.md (CORL/PEX IQL for locomotion, APL's TD3/TD3+BC). AntMaze runs
 set `iql_tau: 0.9`, `iql_beta: 10` and `reward_shift: -1` in params.yaml.
@@ -63,3 +64,64 @@ class AgentConfig:
         check(self.expl_noise >= 0, f"{w}.expl_noise", f"must be >= 0, got {self.expl_noise}")
         check(self.bc_alpha > 0, f"{w}.bc_alpha", f"must be > 0, got {self.bc_alpha}")
         check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainConfig:
+    steps: int = 1_000_000  # gradient steps on offline data
+    eval_every: int = 50_000  # 0: evaluate only at the end
+    eval_episodes: int = 10
+    eval_seed: int = 10_000  # episode i of every evaluation resets with eval_seed + i
+    log_every: int = 5_000
+    threads: int = 0  # torch intra-op threads while training; 0 leaves torch's setting
+
+    def __post_init__(self) -> None:
+        check(self.threads >= 0, "pretrain.threads", f"must be >= 0, got {self.threads}")
+        check(self.steps >= 1, "pretrain.steps", f"must be >= 1, got {self.steps}")
+        check(self.eval_every >= 0, "pretrain.eval_every", f"must be >= 0, got {self.eval_every}")
+        check(self.eval_episodes >= 1, "pretrain.eval_episodes", f"must be >= 1, got {self.eval_episodes}")
+        check(self.log_every >= 1, "pretrain.log_every", f"must be >= 1, got {self.log_every}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    steps: int = 100_000  # env steps per round
+    utd: int = 1  # gradient steps per env step
+    warmup_steps: int = 5_000  # online rows needed before gradient steps start (PEX: 5000)
+    random_steps: int = 0  # first online env steps taken with uniform random actions
+    eval_every: int = 0  # env steps; 0: evaluate only at the end of the round
+    eval_episodes: int = 10
+    eval_seed: int = 10_000
+    synthetic_ratio: float = 1 / 3  # r: share of each batch that is synthetic
+    synthetic_online_share: float = 0.8  # share of the synthetic part drawn online-labelled (8:2)
+    real_online_share: float = 0.5  # concat paradigm: share of the real part that is online
+    p_online: float = 0.5  # bernoulli paradigm (APL): P(online-side batch)
+    online_threshold: int = 10_000  # APL: online batches only once the online buffer holds more
+    online_buffer_size: int | None = None  # None: the agent's own (APL 20,000 FIFO, IQL/PEX every row)
+    chunk_rows: int = 10_000  # online store chunking; must divide `steps`
+    log_every: int = 1_000
+    threads: int = 0  # torch intra-op threads while training; 0 leaves torch's setting
+
+    def __post_init__(self) -> None:
+        w = "rollout"
+        check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
+        check(self.steps >= 1, f"{w}.steps", f"must be >= 1, got {self.steps}")
+        check(self.utd >= 1, f"{w}.utd", f"must be >= 1, got {self.utd}")
+        check(self.warmup_steps >= 1, f"{w}.warmup_steps", f"must be >= 1, got {self.warmup_steps}")
+        check(self.random_steps >= 0, f"{w}.random_steps", f"must be >= 0, got {self.random_steps}")
+        check(self.eval_every >= 0, f"{w}.eval_every", f"must be >= 0, got {self.eval_every}")
+        check(self.eval_episodes >= 1, f"{w}.eval_episodes", f"must be >= 1, got {self.eval_episodes}")
+        for name in ("synthetic_ratio", "synthetic_online_share", "real_online_share", "p_online"):
+            v = getattr(self, name)
+            check(0 <= v <= 1, f"{w}.{name}", f"must be in [0, 1], got {v}")
+        check(self.synthetic_ratio < 1, f"{w}.synthetic_ratio", "must be < 1 (batches need real data)")
+        check(self.online_threshold >= 0, f"{w}.online_threshold", f"must be >= 0, got {self.online_threshold}")
+        if self.online_buffer_size is not None:
+            check(self.online_buffer_size >= 1, f"{w}.online_buffer_size", "must be >= 1")
+        check(self.chunk_rows >= 1, f"{w}.chunk_rows", f"must be >= 1, got {self.chunk_rows}")
+        check(
+            self.steps % self.chunk_rows == 0,
+            f"{w}.chunk_rows",
+            f"{self.chunk_rows} must divide steps {self.steps} so earlier rounds' chunk files stay byte-identical",
+        )
+        check(self.log_every >= 1, f"{w}.log_every", f"must be >= 1, got {self.log_every}")

@@ -14,8 +14,10 @@ import math
 import numpy as np
 import torch
 
-from cfdg.agents.common import Agent, GaussianPolicy, Mode, TwinQ, ValueNet, adam, frozen_copy, noise, soft_update
+from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
+from cfdg.agents.networks import GaussianPolicy, TwinQ, ValueNet
+from cfdg.agents.optim import adam, frozen_copy, soft_update
 
 
 def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
@@ -26,6 +28,7 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
 
 class IQL(Agent):
     algo = "iql"
+    paradigm = "concat"
     _modules = ("critic", "target_critic", "vf", "actor")
     _optims = ("optim",)
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cfdg.agents.common import Mode, adam, frozen_copy, noise, uniform
+from cfdg.agents.base import Mode, noise, uniform
 from cfdg.agents.iql import IQL
+from cfdg.agents.optim import adam, frozen_copy
 
 
 def choice_probs(q: torch.Tensor, inv_temperature: float) -> torch.Tensor:

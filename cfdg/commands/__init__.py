@@ -1,1 +1,4 @@
-"""CLI subcommands; each module exposes `register(subparsers)` and sets `func` on its parsers."""
+"""The library's CLI sub-commands; each module exposes `register(subparsers)` and sets `func`.
+
+A new one is listed in `cfdg.cli.add_library_commands`.
+"""

@@ -1,6 +1,6 @@
 """`cfdg agent pretrain|round`: offline pretraining and one online round from the shell.
 
-Parameters come from an optional YAML file with sections `agent`, `pretrain`, `online` (the
+Parameters come from an optional YAML file with sections `agent`, `pretrain`, `rollout` (the
 params.yaml layout) and `--set section.key=value` overrides; metrics go to stdout or `--metrics`.
 """
 
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--config", type=Path, help="YAML with sections agent / pretrain / online")
+    q.add_argument("--config", type=Path, help="YAML with sections agent / pretrain / rollout")
     q.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one parameter")
     q.add_argument("--metrics", type=Path, help="write metrics JSON here instead of stdout")
     q.add_argument("--no-progress", action="store_true")
@@ -56,7 +56,7 @@ def _sections(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{args.config}: cannot read YAML ({e})") from e
         if not isinstance(cfg, dict):
             raise ConfigError(f"{args.config}: must hold a mapping of sections")
-    out = {k: dict(cfg.get(k) or {}) for k in ("agent", "pretrain", "online")}
+    out = {k: dict(cfg.get(k) or {}) for k in ("agent", "pretrain", "rollout")}
     for item in args.set:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
@@ -76,8 +76,9 @@ def _emit(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from cfdg.agents import AgentConfig
+    from cfdg.agents.config import PretrainConfig
+    from cfdg.agents.train import pretrain
     from cfdg.config import from_mapping
-    from cfdg.training import PretrainConfig, pretrain
 
     s = _sections(args)
     agent_cfg = from_mapping(AgentConfig, s["agent"], "agent")
@@ -86,11 +87,12 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _round(args: argparse.Namespace) -> int:
+    from cfdg.agents.config import RolloutConfig
+    from cfdg.agents.train import run_round
     from cfdg.config import from_mapping
-    from cfdg.training import OnlineConfig, run_round
 
     s = _sections(args)
-    cfg = from_mapping(OnlineConfig, s["online"], "online")
+    cfg = from_mapping(RolloutConfig, s["rollout"], "rollout")
     metrics = run_round(
         args.checkpoint,
         args.offline_store,

@@ -5,8 +5,8 @@ I/O happens per batch. Indices and coin flips come from one CPU `torch.Generator
 seed gives the same batches on every device, and a checkpointed generator state resumes them.
 
 - concat (IQL, PEX): batch = online ⊕ offline ⊕ synthetic; a fraction `synthetic_ratio` r of the
-  batch is synthetic, drawn `synthetic_online_fraction` (0.8) online-labelled; the real part is
-  split half online, half offline (PEX's buffer mix).
+  batch is synthetic, a share `synthetic_online_share` (0.8) of it online-labelled; a share
+  `real_online_share` (0.5, PEX's buffer mix) of the real part is online, the rest offline.
 - bernoulli (APL): with probability p_online the batch is from the online side (λ = 0), else from
   the offline side (λ = 1); a fraction r of it is synthetic rows carrying that side's label.
 
@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal
 
 import numpy as np
 import torch
 
+from cfdg.agents.base import Paradigm
 from cfdg.store import LABEL_OFFLINE, LABEL_ONLINE, Transitions
 
 SOURCES = ("online", "offline", "synthetic_online", "synthetic_offline")
@@ -154,22 +154,22 @@ class BatchMixer:
 
     def __init__(
         self,
-        paradigm: Literal["concat", "bernoulli"],
+        paradigm: Paradigm,
         batch_size: int,
         online: ReplayBuffer,
         offline: ReplayBuffer,
         synthetic: Synthetic | None = None,
         synthetic_ratio: float = 1 / 3,
-        synthetic_online_fraction: float = 0.8,
-        online_fraction: float = 0.5,
+        synthetic_online_share: float = 0.8,
+        real_online_share: float = 0.5,
         p_online: float = 0.5,
         online_threshold: int = 0,
     ) -> None:
         self.paradigm, self.batch_size = paradigm, batch_size
         self.online, self.offline, self.synthetic = online, offline, synthetic
         self.synthetic_ratio = synthetic_ratio if synthetic is not None else 0.0
-        self.synthetic_online_fraction = synthetic_online_fraction
-        self.online_fraction = online_fraction
+        self.synthetic_online_share = synthetic_online_share
+        self.real_online_share = real_online_share
         self.p_online, self.online_threshold = p_online, online_threshold
 
     def sample(self, gen: torch.Generator) -> Batch:
@@ -179,10 +179,10 @@ class BatchMixer:
         n_syn = split_count(self.batch_size, self.synthetic_ratio, gen)
         syn_on = syn_off = 0
         if n_syn:
-            syn_on = split_count(n_syn, self.synthetic_online_fraction, gen)
+            syn_on = split_count(n_syn, self.synthetic_online_share, gen)
             syn_on, syn_off = _fit(self.synthetic.online, self.synthetic.offline, syn_on, n_syn - syn_on)
         n_real = self.batch_size - n_syn
-        n_on = split_count(n_real, self.online_fraction, gen) if len(self.online) else 0
+        n_on = split_count(n_real, self.real_online_share, gen) if len(self.online) else 0
         syn = self.synthetic
         return _assemble(
             [

@@ -1,0 +1,160 @@
+"""The user's `cfdg` command: the pipeline commands beside the library's own.
+
+    cfdg run | round | serve | server | preset | check | table     (the pipeline, this module)
+    cfdg dataset | store | agent | quality                         (the library, cfdg.cli)
+
+run     the whole loop now, in this process (Prefect ephemeral mode, no server needed)
+round   run (or redo) one generation round k: rollout, fit, materialise
+server  start a local Prefect server with telemetry off (UI at http://127.0.0.1:4200)
+serve   register the `cfdg-run` and `cfdg-round` deployments with that server and run them
+        when asked (from the UI, `prefect deployment run`, or a retry of a failed flow run)
+preset  merge a preset (configs/*.yaml) into params.yaml, keeping comments
+check   validate every section of params.yaml
+table   the paper's Table 1 from several runs' summary.json files
+
+This layer sits above both cfdg/ (the library) and pipeline/ (orchestration); `python -m
+pipeline` is the same command. A new pipeline command: a `register(sub)` function, listed in
+`add_pipeline_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import pipeline  # noqa: F401  (environment defaults before prefect is imported)
+from cfdg.cli import add_library_commands, dispatch, new_parser
+from pipeline.preset import apply_preset
+from stages import params
+from stages.report import table_main
+
+LOCAL_API = "http://127.0.0.1:4200/api"
+RERUN_HINT = (
+    "pipeline: finished stages are kept; after fixing the cause rerun `cfdg run` "
+    "(or `dvc repro`): it redoes only the failed stage and what follows."
+)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.flows import StageFailed, cfdg_run
+
+    try:
+        report = cfdg_run(root=str(Path(args.root).resolve()), retries=args.retries)
+    except StageFailed as e:
+        print(f"pipeline: {e}", file=sys.stderr)
+        print(RERUN_HINT, file=sys.stderr)
+        return 1
+    print(f"cfdg: report written to {report}")
+    return 0
+
+
+def _cmd_round(args: argparse.Namespace) -> int:
+    from pipeline.flows import StageFailed, cfdg_round
+
+    try:
+        row = cfdg_round(args.k, root=str(Path(args.root).resolve()), retries=args.retries)
+    except StageFailed as e:
+        print(f"pipeline: {e}", file=sys.stderr)
+        print(RERUN_HINT, file=sys.stderr)
+        return 1
+    print(json.dumps(row))
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    os.environ.setdefault("PREFECT_API_URL", args.api_url)
+    from prefect import serve
+
+    from pipeline.flows import deployments
+
+    root = str(Path(args.root).resolve())
+    print(
+        f"cfdg: serving deployments cfdg-run/cfdg-run and cfdg-round/cfdg-round for {root}",
+        f"at {os.environ['PREFECT_API_URL']}",
+    )
+    serve(*deployments(root))
+    return 0
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    argv = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host, "--port", str(args.port)]
+    os.execv(sys.executable, argv)  # env defaults above (telemetry off) are inherited
+    return 0
+
+
+def _cmd_preset(args: argparse.Namespace) -> int:
+    out = apply_preset(args.preset, args.params, args.rounds)
+    print(f"cfdg: applied {args.preset} to {out}")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    p = params.load_all(args.params)
+    print(f"{args.params}: valid; seed {p.seed}, dataset source {p.source!r}, {len(p.rounds)} round(s)")
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    return table_main(args.summaries, args.out)
+
+
+def register_loop(sub: argparse._SubParsersAction) -> None:
+    """run, round, serve, server, preset, check, table."""
+    p = sub.add_parser("run", help="run the whole loop now (no server needed) and print where the report is")
+    p.add_argument("--root", default=".", help="project root holding dvc.yaml and params.yaml")
+    p.add_argument("--retries", type=int, default=1, help="retries of a failed stage before the run fails")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("round", help="run (or redo) one generation round k: rollout, fit, materialise")
+    p.add_argument("k", type=int)
+    p.add_argument("--root", default=".")
+    p.add_argument("--retries", type=int, default=1)
+    p.set_defaults(func=_cmd_round)
+
+    p = sub.add_parser("serve", help="register the deployments with a Prefect server and run them on request")
+    p.add_argument("--root", default=".")
+    p.add_argument("--api-url", default=LOCAL_API, help=f"Prefect API (default {LOCAL_API}; PREFECT_API_URL wins)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("server", help="start a local Prefect server (telemetry off)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4200)
+    p.set_defaults(func=_cmd_server)
+
+    p = sub.add_parser("preset", help="merge a preset into params.yaml")
+    p.add_argument("preset", help="e.g. configs/paper/iql.yaml or configs/tiny.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--rounds", type=int, help="number of rounds (overrides the preset's)")
+    p.set_defaults(func=_cmd_preset)
+
+    p = sub.add_parser("check", help="validate params.yaml")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("table", help="Table 1 (base vs CFDG, mean ± std over seeds) from runs' summary.json")
+    p.add_argument("summaries", nargs="+")
+    p.add_argument("--out")
+    p.set_defaults(func=_cmd_table)
+
+
+def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
+    """Register the pipeline's sub-commands on `sub`; a new command module adds its line here."""
+    register_loop(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = new_parser("cfdg")
+    add_pipeline_commands(sub)
+    add_library_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    return dispatch(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -195,6 +195,12 @@ def candidate(name: str) -> Candidate:
 
 COMBOS: list[Candidate] = [
     _c(
+        "q_512x4_20k",
+        "quality: denoiser 512x4, 20K steps",
+        variants=("cfdg", "synther"),
+        fit={"width": 512, "depth": 4, "train_steps": 20000},
+    ),
+    _c(
         "q_1024x6_20k",
         "quality: paper-width denoiser 1024x6, 20K steps",
         variants=("cfdg", "synther"),
@@ -337,26 +343,40 @@ def draw(model: Any, n: int, seed: int, s: Sampler, batch: int = 4096) -> Any:
 # ---------------------------------------------------------------- measures
 
 
+def js_parts(reference: Any, candidate: Any, seed: int) -> dict[str, float]:
+    """cfdg.quality's classifier JS for states and transitions only (the ablation's measures), same subsampling."""
+    from cfdg.quality import classifier_js, part_arrays
+
+    rng = np.random.default_rng(seed)
+    n = min(len(reference), len(candidate), JS_ROWS)
+    ref = part_arrays(reference.take(np.sort(rng.choice(len(reference), n, replace=False))))
+    cand = part_arrays(candidate.take(np.sort(rng.choice(len(candidate), n, replace=False))))
+    out = {}
+    for part in ("state", "transition"):
+        a, b = ref[part][rng.permutation(n)], cand[part][rng.permutation(n)]
+        out[part] = classifier_js(a, b, seed)
+    return out
+
+
 def measure(gen: Any, data: RoundData, k: int, seed: int, memorisation: bool = True) -> dict[str, Any]:
     """Fidelity, alignment (round data and fresh rows) and memorisation of one set of online-labelled rows."""
     from cfdg.fidelity import simulator_fidelity
-    from cfdg.quality import js_divergences, memorisation_ratio
+    from cfdg.quality import memorisation_ratio
 
     online, fresh = data.online[k - 1], data.fresh[k - 1]
     fid = simulator_fidelity(gen, ENV, max_rows=FIDELITY_ROWS, seed=seed)
-    js = js_divergences(online, gen, seed=seed, max_rows=JS_ROWS)
+    js = js_parts(online, gen, seed)
     out = {
         "next_state_rel_error": fid["next_state_rel_error"],
         "reward_rel_error": fid["reward_rel_error"],
         "termination_agreement": fid["termination_agreement"],
         "share_checked": fid["share_checked"],
-        "js_state": js["state"]["classifier"],
-        "js_transition": js["transition"]["classifier"],
-        "js_action": js["action"]["classifier"],
+        "js_state": js["state"],
+        "js_transition": js["transition"],
     }
     if fresh is not None:
-        jf = js_divergences(fresh, gen, seed=seed, max_rows=JS_ROWS)
-        out |= {"js_state_fresh": jf["state"]["classifier"], "js_transition_fresh": jf["transition"]["classifier"]}
+        jf = js_parts(fresh, gen, seed)
+        out |= {"js_state_fresh": jf["state"], "js_transition_fresh": jf["transition"]}
     if memorisation:
         # Against the round's online rows (what online-labelled samples could copy) for every variant,
         # so all are measured in the same units; reference = leave-one-episode-out real rows.
@@ -436,17 +456,15 @@ def reference_records(data: RoundData, seeds: int) -> list[dict]:
             )
             if data.fresh[k - 1] is not None:
                 real = data.online[k - 1]
-                from cfdg.quality import js_divergences
-
-                jf = js_divergences(data.fresh[k - 1], real, seed=seed, max_rows=JS_ROWS)
+                jf = js_parts(data.fresh[k - 1], real, seed)
                 recs.append(
                     {
                         "candidate": "reference",
                         "variant": "real",
                         "seed": seed,
                         "round": k,
-                        "js_state_fresh": jf["state"]["classifier"],
-                        "js_transition_fresh": jf["transition"]["classifier"],
+                        "js_state_fresh": jf["state"],
+                        "js_transition_fresh": jf["transition"],
                     }
                 )
     return recs

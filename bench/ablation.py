@@ -60,7 +60,9 @@ def export(artifacts: Path, out: Path) -> None:
     from cfdg.store import read_store
 
     offline, _ = read_store(artifacts / "dataset" / "offline.zarr")
-    rounds = sorted(int(p.name) for p in (artifacts / "rounds").iterdir() if (p / "online.zarr").exists())
+    rounds = sorted(
+        int(p.name) for p in (artifacts / "rounds").iterdir() if (p / "online.zarr").exists() and p.name != "0"
+    )
     stores = [read_store(artifacts / "rounds" / str(k) / "online.zarr")[0] for k in rounds]
     last = stores[-1]
     for k, s in zip(rounds, stores, strict=True):
@@ -129,6 +131,9 @@ class Candidate:
     film: bool = False  # class + noise embedding modulates every block (FiLM) instead of entering at the input
     warm_start: bool = False  # round k starts from round k-1's weights
     steps_growth: bool = False  # fit steps = base x k in round k (the online data grows by one round each)
+    # Normaliser statistics: of the rows trained on ("data", repeated rows included), of offline ∪ online
+    # as stored ("rows": what a sampler-side class balance keeps), or of the online rows only ("online").
+    norm: str = "data"
     samplers: tuple[Sampler, ...] = (DEFAULT_SAMPLER,)
     rounds: tuple[int, ...] | None = None  # None: every round
 
@@ -164,24 +169,35 @@ CANDIDATES = [
 
 # bench/fidelity.py: the baseline model of round CURVE_ROUND sampled with each solver at 8..128 steps.
 CURVE_ROUND = 1
+CURVE_W = 0.5
+CURVE_MODEL = {"online_share": 0.8}  # the model the curves sample: batches 80% online rows
 CURVES = [
     _c(
         "curve_heun_ode",
         "deterministic Heun",
         rounds=(CURVE_ROUND,),
-        samplers=tuple(Sampler(steps=n, stochastic=False) for n in (4, 8, 16, 32, 64)),
+        samplers=tuple(Sampler(w=CURVE_W, steps=n, stochastic=False) for n in (4, 8, 16, 32, 64)),
+        **CURVE_MODEL,
     ),
     _c(
         "curve_heun_sde",
-        "stochastic EDM sampler",
+        "stochastic EDM sampler, and the guidance sweep",
         rounds=(CURVE_ROUND,),
-        samplers=tuple(Sampler(steps=n) for n in (8, 16, 32, 64, 128)),
+        samplers=(
+            *(Sampler(w=CURVE_W, steps=n) for n in (8, 16, 32, 64, 128)),
+            *(Sampler(w=w) for w in (0.0, 1.0, 2.0, 4.0)),
+        ),
+        **CURVE_MODEL,
     ),
     _c(
         "curve_dpmpp2m",
-        "DPM-Solver++(2M)",
+        "DPM-Solver++(2M), fp32 and bf16",
         rounds=(CURVE_ROUND,),
-        samplers=tuple(Sampler(solver="dpmpp2m", steps=n) for n in (8, 16, 32, 64, 128)),
+        samplers=(
+            *(Sampler(w=CURVE_W, solver="dpmpp2m", steps=n) for n in (8, 16, 32, 64, 128)),
+            *(Sampler(w=CURVE_W, solver="dpmpp2m", steps=n, precision="bf16") for n in (16, 32)),
+        ),
+        **CURVE_MODEL,
     ),
 ]
 
@@ -193,7 +209,26 @@ def candidate(name: str) -> Candidate:
     raise SystemExit(f"unknown candidate {name!r}; known: {[c.name for c in CANDIDATES + CURVES + COMBOS]}")
 
 
+W_SMALL = (Sampler(w=0.0), Sampler(w=0.5), DEFAULT_SAMPLER)
 COMBOS: list[Candidate] = [
+    _c(
+        "q_best",
+        "quality: 512x4, 20K steps, batches 80% online, FiLM",
+        fit={"width": 512, "depth": 4, "train_steps": 20000},
+        online_share=0.8,
+        film=True,
+        samplers=(Sampler(w=0.5),),
+    ),
+    _c("oh_w", "batches 80% online rows, w 0 / 0.5 / 1", online_share=0.8, samplers=W_SMALL),
+    _c("oh_film", "batches 80% online rows + FiLM", online_share=0.8, film=True, samplers=W_SMALL),
+    _c(
+        "oh_rownorm",
+        "batches 80% online rows, normaliser of offline ∪ online as stored",
+        online_share=0.8,
+        norm="rows",
+        samplers=W_SMALL,
+    ),
+    _c("norm_online", "uniform batches, normaliser of the online rows", norm="online", samplers=W_SMALL),
     _c(
         "q_512x4_20k",
         "quality: denoiser 512x4, 20K steps",
@@ -263,7 +298,8 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
         online, offline = Transitions.concat([offline, online]), None
     elif variant == "synther":
         offline = None
-    elif cand.online_share is not None:  # class balance: repeat online rows until they are this share
+    union = online if offline is None else Transitions.concat([offline, online])
+    if variant == "cfdg" and cand.online_share is not None:  # class balance: repeat online rows to this share
         q = cand.online_share
         reps = q * len(offline) / ((1 - q) * len(online))
         rng = np.random.default_rng(seed)
@@ -286,11 +322,24 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
                 return _film_denoiser(cfg_, 2 * obs_dim + act_dim + 2)
         return build(cfg_, obs_dim, act_dim, seed_)
 
+    norm_class = train.Normaliser
+    if cand.norm != "data":
+        from cfdg.diffusion.normaliser import Normaliser, to_vectors
+
+        fixed = Normaliser.fit(to_vectors(data.online[k - 1] if cand.norm == "online" else union))
+
+        class FixedNormaliser(Normaliser):
+            @classmethod
+            def fit(cls, vectors: np.ndarray) -> Normaliser:
+                return fixed
+
+        train.Normaliser = FixedNormaliser
     train.build_denoiser = patched
     try:
         return fit_diffusion(offline, online, cfg, seed=seed * 1000 + k, progress=False)
     finally:
         train.build_denoiser = build
+        train.Normaliser = norm_class
 
 
 def draw(model: Any, n: int, seed: int, s: Sampler, batch: int = 4096) -> Any:

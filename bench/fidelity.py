@@ -36,12 +36,12 @@ COLS = [
     ("js_state_fresh", "state JS (fresh)"),
     ("js_transition_fresh", "trans. JS (fresh)"),
 ]
-REFERENCE = A.Sampler(steps=128).tag  # the 128-step stochastic sampler
+REFERENCE = A.Sampler(w=A.CURVE_W, steps=128).tag  # the 128-step stochastic sampler
 
 
 def curve_records(recs: list[dict]) -> dict[str, list[dict]]:
     """sampler tag → records of the CFDG baseline model on round CURVE_ROUND (w sweep and solver curves)."""
-    names = {"baseline"} | {c.name for c in A.CURVES}
+    names = {c.name for c in A.CURVES}
     out: dict[str, list[dict]] = {}
     for r in recs:
         if r["candidate"] in names and r["variant"] == "cfdg" and r["round"] == A.CURVE_ROUND:
@@ -67,7 +67,7 @@ def fast_preset(curves: dict[str, list[dict]]) -> str | None:
         return None
     ok = []
     for tag, rs in curves.items():
-        if rs[0]["w"] != 1.0 or len(rs) < 2:
+        if rs[0]["w"] != A.CURVE_W or len(rs) < 2:
             continue
         within = True
         for key in MATCH:
@@ -83,7 +83,7 @@ def fast_preset(curves: dict[str, list[dict]]) -> str | None:
 def markdown(curves: dict[str, list[dict]]) -> str:
     def key(tag: str) -> tuple:
         r = curves[tag][0]
-        return (r["w"] != 1.0, r["solver"], r["stochastic"], r["w"], r["steps"])
+        return (r["w"] != A.CURVE_W, r["solver"], r["stochastic"], r["precision"], r["w"], r["steps"])
 
     lines = [
         "| sampler | w | steps | network calls | seeds | " + " | ".join(h for _, h in COLS) + " |",
@@ -121,9 +121,10 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     )
     for j, (k, label) in enumerate(keys):
         ax = axes[0, j]
-        ms = [stats(curves[A.Sampler(w=w).tag], k) for w in ws if A.Sampler(w=w).tag in curves]
+        ws_here = [w for w in ws if A.Sampler(w=w).tag in curves]
+        ms = [stats(curves[A.Sampler(w=w).tag], k) for w in ws_here]
         if ms:
-            ax.errorbar(ws[: len(ms)], [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3)
+            ax.errorbar(ws_here, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3)
         ax.set_xlabel("guidance w (stochastic Heun, 32 steps)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -136,7 +137,10 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
             pts = sorted(
                 (rs[0]["nfe"], *stats(rs, k))
                 for rs in curves.values()
-                if rs[0]["solver"] == solver and rs[0]["stochastic"] == stoch and rs[0]["w"] == 1.0
+                if rs[0]["solver"] == solver
+                and rs[0]["stochastic"] == stoch
+                and rs[0]["w"] == A.CURVE_W
+                and rs[0].get("precision", "fp32") == "fp32"
             )
             if pts:
                 ax.errorbar(
@@ -148,11 +152,13 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
                     label=name,
                 )
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("network calls per sample (w = 1)")
+        ax.set_xlabel(f"network calls per sample (w = {A.CURVE_W:g})")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(f"CFDG baseline model, round {A.CURVE_ROUND} data of the default run (mean ± std, 3 seeds)")
+    fig.suptitle(
+        f"CFDG model (batches 80% online), round {A.CURVE_ROUND} data of the default run (mean ± std, 3 seeds)"
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

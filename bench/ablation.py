@@ -614,23 +614,26 @@ def summarise(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> list[dict
     return rows
 
 
-def markdown(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> str:
+def markdown(recs: list[dict]) -> str:
+    """Mean ± std over seeds per (round, candidate, variant, sampler); the solver curves are bench/fidelity.py's."""
     groups: dict[tuple, list[dict]] = {}
+    curve_names = {c.name for c in CURVES}
     for r in recs:
-        if r["candidate"] != "reference" and r.get("sampler") != sampler:
+        if r["candidate"] in curve_names:
             continue
-        groups.setdefault((r["candidate"], r["variant"], r["round"]), []).append(r)
+        groups.setdefault((r["candidate"], r["variant"], r["round"], r.get("sampler", "")), []).append(r)
     order = {c.name: i for i, c in enumerate(CANDIDATES + COMBOS + CURVES)} | {"reference": -1}
     vorder = {"offline": 0, "real": 1, "cfdg": 2, "synther": 3, "joint": 4}
-    head = "| round | candidate | variant | seeds | " + " | ".join(h for _, h in METRICS) + " |"
-    lines = [head, "|" + "---|" * (4 + len(METRICS))]
-    for key in sorted(groups, key=lambda g: (g[2], order.get(g[0], 99), vorder.get(g[1], 9))):
+    head = "| round | candidate | variant | sampler | seeds | " + " | ".join(h for _, h in METRICS) + " |"
+    lines = [head, "|" + "---|" * (5 + len(METRICS))]
+    for key in sorted(groups, key=lambda g: (g[2], order.get(g[0], 99), vorder.get(g[1], 9), g[3])):
         rs = groups[key]
         cells = [_fmt([r.get(m) for r in rs]) for m, _ in METRICS]
-        lines.append(f"| {key[2]} | {key[0]} | {key[1]} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {key[2]} | {key[0]} | {key[1]} | {key[3]} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
+SYNTHER_AT_EQUAL_COMPUTE = {"q_best": "q_512x4_20k"}  # else the baseline's synther (same size and steps)
 TARGETS = [
     ("ns≤synther", "next_state_rel_error", "synther", "le"),
     ("JS≤synther", "js_state", "synther", "le"),
@@ -648,10 +651,13 @@ def targets(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> str:
     The synther reference is the same candidate's synther model where it was fitted (equal compute),
     else the baseline synther; the offline reference is the offline data measured the same way.
     """
+    measured = {(r["candidate"], r.get("sampler")) for r in recs}
     groups: dict[tuple, list[dict]] = {}
     for r in recs:
-        if r["candidate"] == "reference" or r.get("sampler") == sampler:
-            groups.setdefault((r["candidate"], r["variant"], r["round"]), []).append(r)
+        c = r["candidate"]
+        use = sampler if (c, sampler) in measured or c not in {x.name for x in COMBOS} else candidate(c).samplers[0].tag
+        if c == "reference" or r.get("sampler") == use:
+            groups.setdefault((c, r["variant"], r["round"]), []).append(r)
 
     def stat(key: tuple, m: str) -> tuple[float, float] | None:
         vals = [r[m] for r in groups.get(key, []) if r.get(m) is not None]
@@ -674,7 +680,9 @@ def targets(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> str:
             for _, m, ref, how in TARGETS:
                 mine = stat((c, "cfdg", k), m)
                 if ref == "synther":
-                    other = stat((c, "synther", k), m) or stat(("baseline", "synther", k), m)
+                    other = stat((c, "synther", k), m) or stat(
+                        (SYNTHER_AT_EQUAL_COMPUTE.get(c, "baseline"), "synther", k), m
+                    )
                 elif ref == "offline":
                     other = stat(("reference", "offline", k), m)
                 else:

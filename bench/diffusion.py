@@ -18,6 +18,7 @@ width (11+3+1+11+1 = 27) it measures, in one run on one device:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cfdg.config import from_mapping
 from cfdg.device import select_device
-from cfdg.diffusion import DiffusionConfig, fit_diffusion
+from cfdg.diffusion import DiffusionConfig, SamplingConfig, fit_diffusion
 from cfdg.diffusion.denoiser import LABEL_NULL, count_flops_per_row
 from cfdg.diffusion.edm import karras_sigmas, preconditioning
 from cfdg.diffusion.sample import sample, sample_vectors
@@ -149,7 +150,7 @@ def bench_size(width: int, depth: int, batch: int, k: int, train_steps: int) -> 
     data_off, data_on = hopper_like(4096, 0.0, 1), hopper_like(4096, 1.0, 2)
     rows = []
     flops_row = count_flops_per_row(D, width, depth)
-    base_cfg = {"width": width, "depth": depth, "sample_batch": batch, "guidance_w": 1.0}
+    base_cfg = {"width": width, "depth": depth}
     emb_flops = 2 * ((2 * 16 + 1) * 256 + 256 * width)  # noise MLP: per row in training only
     train_flops_step = 3 * 256 * (flops_row + emb_flops)
     sample_flops = batch * CALLS_128 * 2 * flops_row  # guidance: 2 rows per call per sample
@@ -160,8 +161,9 @@ def bench_size(width: int, depth: int, batch: int, k: int, train_steps: int) -> 
         log(f"{width}x{depth} {precision}: train {train_steps} steps")
         model, m = fit_diffusion(data_off, data_on, cfg, seed=0, progress=False)
 
-        def run(steps: int, model=model) -> None:
-            sample_vectors(model, labels, batch, seed=0, steps=steps)
+        def run(steps: int, model=model, precision=precision) -> None:
+            sampling = SamplingConfig(guidance_w=1.0, steps=steps, batch=batch, precision=precision)
+            sample_vectors(model, labels, batch, 0, sampling)
 
         log(f"{width}x{depth} {precision}: matmul peak, then sampler steps {k}")
         peak = matmul_peak(DEVICE, DTYPES[precision])
@@ -214,12 +216,13 @@ def _bf16_quality(train_steps: int, n: int, steps: int) -> dict:
     online = hopper_like(8000, 1.0, 2)
     cfg = from_mapping(
         DiffusionConfig,
-        {"width": 256, "depth": 3, "train_steps": train_steps, "sample_steps": steps, "sample_batch": n},
+        {"width": 256, "depth": 3, "train_steps": train_steps},
         "bench",
     )
     model, _ = fit_diffusion(hopper_like(8000, 0.0, 1), online, cfg, seed=0, progress=False)
-    fp32 = sample(model, n, label=1, seed=1, precision="fp32")
-    bf16 = sample(model, n, label=1, seed=1, precision="bf16")
+    sampling = SamplingConfig(steps=steps, batch=n)
+    fp32 = sample(model, n, 1, 1, sampling)
+    bf16 = sample(model, n, 1, 1, dataclasses.replace(sampling, precision="bf16"))
     return {
         "bf16_vs_fp32": js_divergences(fp32, bf16, seed=0),
         "fp32_vs_real_online": js_divergences(online, fp32, seed=0),

@@ -19,7 +19,7 @@ from typing import Any
 from cfdg.io import atomic_write_bytes
 
 DIVERGENCES = ("state", "action", "transition")
-VARIANT_NAMES = {"none": "Base", "synther": "SynthER", "cfdg": "CFDG"}
+VARIANT_NAMES = {"none": "Base", "synther": "SynthER", "joint": "CFDG w/o guidance", "cfdg": "CFDG"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +170,7 @@ def table1_markdown(summaries: Iterable[Mapping[str, Any]]) -> str:
     datasets = sorted({k[0] for k in stats})
     algos = [a for a in ("iql", "pex", "apl") if any(k[1] == a for k in stats)]
     algos += sorted({k[1] for k in stats} - set(algos))
-    variants = [v for v in ("none", "synther", "cfdg") if any(k[2] == v for k in stats)]
+    variants = [v for v in ("none", "synther", "joint", "cfdg") if any(k[2] == v for k in stats)]
     variants += sorted({k[2] for k in stats} - set(variants))
     header = ["Dataset"] + [f"{a.upper()} {VARIANT_NAMES.get(v, v)}" for a in algos for v in variants]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
@@ -299,7 +299,7 @@ def ground_truth_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> 
     fig = _figure(12.0, 3.4)
     panels = (
         ("state JS (nats)", (("js_state_round", "-", "to round"), ("js_state_fresh", "--", "to fresh"))),
-        ("next-state rel. error", (("next_state_rel_error", "-", ""),)),
+        ("next-state rel. error (shown >= 1e-7)", (("next_state_rel_error", "-", ""),)),
         ("memorisation ratio", (("memorisation_round", "-", "round"), ("memorisation_fresh", "--", "fresh"))),
     )
     colors = {"offline": "tab:orange", "online": "tab:green", "generated": "tab:blue", "generated_all": "tab:purple"}

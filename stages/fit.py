@@ -1,7 +1,9 @@
 """Stage `fit@k`: fit the (class-conditional) diffusion model on offline ∪ online data.
 
 The label is which buffer a row came from (paper 3.2). Variant `synther` sees online data
-only; variant `none` fits nothing and writes a placeholder checkpoint so the DAG is the same.
+only, `joint` sees both without labels; variant `none` fits nothing and writes a placeholder
+checkpoint so the DAG is the same. Reads params `diffusion` (+ seed) only: what sampling does
+with the model is materialise's business.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cfdg.io import atomic_torch_save
 from cfdg.store import read_store
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -25,13 +26,15 @@ def fit_stage(
     """Fit and save the model to `out_model`; returns the fit metrics."""
     out_model.parent.mkdir(parents=True, exist_ok=True)
     if cfg.variant == "none":
-        atomic_torch_save(out_model, {"variant": "none"})
+        from cfdg.diffusion.checkpoint import save_no_model
+
+        save_no_model(out_model)
         metrics: dict[str, Any] = {}
     else:
         from cfdg.diffusion import fit_diffusion, save_diffusion
 
         online_data, _ = read_store(online)
-        offline_data = read_store(offline)[0] if cfg.variant == "cfdg" else None
+        offline_data = read_store(offline)[0] if cfg.variant in ("cfdg", "joint") else None
         model, metrics = fit_diffusion(
             offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress
         )

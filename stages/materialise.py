@@ -1,5 +1,9 @@
 """Stage `materialise@k`: sample the synthetic store of round k and measure its quality.
 
+Reads params `sampling` (+ seed) and `quality`, never `diffusion`: the variant comes from the
+fitted checkpoint, so a sampling change reruns this stage and what follows, and no fit.
+With `sampling.buffer: fifo` the store also keeps the newest rows of round k-1's store.
+
 Quality (paper 3.1, Table 2, DESIGN.md "Quality of generated data"): Jensen-Shannon divergence
 between the real online data and (a) the offline data, (b) the generated data, for states, actions
 and transitions; simulator fidelity (cfdg.fidelity) and the memorisation ratio (cfdg.quality).
@@ -34,9 +38,19 @@ def materialise_stage(
     k: int,
     out_store: Path,
     progress: bool = True,
+    prev_synthetic: Path | None = None,
 ) -> dict[str, Any]:
-    """Write `out_store`; returns the quality metrics of round k."""
+    """Write `out_store` from the model and `cfg` (a SamplingConfig); returns round k's quality metrics.
+
+    `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
+    """
+    from cfdg.diffusion.checkpoint import checkpoint_variant
+
+    variant = checkpoint_variant(model)
     inputs = {"diffusion": model, "offline": offline, "online": online}
+    carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
+    if carried:
+        inputs["previous_synthetic"] = prev_synthetic
     attrs = store.read_attrs(online)
     meta = StoreMeta(
         kind="synthetic",
@@ -44,23 +58,24 @@ def materialise_stage(
         source=attrs["source"],
         round=k,
         seed=seed,
-        params={"diffusion": config_dict(cfg)},
+        params={"variant": variant, "sampling": config_dict(cfg)},
         inputs=input_digests(inputs),
     )
-    if cfg.variant == "none":
+    if variant == "none":
         store.write_store(out_store, empty_transitions(*store_dims(online), labels=True), meta)
     else:
         from cfdg.diffusion import load_diffusion, sample_to_store
 
         sample_to_store(
             load_diffusion(model),
-            cfg.n_synthetic,
             out_store,
             meta,
             seed=derive_seed(seed, k, "materialise"),
+            sampling=cfg,
+            prev=prev_synthetic if carried else None,
             progress=progress,
         )
-    recorded = {"seed": seed, "diffusion": config_dict(cfg), "quality": config_dict(quality_cfg)}
+    recorded = {"seed": seed, "variant": variant, "sampling": config_dict(cfg), "quality": config_dict(quality_cfg)}
     write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, recorded))
     return measure_quality(offline, online, out_store, quality_cfg, k)
 
@@ -142,12 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             out_dir / layout.DIFFUSION,
             layout.OFFLINE,
             out_dir / layout.ONLINE,
-            params.section(raw, "diffusion", args.params),
+            params.section(raw, "sampling", args.params),
             params.section(raw, "quality", args.params),
             params.seed(raw, args.params),
             k,
             out_dir / layout.SYNTHETIC,
             progress_enabled(),
+            prev_synthetic=layout.round_dir(k - 1) / layout.SYNTHETIC,
         )
         write_metrics(out_dir / "quality.json", quality)
 

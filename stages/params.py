@@ -48,7 +48,7 @@ class ReportParams:
 
 
 # The sections, in params.yaml order; `config_class` says which dataclass validates each.
-SECTIONS = ("dataset", "agent", "pretrain", "rollout", "diffusion", "quality", "report")
+SECTIONS = ("dataset", "agent", "pretrain", "rollout", "diffusion", "sampling", "quality", "report")
 TOP_LEVEL = ("seed", "rounds", *SECTIONS)
 DATASET_SOURCE_KEY = "source"  # pipeline-level key inside `dataset:`; the rest is DatasetConfig
 
@@ -97,6 +97,10 @@ def config_class(name: str) -> type:
             from cfdg.diffusion.config import DiffusionConfig
 
             return DiffusionConfig
+        case "sampling":
+            from cfdg.diffusion.config import SamplingConfig
+
+            return SamplingConfig
         case "quality":
             return QualityParams
         case "report":

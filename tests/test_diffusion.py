@@ -21,7 +21,9 @@ from cfdg.diffusion import (
     Denoiser,
     DiffusionConfig,
     Normaliser,
+    SamplingConfig,
     check_dims,
+    checkpoint_variant,
     fit_diffusion,
     from_vectors,
     label_pattern,
@@ -29,18 +31,20 @@ from cfdg.diffusion import (
     sample,
     sample_to_store,
     save_diffusion,
+    save_no_model,
     to_vectors,
     write_empty_synthetic,
 )
 from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
-from cfdg.errors import CheckpointError, ConfigError
+from cfdg.errors import CheckpointError, ConfigError, StoreError
 from cfdg.io import digest
 from cfdg.quality import js_divergences
 from cfdg.store import StoreMeta, Transitions, read_store
 from tests.conftest import make_transitions
 
 OBS, ACT = 2, 1
-TOY = {"width": 128, "depth": 3, "train_steps": 2500, "sample_steps": 32, "sample_batch": 2000, "guidance_w": 1.0}
+TOY = {"width": 128, "depth": 3, "train_steps": 2500}
+SAMPLING = SamplingConfig(steps=32, batch=2000, guidance_w=1.0)
 
 
 def mixture(n: int, centre: float, seed: int, terminal_rate: float) -> Transitions:
@@ -89,7 +93,7 @@ def test_fit_metrics(toy):
 
 def test_online_samples_match_online_mixture(toy):
     offline, online, model, _ = toy
-    s = sample(model, 2000, label=1, seed=3)
+    s = sample(model, 2000, 1, 3, SAMPLING)
     assert (s.labels == 1).all()
     to_online = js_divergences(online, s, seed=0)["transition"]["classifier"]
     to_offline = js_divergences(offline, s, seed=0)["transition"]["classifier"]
@@ -102,7 +106,7 @@ def test_online_samples_match_online_mixture(toy):
 
 def test_offline_samples_match_offline_mixture(toy):
     _, _, model, _ = toy
-    s = sample(model, 1000, label=0, seed=4)
+    s = sample(model, 1000, 0, 4, SAMPLING)
     proj = centre_projection(s)
     assert (np.abs(proj - OFF_CENTRE) < 2).mean() > 0.95
     assert s.terminals.mean() < 0.05
@@ -110,7 +114,7 @@ def test_offline_samples_match_offline_mixture(toy):
 
 def test_unconditional_samples_cover_both(toy):
     _, _, model, _ = toy
-    s = sample(model, 2000, label=None, seed=5)
+    s = sample(model, 2000, None, 5, SAMPLING)
     assert s.labels is None
     proj = centre_projection(s)
     near_off = (np.abs(proj - OFF_CENTRE) < 2).mean()
@@ -121,10 +125,14 @@ def test_unconditional_samples_cover_both(toy):
 
 def test_more_guidance_moves_samples_toward_their_class(toy):
     _, _, model, _ = toy
-    means = [centre_projection(sample(model, 1500, label=1, seed=6, guidance_w=w)).mean() for w in (0.0, 2.0, 6.0)]
+
+    def guided(label: int, w: float) -> float:
+        return centre_projection(sample(model, 1500, label, 6, dataclasses.replace(SAMPLING, guidance_w=w))).mean()
+
+    means = [guided(1, w) for w in (0.0, 2.0, 6.0)]
     # Guidance extrapolates away from the unconditional model, which sits on the offline side.
     assert means[0] < means[1] < means[2], means
-    off = [centre_projection(sample(model, 1500, label=0, seed=6, guidance_w=w)).mean() for w in (0.0, 6.0)]
+    off = [guided(0, w) for w in (0.0, 6.0)]
     assert off[1] < off[0], off
 
 
@@ -145,14 +153,15 @@ def test_batched_guidance_equals_two_calls(toy):
 
 def test_sampling_is_deterministic_for_a_seed(toy):
     _, _, model, _ = toy
-    a = sample(model, 300, label=1, seed=11)
-    b = sample(model, 300, label=1, seed=11)
-    c = sample(model, 300, label=1, seed=12)
+    a = sample(model, 300, 1, 11, SAMPLING)
+    b = sample(model, 300, 1, 11, SAMPLING)
+    c = sample(model, 300, 1, 12, SAMPLING)
     for name, arr in a.arrays().items():
         np.testing.assert_array_equal(arr, b.arrays()[name], err_msg=name)
     assert not np.array_equal(a.observations, c.observations)
-    d = sample(model, 300, label=1, seed=11, stochastic=False)
-    e = sample(model, 300, label=1, seed=11, stochastic=False)
+    ode = dataclasses.replace(SAMPLING, stochastic=False)
+    d = sample(model, 300, 1, 11, ode)
+    e = sample(model, 300, 1, 11, ode)
     np.testing.assert_array_equal(d.observations, e.observations)
     assert not np.array_equal(a.observations, d.observations)
 
@@ -211,13 +220,35 @@ def test_checkpoint_round_trip(toy, tmp_path):
     assert dataclasses.replace(loaded.cfg, device="auto") == model.cfg and loaded.step == model.step
     assert loaded.device == torch.device("cpu")
     assert loaded.optimizer_state is not None and loaded.optimizer_state["state"]
-    a = sample(model, 200, label=1, seed=9)
-    b = sample(loaded, 200, label=1, seed=9)
+    a = sample(model, 200, 1, 9, SAMPLING)
+    b = sample(loaded, 200, 1, 9, SAMPLING)
     np.testing.assert_array_equal(a.observations, b.observations)
     np.testing.assert_array_equal(a.rewards, b.rewards)
     check_dims(loaded, OBS, ACT)
     with pytest.raises(CheckpointError, match="obs/act dims 2/1, data has 11/3"):
         check_dims(loaded, 11, 3)
+
+
+def test_checkpoint_holds_no_sampling_knob_and_refuses_old_versions(toy, tmp_path):
+    _, _, model, _ = toy
+    path = save_diffusion(model, tmp_path / "diffusion.pt")
+    ckpt = torch.load(path, weights_only=True)
+    fit_keys = {f.name for f in dataclasses.fields(DiffusionConfig)}
+    assert set(ckpt["config"]) == fit_keys
+    sampling_only = {f.name for f in dataclasses.fields(SamplingConfig)} - {"precision", "threads"}
+    assert not sampling_only & set(ckpt["config"]), sampling_only & set(ckpt["config"])
+    assert checkpoint_variant(path) == "cfdg"
+    # A version-1 checkpoint (sampling knobs inside) gets one line that says what to do.
+    ckpt["version"] = 1
+    torch.save(ckpt, tmp_path / "old.pt")
+    for read in (load_diffusion, checkpoint_variant):
+        with pytest.raises(CheckpointError, match=r"old.pt: checkpoint version 1, this cfdg reads 2; refit") as e:
+            read(tmp_path / "old.pt")
+        assert "\n" not in str(e.value)
+    none = save_no_model(tmp_path / "none.pt")
+    assert checkpoint_variant(none) == "none"
+    with pytest.raises(CheckpointError, match="variant 'none' fitted no model"):
+        load_diffusion(none)
 
 
 def test_bad_checkpoints(tmp_path):
@@ -236,7 +267,7 @@ def test_bad_checkpoints(tmp_path):
 def test_sample_to_store(toy, tmp_path):
     _, _, model, _ = toy
     meta = StoreMeta(kind="synthetic", env_id="toy", source="test", round=1, seed=7)
-    kw = {"n": 1000, "meta": meta, "seed": 7, "batch_size": 300, "progress": False}
+    kw = {"meta": meta, "seed": 7, "sampling": dataclasses.replace(SAMPLING, n_rows=1000, batch=300), "progress": False}
     a = sample_to_store(model, out_path=tmp_path / "a.zarr", **kw)
     b = sample_to_store(model, out_path=tmp_path / "b.zarr", **kw)
     c = sample_to_store(model, out_path=tmp_path / "c.zarr", **{**kw, "seed": 8})
@@ -274,10 +305,11 @@ def test_synther_variant_is_unconditional_on_online_data(tmp_path):
     model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
     assert metrics["n_train"] == {"offline": 0, "online": 500}
     meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
-    data, attrs = read_store(sample_to_store(model, 100, tmp_path / "s.zarr", meta, seed=0, progress=False))
+    sampling = dataclasses.replace(SAMPLING, n_rows=100)
+    data, attrs = read_store(sample_to_store(model, tmp_path / "s.zarr", meta, 0, sampling, progress=False))
     assert attrs["counts"]["online"] == 100 and (data.labels == 1).all()
     with pytest.raises(ConfigError, match="label 0"):
-        sample(model, 10, label=0, seed=0)
+        sample(model, 10, 0, 0, SAMPLING)
 
 
 def test_fit_is_deterministic_and_rejects_bad_input():
@@ -299,7 +331,20 @@ def test_fit_is_deterministic_and_rejects_bad_input():
 
 def test_config_parsing():
     cfg = from_mapping(DiffusionConfig, {"width": 256, "precision": "bf16"}, "diffusion")
-    assert cfg.width == 256 and cfg.depth == 6 and cfg.sample_steps == 128 and cfg.s_churn == 80.0
+    assert cfg.width == 256 and cfg.depth == 6 and cfg.train_steps == 100_000
+    sampling = from_mapping(SamplingConfig, {"guidance_w": 2.0}, "sampling")
+    assert sampling.steps == 128 and sampling.s_churn == 80.0 and sampling.stochastic and sampling.buffer == "replace"
+    # Sampling knobs are not fitting parameters: a fit config refuses them by name.
+    with pytest.raises(ConfigError, match=r"diffusion: unknown key\(s\) \['guidance_w'\]"):
+        from_mapping(DiffusionConfig, {"guidance_w": 2.0}, "diffusion")
+    with pytest.raises(ConfigError, match=r"sampling.solver: must be one of \['heun'"):
+        from_mapping(SamplingConfig, {"solver": "euler"}, "sampling")
+    with pytest.raises(ConfigError, match=r"sampling.capacity: must be >= sampling.n_rows \(100\)"):
+        from_mapping(SamplingConfig, {"buffer": "fifo", "n_rows": 100, "capacity": 50}, "sampling")
+    with pytest.raises(ConfigError, match=r"sampling.buffer: must be one of \['replace', 'fifo'\]"):
+        from_mapping(SamplingConfig, {"buffer": "ring"}, "sampling")
+    with pytest.raises(ConfigError, match=r"diffusion.threads: must be >= 0"):
+        from_mapping(DiffusionConfig, {"threads": -1}, "diffusion")
     with pytest.raises(ConfigError, match=r"diffusion: unknown key\(s\) \['widht'\]"):
         from_mapping(DiffusionConfig, {"widht": 3}, "diffusion")
     with pytest.raises(ConfigError, match="p_uncond"):
@@ -323,3 +368,59 @@ def test_normaliser_and_vectors():
     back = from_vectors(v2, 3, 2)
     np.testing.assert_array_equal(back.terminals, np.arange(200) % 2 == 1)
     np.testing.assert_array_equal(back.observations, t.observations)
+
+
+def test_joint_variant_is_one_unconditional_model_on_both_buffers(tmp_path):
+    """`joint` (paper Table 3 "w/o guidance") models offline ∪ online with the null label only."""
+    offline = mixture(1500, OFF_CENTRE, seed=1, terminal_rate=0.0)
+    online = mixture(500, ON_CENTRE, seed=2, terminal_rate=0.0)
+    cfg = from_mapping(DiffusionConfig, {**TOY, "variant": "joint", "train_steps": 1500}, "diffusion")
+    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    assert metrics["n_train"] == {"offline": 1500, "online": 500}
+    # Its class rows 0/1 were never trained: they keep their initial values.
+    init = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)[0]
+    torch.testing.assert_close(model.net.class_emb.weight[:2], init.net.class_emb.weight[:2])
+    assert not torch.allclose(model.net.class_emb.weight[2], init.net.class_emb.weight[2])
+    meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
+    sampling = dataclasses.replace(SAMPLING, n_rows=1000, guidance_w=4.0)  # w is ignored: no class to guide
+    data, attrs = read_store(sample_to_store(model, tmp_path / "j.zarr", meta, 0, sampling, progress=False))
+    # Labelled online (the agent's synthetic share), drawn from both mixtures in the data's 3:1 proportion.
+    assert attrs["counts"] == {"rows": 1000, "online": 1000, "offline": 0}
+    proj = centre_projection(data)
+    near_off, near_on = (np.abs(proj - OFF_CENTRE) < 2).mean(), (np.abs(proj - ON_CENTRE) < 2).mean()
+    assert 0.6 < near_off < 0.9 and 0.1 < near_on < 0.4, (near_off, near_on)
+    unguided = sample(model, 200, 1, 3, dataclasses.replace(SAMPLING, guidance_w=0.0))
+    np.testing.assert_array_equal(sample(model, 200, 1, 3, sampling).observations, unguided.observations)
+    with pytest.raises(ConfigError, match="'joint' model is unconditional"):
+        sample(model, 10, 0, 0, SAMPLING)
+    with pytest.raises(ConfigError, match="variant 'joint' needs offline data"):
+        fit_diffusion(None, online, cfg, seed=0, progress=False)
+
+
+def test_fifo_buffer_keeps_the_newest_rows_up_to_capacity(toy, tmp_path):
+    _, _, model, _ = toy
+    meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
+    fifo = dataclasses.replace(SAMPLING, n_rows=300, batch=128, buffer="fifo", capacity=700)
+    r1 = sample_to_store(model, tmp_path / "1.zarr", meta, 1, fifo, prev=None, progress=False)
+    r2 = sample_to_store(model, tmp_path / "2.zarr", meta, 2, fifo, prev=r1, progress=False)
+    r3 = sample_to_store(model, tmp_path / "3.zarr", meta, 3, fifo, prev=r2, progress=False)
+    d1, d2, d3 = (read_store(p)[0] for p in (r1, r2, r3))
+    assert (len(d1), len(d2), len(d3)) == (300, 600, 700)
+    # Round 2 = round 1's rows then round 2's samples; round 3 drops the oldest 200 rows.
+    np.testing.assert_array_equal(d2.observations[:300], d1.observations)
+    np.testing.assert_array_equal(d3.observations[:400], d2.observations[200:])
+    replace = dataclasses.replace(fifo, buffer="replace")
+    fresh3 = read_store(sample_to_store(model, tmp_path / "x.zarr", meta, 3, replace, progress=False))[0]
+    np.testing.assert_array_equal(d3.observations[400:], fresh3.observations)
+    np.testing.assert_array_equal(d3.labels[400:], fresh3.labels)
+    assert read_store(r3)[1]["counts"]["online"] == int(d3.labels.sum())
+    # `replace` ignores the previous store.
+    replaced = sample_to_store(model, tmp_path / "r.zarr", meta, 3, replace, prev=r2, progress=False)
+    assert digest(replaced) == digest(tmp_path / "x.zarr")
+    with pytest.raises(StoreError, match="previous synthetic buffer has kind 'offline'"):
+        offline_store = tmp_path / "off.zarr"
+        from cfdg.store import write_store
+
+        write_store(offline_store, mixture(10, 0.0, 0, 0.0), StoreMeta(kind="offline", env_id="toy", source="t"))
+        sample_to_store(model, tmp_path / "bad.zarr", meta, 3, fifo, prev=offline_store, progress=False)
+    assert not (tmp_path / "bad.zarr").exists()

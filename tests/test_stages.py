@@ -132,9 +132,10 @@ def test_each_stage_declares_exactly_what_it_reads():
     assert declared["pretrain"] == {"seed", "agent", "pretrain"}
     assert declared["rollout"] == {"rollout"}
     assert declared["fit"] == {"seed", "diffusion"}
-    assert declared["materialise"] == {"seed", "diffusion", "quality"}
+    assert declared["materialise"] == {"seed", "sampling", "quality"}  # the variant comes from the checkpoint
     assert declared["report"] == {"rounds", "report", "quality"}
-    assert not any("diffusion" in declared[s] for s in ("dataset", "pretrain", "rollout"))
+    assert not any("diffusion" in declared[s] for s in ("dataset", "pretrain", "rollout", "materialise"))
+    assert not any("sampling" in declared[s] for s in declared if s != "materialise")
 
 
 def test_dvc_sees_one_stage_per_round_and_the_dag(tmp_path):
@@ -225,7 +226,7 @@ def test_diffusion_param_change_reruns_fit_materialise_and_what_follows(finished
     repo = clone(finished, tmp_path / "p")
     before = tree_digests(repo / "artifacts" / "dataset") | tree_digests(repo / "artifacts" / "rounds" / "0")
     raw = params.read_params(repo / "params.yaml")
-    set_params(repo, diffusion={"guidance_w": float(raw["diffusion"].get("guidance_w", 1.0)) + 1.0})
+    set_params(repo, diffusion={"p_uncond": float(raw["diffusion"].get("p_uncond", 0.1)) + 0.05})
     n = len(params.rounds(raw))
     ran = ran_stages(dvc(repo, "repro").stdout)
     expected = {f"fit@{k}" for k in range(1, n + 1)} | {f"materialise@{k}" for k in range(1, n + 1)}
@@ -233,6 +234,40 @@ def test_diffusion_param_change_reruns_fit_materialise_and_what_follows(finished
     assert set(ran) == expected
     after = tree_digests(repo / "artifacts" / "dataset") | tree_digests(repo / "artifacts" / "rounds" / "0")
     assert after == before
+
+
+@pytest.mark.slow
+def test_sampling_param_change_refits_nothing_and_fifo_carries_rows(finished, tmp_path):
+    """A `sampling.*` change reruns materialise and what follows; no fit reruns on the data it had."""
+    from cfdg.store import read_store
+
+    repo = clone(finished, tmp_path / "p")
+    raw = params.read_params(repo / "params.yaml")
+    n, n_rows = len(params.rounds(raw)), int(raw["sampling"]["n_rows"])
+    lock_before = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    model_before = digest(repo / "artifacts" / "rounds" / "1" / "diffusion.pt")
+    w = float(raw["sampling"].get("guidance_w", 1.0)) + 1.0
+    set_params(repo, sampling={"guidance_w": w, "buffer": "fifo", "capacity": 10 * n_rows})
+    status = dvc(repo, "status").stdout
+    assert "materialise@1" in status and "fit@1" not in status
+    # Round 1 alone: only its materialise runs, on the same model.
+    assert ran_stages(dvc(repo, "repro", "materialise@1").stdout) == ["materialise@1"]
+    assert digest(repo / "artifacts" / "rounds" / "1" / "diffusion.pt") == model_before
+    ran = set(ran_stages(dvc(repo, "repro").stdout))
+    # Later rounds rerun because their agent trained on the new synthetic data and so collected
+    # different online data: fit@k (k >= 2) reruns for its new data, never for a sampling knob.
+    expected = {f"materialise@{k}" for k in range(2, n + 1)} | {f"rollout@{k}" for k in range(2, n + 1)}
+    expected |= {f"fit@{k}" for k in range(2, n + 1)} | {"report"}
+    assert ran == expected
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for k in range(1, n + 1):
+        assert lock[f"fit@{k}"]["params"] == lock_before[f"fit@{k}"]["params"]
+    # fifo: round 2's store = round 1's rows, then round 2's own samples.
+    r1, _ = read_store(repo / "artifacts" / "rounds" / "1" / "synthetic.zarr")
+    r2, attrs2 = read_store(repo / "artifacts" / "rounds" / "2" / "synthetic.zarr")
+    assert len(r1) == n_rows and len(r2) == 2 * n_rows
+    assert (r2.observations[:n_rows] == r1.observations).all()
+    assert attrs2["params"]["sampling"]["guidance_w"] == w and "previous_synthetic" in attrs2["inputs"]
 
 
 @pytest.mark.slow
@@ -252,37 +287,33 @@ def test_users_d4rl_file_is_imported_instead_of_building(finished, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["none", "synther"])
+@pytest.mark.parametrize("variant", ["none", "synther", "joint"])
 def test_fit_and_materialise_other_variants(finished, tmp_path, variant):
-    """`none` writes an empty synthetic store (the base algorithm); `synther` labels every row online."""
+    """`none` writes an empty synthetic store (the base algorithm); `synther` and `joint` label every row online."""
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig
+    from cfdg.diffusion import DiffusionConfig, SamplingConfig
     from cfdg.store import read_store
     from stages.fit import fit_stage
     from stages.materialise import materialise_stage
 
     raw = params.read_params(finished / "params.yaml")
     cfg = from_mapping(DiffusionConfig, {**raw["diffusion"], "variant": variant}, "diffusion")
+    sampling = from_mapping(SamplingConfig, raw["sampling"], "sampling")
     offline = finished / "artifacts" / "dataset" / "offline.zarr"
     online = finished / "artifacts" / "rounds" / "1" / "online.zarr"
     out = tmp_path / "rounds" / "1"
-    fit_stage(offline, online, cfg, 0, 1, out / "diffusion.pt", progress=False)
+    metrics = fit_stage(offline, online, cfg, 0, 1, out / "diffusion.pt", progress=False)
+    quality_cfg = params.QualityParams(max_rows=200)
     quality = materialise_stage(
-        out / "diffusion.pt",
-        offline,
-        online,
-        cfg,
-        params.QualityParams(max_rows=200),
-        0,
-        1,
-        out / "synthetic.zarr",
-        False,
+        out / "diffusion.pt", offline, online, sampling, quality_cfg, 0, 1, out / "synthetic.zarr", False
     )
     data, attrs = read_store(out / "synthetic.zarr")
-    assert attrs["kind"] == "synthetic" and attrs["params"]["diffusion"]["variant"] == variant
+    assert attrs["kind"] == "synthetic" and attrs["params"]["variant"] == variant
     if variant == "none":
         assert len(data) == 0 and "generated_vs_online" not in quality
     else:
-        assert len(data) == cfg.n_synthetic and data.labels.min() == 1
+        assert len(data) == sampling.n_rows and data.labels.min() == 1
+        n_offline = len(read_store(offline)[0]) if variant == "joint" else 0
+        assert metrics["n_train"] == {"offline": n_offline, "online": len(read_store(online)[0])}
         assert set(quality["generated_vs_online"]) == {"state", "action", "transition"}
     assert set(quality["offline_vs_online"]) == {"state", "action", "transition"}

@@ -1,4 +1,7 @@
-"""Diffusion checkpoints: weights, EMA weights, normaliser, optimiser state, config, data dims.
+"""Diffusion checkpoints: weights, EMA weights, normaliser, optimiser state, fit config, data dims.
+
+The config is the DiffusionConfig that fitting used; no sampling knob is stored (those are
+materialise's params), so a sampling change never needs a new checkpoint.
 
 Only tensors and plain Python go in, so `torch.load(weights_only=True)` reads it back; the
 write is atomic so a crash never leaves half a checkpoint where the next stage looks.
@@ -22,7 +25,8 @@ from cfdg.errors import CfdgError, CheckpointError
 from cfdg.io import atomic_torch_save, read_checkpoint
 
 FORMAT = "cfdg-diffusion"
-VERSION = 1
+# 2: the config holds fitting parameters only (sampling moved to params `sampling:`).
+VERSION = 2
 
 
 def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
@@ -41,6 +45,30 @@ def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
     return atomic_torch_save(path, ckpt)
 
 
+def save_no_model(path: str | os.PathLike) -> Path:
+    """The `none` variant's placeholder: the DAG keeps its shape, materialise knows to write no rows."""
+    return atomic_torch_save(path, {"format": FORMAT, "version": VERSION, "variant": "none"})
+
+
+def checkpoint_variant(path: str | os.PathLike) -> str:
+    """The variant a fit stage wrote (`none` for the placeholder): materialise needs no params for it."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, "diffusion")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}; refit it (dvc repro fit@k)"
+        )
+    if ckpt.get("variant") == "none":
+        return "none"
+    config = ckpt.get("config")
+    variant = config.get("variant") if isinstance(config, dict) else None
+    if not isinstance(variant, str):
+        raise CheckpointError(f"{path}: inconsistent diffusion checkpoint (no config.variant)")
+    return variant
+
+
 def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
     """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem."""
     path = Path(path)
@@ -48,7 +76,11 @@ def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}")
+        raise CheckpointError(
+            f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}; refit it (dvc repro fit@k)"
+        )
+    if ckpt.get("variant") == "none":
+        raise CheckpointError(f"{path}: variant 'none' fitted no model; there is nothing to load")
     try:
         cfg_map = dict(ckpt["config"])
         if device is not None:

@@ -1,7 +1,11 @@
-"""Parameters of the diffusion model, its training and its sampler (paper A.2; EDM; SynthER).
+"""Parameters of fitting the diffusion model (`diffusion:`) and of sampling from it (`sampling:`).
 
-Dataclass defaults are the paper's GPU settings (width 1024, depth 6, 128 Heun steps, 100K
-training steps); the pipeline's params.yaml chooses smaller sizes for CPU runs.
+They are apart because a fitted model serves many samplers: changing a sampling knob (guidance
+weight, steps, rows) must never refit a model (DESIGN.md "Sampling is not fitting"). The fit
+checkpoint stores a DiffusionConfig only; materialise reads a SamplingConfig.
+
+Dataclass defaults are the paper's GPU settings (A.2: width 1024, depth 6, 100K training steps,
+128 stochastic Heun steps, 1M synthetic rows); params.yaml chooses smaller sizes for CPU runs.
 """
 
 from __future__ import annotations
@@ -11,13 +15,18 @@ from typing import Literal
 
 from cfdg.config import check
 
-Variant = Literal["none", "synther", "cfdg"]
-VARIANTS = ("none", "synther", "cfdg")
+Variant = Literal["none", "synther", "joint", "cfdg"]
+# none: no augmentation; synther: unconditional model on online data only; joint: one
+# unconditional model on offline ∪ online (the paper's Table 3 "w/o guidance"); cfdg: conditional.
+VARIANTS = ("none", "synther", "joint", "cfdg")
+SOLVERS = ("heun",)
+BUFFERS = ("replace", "fifo")
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
-    # Which augmentation: none (no model), synther (unconditional, online data), cfdg (conditional).
+    """What fitting decides: the variant, the architecture, EDM's training noise, the optimiser."""
+
     variant: Variant = "cfdg"
 
     # Denoiser: residual MLP, SynthER block x + Linear(act(LN(x))).
@@ -29,6 +38,8 @@ class DiffusionConfig:
     emb_dim: int = 256  # width of the noise-level embedding MLP (SynthER: 256)
 
     # EDM (Karras et al. 2022). sigma_data 1.0 because the data is standardised (SynthER).
+    # sigma_min/max/rho also shape the sampler's noise levels, but they describe the noise range
+    # the model was trained for, so they stay with the model.
     sigma_data: float = 1.0
     sigma_min: float = 0.002
     sigma_max: float = 80.0
@@ -47,27 +58,15 @@ class DiffusionConfig:
     # small drop rate keeps most of the signal for the conditional model.
     p_uncond: float = 0.1
 
-    # Sampling: stochastic Heun sampler with the EDM ImageNet settings, or deterministic Heun.
-    guidance_w: float = 1.0  # D = (1+w) D(x,c) - w D(x,null); 0 = purely conditional
-    sample_steps: int = 128
-    stochastic: bool = True
-    s_churn: float = 80.0
-    s_tmin: float = 0.05
-    s_tmax: float = 50.0
-    s_noise: float = 1.003
-    online_fraction: float = 0.8  # cfdg: share of online-labelled samples (paper 8:2)
-    n_synthetic: int = 1_000_000
-    sample_batch: int = 4096  # rows per sampler call (x2 with guidance): big GEMMs
-
-    # Execution. bf16: autocast in training (fp32 master weights), a bf16 copy of the EMA
-    # network for sampling (sampler state and EDM arithmetic stay fp32).
+    # Execution. bf16: autocast in training (fp32 master weights).
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False  # torch.compile the denoiser (CUDA only)
     device: str = "auto"
+    threads: int = 0  # torch intra-op threads while fitting; 0 leaves torch's setting
 
     def __post_init__(self) -> None:
         w = "diffusion"
-        check(self.variant in VARIANTS, w, f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        check(self.variant in VARIANTS, f"{w}.variant", f"must be one of {list(VARIANTS)}, got {self.variant!r}")
         check(self.width >= 1, f"{w}.width", f"must be >= 1, got {self.width}")
         check(self.depth >= 1, f"{w}.depth", f"must be >= 1, got {self.depth}")
         check(self.fourier_features >= 1, f"{w}.fourier_features", "must be >= 1")
@@ -82,10 +81,57 @@ class DiffusionConfig:
         check(self.grad_clip >= 0, f"{w}.grad_clip", "must be >= 0")
         check(0 <= self.ema_decay < 1, f"{w}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check(0 <= self.p_uncond < 1, f"{w}.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
-        check(self.guidance_w >= 0, f"{w}.guidance_w", f"must be >= 0, got {self.guidance_w}")
-        check(self.sample_steps >= 1, f"{w}.sample_steps", f"must be >= 1, got {self.sample_steps}")
-        check(self.s_churn >= 0 and self.s_noise > 0, f"{w}.s_churn", "need s_churn >= 0 and s_noise > 0")
-        check(0 <= self.online_fraction <= 1, f"{w}.online_fraction", "must be in [0, 1]")
-        check(self.n_synthetic >= 0, f"{w}.n_synthetic", "must be >= 0")
-        check(self.sample_batch >= 1, f"{w}.sample_batch", "must be >= 1")
         check(self.precision in ("fp32", "bf16"), f"{w}.precision", "must be 'fp32' or 'bf16'")
+        check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How materialise draws the synthetic store from a fitted model; never part of the model."""
+
+    # Classifier-free guidance, the paper's Eq. 7: ε = (1+w)·ε(x,c) − w·ε(x,∅).
+    # w = 0 is the purely conditional model; w > 0 pushes samples away from the unconditional
+    # one. Ignored for the unconditional variants (synther, joint).
+    guidance_w: float = 1.0
+    # EDM sampler (Karras et al. 2022, Algorithm 2); stochastic = churn with the EDM ImageNet
+    # settings (S_churn 80, S_tmin 0.05, S_tmax 50, S_noise 1.003), else deterministic Heun.
+    solver: str = "heun"
+    steps: int = 128
+    stochastic: bool = True
+    s_churn: float = 80.0
+    s_tmin: float = 0.05
+    s_tmax: float = 50.0
+    s_noise: float = 1.003
+    # cfdg: share of the rows generated with the online label (paper 8:2 -> 0.8). The
+    # unconditional variants label every row online (the agent uses them as the synthetic share).
+    online_label_share: float = 0.8
+    n_rows: int = 1_000_000  # rows generated per round
+    batch: int = 4096  # rows per sampler call (x2 with guidance): big GEMMs
+    # bf16: a bf16 copy of the EMA network (the sampler state and EDM arithmetic stay fp32).
+    precision: Literal["fp32", "bf16"] = "fp32"
+    threads: int = 0  # torch intra-op threads while sampling; 0 leaves torch's setting
+    # The synthetic buffer across rounds: `replace` = round k's store is round k's samples;
+    # `fifo` = the newest `capacity` rows of (round k-1's store ∪ round k's samples).
+    buffer: Literal["replace", "fifo"] = "replace"
+    capacity: int = 1_000_000  # fifo only: most rows the synthetic store keeps
+
+    def __post_init__(self) -> None:
+        w = "sampling"
+        check(self.guidance_w >= 0, f"{w}.guidance_w", f"must be >= 0, got {self.guidance_w}")
+        check(self.solver in SOLVERS, f"{w}.solver", f"must be one of {list(SOLVERS)}, got {self.solver!r}")
+        check(self.steps >= 1, f"{w}.steps", f"must be >= 1, got {self.steps}")
+        check(self.s_churn >= 0, f"{w}.s_churn", f"must be >= 0, got {self.s_churn}")
+        check(0 <= self.s_tmin <= self.s_tmax, f"{w}.s_tmin", "need 0 <= s_tmin <= s_tmax")
+        check(self.s_noise > 0, f"{w}.s_noise", f"must be > 0, got {self.s_noise}")
+        check(0 <= self.online_label_share <= 1, f"{w}.online_label_share", "must be in [0, 1]")
+        check(self.n_rows >= 0, f"{w}.n_rows", f"must be >= 0, got {self.n_rows}")
+        check(self.batch >= 1, f"{w}.batch", f"must be >= 1, got {self.batch}")
+        check(self.precision in ("fp32", "bf16"), f"{w}.precision", "must be 'fp32' or 'bf16'")
+        check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
+        check(self.buffer in BUFFERS, f"{w}.buffer", f"must be one of {list(BUFFERS)}, got {self.buffer!r}")
+        if self.buffer == "fifo":
+            check(
+                self.capacity >= self.n_rows,
+                f"{w}.capacity",
+                f"must be >= sampling.n_rows ({self.n_rows}) with buffer 'fifo', got {self.capacity}",
+            )

@@ -49,7 +49,7 @@ class DiffusionModel:
     def d_data(self) -> int:
         return vector_dim(self.obs_dim, self.act_dim)
 
-    def sampling_net(self, precision: str | None = None) -> nn.Module:
+    def sampling_net(self, precision: str = "fp32") -> nn.Module:
         """The EMA network for sampling; for bf16 a cached copy whose weights ARE bf16.
 
         Inference needs no fp32 master weights, and a pure-bf16 network skips autocast's
@@ -57,7 +57,6 @@ class DiffusionModel:
         faster than autocast on CPU). The sampler's state and EDM arithmetic stay fp32.
         Compiled once when cfg.compile is set and the device is CUDA.
         """
-        precision = precision or self.cfg.precision
         if precision not in ("fp32", "bf16"):
             raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
         if precision not in self._sampling_nets:

@@ -2,9 +2,10 @@
 
 Variants share this code: `cfdg` trains on both buffers with labels 0/1 and label dropout
 (p_uncond) so one network is both the conditional and the unconditional model; `synther`
-trains on online data only with the null label (a purely unconditional model); `none` has no
-model and is an error here. All randomness comes from one seeded generator: same data,
-config and seed give the same weights bit for bit on CPU.
+trains on online data only with the null label (a purely unconditional model); `joint` trains
+on offline ∪ online with the null label for every row (one unconditional model, the paper's
+Table 3 "w/o guidance"); `none` has no model and is an error here. All randomness comes from
+one seeded generator: same data, config and seed give the same weights bit for bit on CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cfdg.device import autocast, select_device
+from cfdg.device import autocast, select_device, torch_threads
 from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.denoiser import LABEL_NULL
 from cfdg.diffusion.edm import edm_loss
@@ -42,7 +43,7 @@ def training_data(
         v = to_vectors(online)
         return v, np.full(len(v), LABEL_NULL, np.int64), {"offline": 0, "online": len(v)}
     if offline is None or len(offline) == 0:
-        raise ConfigError("fit_diffusion: variant 'cfdg' needs offline data (got none)")
+        raise ConfigError(f"fit_diffusion: variant {cfg.variant!r} needs offline data (got none)")
     if (offline.obs_dim, offline.act_dim) != (online.obs_dim, online.act_dim):
         raise ConfigError(
             f"fit_diffusion: offline obs/act dims {offline.obs_dim}/{offline.act_dim} differ from "
@@ -50,6 +51,8 @@ def training_data(
         )
     v = np.concatenate([to_vectors(offline), to_vectors(online)])
     labels = np.concatenate([np.full(len(offline), LABEL_OFFLINE), np.full(len(online), LABEL_ONLINE)])
+    if cfg.variant == "joint":
+        labels = np.full(len(v), LABEL_NULL)
     return v, labels.astype(np.int64), {"offline": len(offline), "online": len(online)}
 
 
@@ -63,6 +66,13 @@ def fit_diffusion(
     offline: Transitions | None, online: Transitions, cfg: DiffusionConfig, seed: int, progress: bool = True
 ) -> tuple[DiffusionModel, dict[str, Any]]:
     """Train for cfg.train_steps Adam steps; returns the model and metrics (losses, speed, counts)."""
+    with torch_threads(cfg.threads):
+        return _fit(offline, online, cfg, seed, progress)
+
+
+def _fit(
+    offline: Transitions | None, online: Transitions, cfg: DiffusionConfig, seed: int, progress: bool
+) -> tuple[DiffusionModel, dict[str, Any]]:
     vectors, labels_np, counts = training_data(offline, online, cfg)
     normaliser = Normaliser.fit(vectors)
     device = select_device(cfg.device)

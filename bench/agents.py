@@ -1,4 +1,4 @@
-"""Updates/s of the IQL, PEX and APL agents against a straightforward eager IQL reference.
+"""Updates/s of the IQL, PEX, APL and Cal-QL agents against a straightforward eager IQL reference.
 
     python bench/agents.py [--json] [--batch 256] [--hidden 256 256] [--threads N] [--device auto]
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device(args.device)
     agents = {
         (a, prec): make_agent(AgentConfig(algo=a, precision=prec, **cfg), OBS, ACT, 1.0, device)
-        for a in ("iql", "pex", "apl")
+        for a in ("iql", "pex", "apl", "calql")
         for prec in ("fp32", "bf16")
     }
     for prec in ("fp32", "bf16"):
@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     ref = EagerIQL(hidden, device)
     offline = ReplayBuffer.from_transitions(make_transitions(50_000, OBS, ACT, seed=0), device)
     online = ReplayBuffer.from_transitions(make_transitions(20_000, OBS, ACT, seed=1), device)
+    calibrated = ReplayBuffer.from_transitions(data := make_transitions(50_000, OBS, ACT, seed=0), device)
+    calibrated.mc_returns = torch.as_tensor(agents["calql", "fp32"].offline_mc_returns(data)).to(device)
     gen = torch.Generator().manual_seed(0)
     concat = BatchMixer("concat", args.batch, online, offline)
     bern = BatchMixer("bernoulli", args.batch, online, offline, p_online=0.5)
@@ -140,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
         steps[f"IQL, {prec}"] = lambda p=prec: agents["iql", p].update(sample_uniform(offline, args.batch, gen))
         steps[f"PEX online (mixed batches), {prec}"] = lambda p=prec: agents["pex", p].update(concat.sample(gen))
         steps[f"APL online (Bernoulli batches), {prec}"] = lambda p=prec: agents["apl", p].update(bern.sample(gen))
+        steps[f"Cal-QL offline (calibrated), {prec}"] = lambda p=prec: agents["calql", p].update(
+            sample_uniform(calibrated, args.batch, gen)
+        )
     best = dict.fromkeys(steps, 0.0)
     t0 = time.perf_counter()
     for _ in range(args.rounds):

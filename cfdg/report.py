@@ -299,7 +299,7 @@ def ground_truth_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> 
     fig = _figure(12.0, 3.4)
     panels = (
         ("state JS (nats)", (("js_state_round", "-", "to round"), ("js_state_fresh", "--", "to fresh"))),
-        ("next-state rel. error", (("next_state_rel_error", "-", ""),)),
+        ("next-state rel. error (shown >= 1e-7)", (("next_state_rel_error", "-", ""),)),
         ("memorisation ratio", (("memorisation_round", "-", "round"), ("memorisation_fresh", "--", "fresh"))),
     )
     colors = {"offline": "tab:orange", "online": "tab:green", "generated": "tab:blue", "generated_all": "tab:purple"}

@@ -307,3 +307,40 @@ def test_mujoco_is_the_mujoco_bindings():
     """gymnasium-robotics runs on DeepMind's `mujoco` bindings (D4RL ran on mujoco-py)."""
     e = envs.make_env("antmaze-umaze", seed=0)
     assert isinstance(e.unwrapped.model, mujoco.MjModel)
+
+
+def test_apl_is_refused_on_antmaze_and_adroit(tmp_path):
+    from cfdg.config import from_mapping
+    from cfdg.datasets.build import DatasetConfig, build_dataset
+    from cfdg.errors import ConfigError
+
+    cfg = from_mapping(DatasetConfig, {"env": "relocate", "kind": "random", "transitions": 50}, "dataset")
+    build_dataset(cfg, tmp_path / "r.zarr", None, progress=False)
+    with pytest.raises(ConfigError, match="agent.algo: apl runs on locomotion only"):
+        pretrain(tmp_path / "r.zarr", AgentConfig(algo="apl"), PretrainConfig(steps=1), tmp_path / "a.pt", 0, False)
+    assert not (tmp_path / "a.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("presets", "algo", "checks"),
+    [
+        (["antmaze"], "iql", {"iql_tau": 0.9, "iql_beta": 10.0, "reward_shift": -1.0}),
+        (["adroit"], "iql", {"iql_tau": 0.8, "iql_beta": 3.0, "actor_dropout": 0.1}),
+        (["calql"], "calql", {"cql_alpha": 10.0, "cql_policy_lr": 3e-5}),
+        (["antmaze", "calql-antmaze"], "calql", {"cql_lagrange": True, "calql_sparse_mc": True, "cql_q_layers": 5}),
+        (["adroit", "calql-adroit"], "calql", {"cql_alpha": 1.0, "cql_q_layers": 3, "normalize_obs": False}),
+    ],
+)
+def test_domain_presets_validate(tmp_path, presets, algo, checks):
+    import shutil
+
+    from pipeline.preset import apply_preset
+    from stages import params
+    from tests.pipeline_project import ROOT
+
+    path = tmp_path / "params.yaml"
+    shutil.copy(ROOT / "params.yaml", path)
+    for name in presets:
+        apply_preset(ROOT / "configs" / f"{name}.yaml", path)
+    agent = params.load_all(path).sections["agent"]
+    assert agent.algo == algo and all(getattr(agent, k) == v for k, v in checks.items())

@@ -102,7 +102,7 @@ def rollout_cfg(steps: int, **kw) -> RolloutConfig:
 def pretrained(hopper_store, tmp_path_factory) -> dict[str, Path]:
     out = {}
     d = tmp_path_factory.mktemp("pre")
-    for algo in ("iql", "pex", "apl"):
+    for algo in ("iql", "pex", "apl", "calql"):
         cfg = AgentConfig(algo=algo, hidden_dims=(32, 32), batch_size=32)
         pretrain(hopper_store, cfg, PretrainConfig(steps=40, eval_every=0, eval_episodes=1), d / f"{algo}.pt", 3, False)
         out[algo] = d / f"{algo}.pt"
@@ -142,7 +142,7 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
         assert ca["counters"][key] == cb["counters"][key]
 
 
-@pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
+@pytest.mark.parametrize("algo", ["iql", "pex", "apl", "calql"])
 def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_store, tmp_path):
     syn = synthetic_store(tmp_path / "syn.zarr", seed=5)
     extra = {"online_buffer_size": 100} if algo == "apl" else {}  # APL: the FIFO wraps within the run

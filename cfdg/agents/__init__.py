@@ -1,4 +1,4 @@
-"""Offline-to-online agents (IQL, PEX, APL) behind one small interface; `make_agent` picks one."""
+"""Offline-to-online agents (IQL, PEX, APL, Cal-QL) behind one small interface; `make_agent` picks one."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import torch
 
 from cfdg.agents.apl import APL
 from cfdg.agents.base import Agent
+from cfdg.agents.calql import CalQL
 from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import IQL
 from cfdg.agents.pex import PEX
 
-AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL}
+AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL, "calql": CalQL}
 
 
 def make_agent(cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> Agent:

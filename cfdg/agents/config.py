@@ -12,7 +12,7 @@ from typing import Literal
 
 from cfdg.config import check
 
-Algo = Literal["iql", "pex", "apl"]
+Algo = Literal["iql", "pex", "apl", "calql"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,7 @@ class AgentConfig:
     actor_cosine: bool = True  # cosine decay of the actor lr over the offline steps (online: constant)
     log_std_min: float = -20.0
     log_std_max: float = 2.0
+    actor_dropout: float = 0.0  # dropout after each hidden layer of the IQL/PEX actor (Adroit: 0.1)
     # PEX
     inv_temperature: float = 10.0
     pex_eval_eps: float = 0.1  # eval: greedy with prob 1 - eps (PEX's epsilon_greedy_sample)
@@ -42,6 +43,26 @@ class AgentConfig:
     policy_delay: int = 2
     expl_noise: float = 0.1
     bc_alpha: float = 2.5
+    # Cal-QL (CQL with calibrated lower bound); CORL cal_ql.py TrainConfig defaults
+    cql_alpha: float = 10.0  # weight of the conservative term offline
+    cql_alpha_online: float = 10.0  # ... and while fine-tuning
+    cql_n_actions: int = 10  # sampled actions per state in the log-sum-exp
+    cql_temp: float = 1.0
+    cql_importance_sample: bool = True
+    cql_lagrange: bool = False  # tune the conservative weight towards cql_target_action_gap
+    cql_target_action_gap: float = -1.0
+    cql_max_target_backup: bool = False  # TD target: max over cql_n_actions sampled next actions
+    cql_clip_diff_min: float | None = None  # clip of the CQL gap; None: no clip (CORL: -inf)
+    cql_clip_diff_max: float | None = None
+    cql_policy_lr: float = 3e-5  # actor and SAC temperature lr (critics use `lr`)
+    cql_auto_alpha: bool = True  # tune SAC's temperature to entropy -|A|
+    cql_alpha_multiplier: float = 1.0
+    cql_backup_entropy: bool = False
+    cql_bc_steps: int = 0  # first gradient steps clone the data's actions
+    cql_orthogonal_init: bool = True
+    cql_actor_layers: int = 3  # hidden layers of width hidden_dims[0] (CORL: 3 x 256)
+    cql_q_layers: int = 2  # CORL q_n_hidden_layers (AntMaze 5, Adroit 3)
+    calql_sparse_mc: bool = False  # CORL is_sparse_reward: failed episodes get r/(1-γ) (AntMaze)
     # execution
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -64,6 +85,17 @@ class AgentConfig:
         check(self.expl_noise >= 0, f"{w}.expl_noise", f"must be >= 0, got {self.expl_noise}")
         check(self.bc_alpha > 0, f"{w}.bc_alpha", f"must be > 0, got {self.bc_alpha}")
         check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")
+        check(0 <= self.actor_dropout < 1, f"{w}.actor_dropout", f"must be in [0, 1), got {self.actor_dropout}")
+        check(self.cql_alpha >= 0, f"{w}.cql_alpha", f"must be >= 0, got {self.cql_alpha}")
+        check(self.cql_alpha_online >= 0, f"{w}.cql_alpha_online", f"must be >= 0, got {self.cql_alpha_online}")
+        check(self.cql_n_actions >= 1, f"{w}.cql_n_actions", f"must be >= 1, got {self.cql_n_actions}")
+        check(self.cql_temp > 0, f"{w}.cql_temp", f"must be > 0, got {self.cql_temp}")
+        check(self.cql_policy_lr > 0, f"{w}.cql_policy_lr", f"must be > 0, got {self.cql_policy_lr}")
+        check(self.cql_bc_steps >= 0, f"{w}.cql_bc_steps", f"must be >= 0, got {self.cql_bc_steps}")
+        check(self.cql_actor_layers >= 1, f"{w}.cql_actor_layers", f"must be >= 1, got {self.cql_actor_layers}")
+        check(self.cql_q_layers >= 1, f"{w}.cql_q_layers", f"must be >= 1, got {self.cql_q_layers}")
+        lo, hi = self.cql_clip_diff_min, self.cql_clip_diff_max
+        check(lo is None or hi is None or lo < hi, f"{w}.cql_clip_diff_min", "must be < cql_clip_diff_max")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ import torch
 
 from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
-from cfdg.agents.networks import GaussianPolicy, TwinQ, ValueNet
+from cfdg.agents.networks import GaussianPolicy, TwinQ, ValueNet, inference
 from cfdg.agents.optim import adam, frozen_copy, soft_update
 
 
@@ -44,7 +44,9 @@ class IQL(Agent):
     def _new_actor(self) -> GaussianPolicy:
         c = self.cfg
         log_std_range = (c.log_std_min, c.log_std_max)
-        policy = GaussianPolicy(self.obs_dim, self.act_dim, c.hidden_dims, self.max_action, log_std_range)
+        policy = GaussianPolicy(
+            self.obs_dim, self.act_dim, c.hidden_dims, self.max_action, log_std_range, c.actor_dropout
+        )
         return policy.to(self.device)
 
     def _new_optim(self) -> torch.optim.Adam:
@@ -97,7 +99,8 @@ class IQL(Agent):
     @torch.no_grad()
     def act(self, obs: np.ndarray, mode: Mode, gen: torch.Generator) -> np.ndarray:
         """Sample from the Gaussian while exploring (CORL online IQL), its mean in evaluation."""
-        mean, log_std = self.actor(self.obs_tensor(obs))
+        with inference(self.actor):
+            mean, log_std = self.actor(self.obs_tensor(obs))
         if mode == "explore":
             mean = mean + log_std.exp() * noise(mean.shape, gen, self.device)
         return mean.clamp(-self.max_action, self.max_action).cpu().numpy()

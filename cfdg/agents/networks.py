@@ -7,18 +7,19 @@ in one kernel per layer and one optimiser step; that, fused Adam and the absence
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 from torch import nn
 
 
-def mlp(in_dim: int, hidden: Iterable[int], out_dim: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: Iterable[int], out_dim: int, dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        layers += [nn.Linear(in_dim, h), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
         in_dim = h
     layers.append(nn.Linear(in_dim, out_dim))
     return nn.Sequential(*layers)
@@ -70,9 +71,11 @@ class ValueNet(nn.Module):
 class GaussianPolicy(nn.Module):
     """tanh-squashed mean, state-independent log-std (as CORL's and PEX's IQL policy)."""
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: Iterable[int], max_action: float, log_std_range) -> None:
+    def __init__(
+        self, obs_dim: int, act_dim: int, hidden: Iterable[int], max_action: float, log_std_range, dropout: float = 0.0
+    ) -> None:
         super().__init__()
-        self.net = mlp(obs_dim, hidden, act_dim)
+        self.net = mlp(obs_dim, hidden, act_dim, dropout)  # dropout: CORL's IQL actor_dropout (Adroit 0.1)
         self.log_std = nn.Parameter(torch.zeros(act_dim))
         self.max_action = max_action
         self.log_std_min, self.log_std_max = log_std_range
@@ -98,3 +101,17 @@ class DeterministicPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.net(obs)) * self.max_action
+
+
+@contextlib.contextmanager
+def inference(*modules: nn.Module | None) -> Iterator[None]:
+    """Dropout off while acting (CORL acts with actor.eval()); the modules' training mode comes back after."""
+    mods = [m for m in modules if m is not None]
+    modes = [m.training for m in mods]
+    for m in mods:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(mods, modes, strict=True):
+            m.train(mode)

@@ -14,6 +14,7 @@ import torch
 
 from cfdg.agents.base import Mode, noise, uniform
 from cfdg.agents.iql import IQL
+from cfdg.agents.networks import inference
 from cfdg.agents.optim import adam, frozen_copy
 
 
@@ -63,8 +64,9 @@ class PEX(IQL):
         if self.phase == "offline":
             return super().act(obs, mode, gen)
         s = self.obs_tensor(obs)
-        a_off = self.offline_actor(s)[0]
-        mean, log_std = self.actor(s)
+        with inference(self.actor, self.offline_actor):
+            a_off = self.offline_actor(s)[0]
+            mean, log_std = self.actor(s)
         eps = self.cfg.pex_eval_eps
         explore = mode == "explore"
         sample_new = explore or bool(uniform((), gen) < eps)

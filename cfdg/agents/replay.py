@@ -43,6 +43,7 @@ class ReplayBuffer:
         self.rewards = torch.zeros(self.capacity, device=device)
         self.next_observations = torch.zeros(self.capacity, obs_dim, device=device)
         self.dones = torch.zeros(self.capacity, device=device)  # terminals only: timeouts bootstrap
+        self.mc_returns: torch.Tensor | None = None  # Cal-QL's reference values of offline rows, when set
         self.total = 0  # rows ever added
 
     @classmethod
@@ -99,6 +100,7 @@ class Batch:
     dones: torch.Tensor
     counts: dict[str, int]
     lam: float | None = None  # APL: 0.0 online side (TD3), 1.0 offline side (TD3+BC)
+    mc_returns: torch.Tensor | None = None  # Cal-QL: when every source of the batch has them
 
     def __len__(self) -> int:
         return int(self.rewards.shape[0])
@@ -135,13 +137,16 @@ def split_count(n: int, fraction: float, gen: torch.Generator) -> int:
 
 def _assemble(parts: list[tuple[str, ReplayBuffer | None, int]], gen: torch.Generator, lam: float | None) -> Batch:
     counts = dict.fromkeys(SOURCES, 0)
-    gathered = []
+    gathered, mcs = [], []
     for name, buf, n in parts:
         if n > 0 and buf is not None:
-            gathered.append(buf.gather(buf.sample_index(n, gen)))
+            idx = buf.sample_index(n, gen)
+            gathered.append(buf.gather(idx))
+            mcs.append(None if buf.mc_returns is None else buf.mc_returns[idx])
             counts[name] += n
     fields = gathered[0] if len(gathered) == 1 else tuple(torch.cat(cols) for cols in zip(*gathered, strict=True))
-    return Batch(*fields, counts=counts, lam=lam)
+    mc = torch.cat(mcs) if all(m is not None for m in mcs) else None
+    return Batch(*fields, counts=counts, lam=lam, mc_returns=mc)
 
 
 def sample_uniform(buffer: ReplayBuffer, batch_size: int, gen: torch.Generator, lam: float | None = None) -> Batch:

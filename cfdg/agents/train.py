@@ -101,6 +101,7 @@ def pretrain(
     offline_store, out_checkpoint = Path(offline_store), Path(out_checkpoint)
     data, attrs = read_store(offline_store)
     env = envs.env_name(attrs["env_id"])
+    envs.check_algo(env, agent_cfg.algo)
     max_action = _env_spec(env, data, offline_store)
     seed_everything(seed)
     rngs = Rngs.seeded(seed)
@@ -109,6 +110,8 @@ def pretrain(
     agent.set_obs_stats(data.observations)
     agent.offline_steps_total = cfg.steps
     buffer = ReplayBuffer.from_transitions(data, device)
+    if getattr(agent, "needs_mc_returns", False):  # Cal-QL: reference values from the offline episodes
+        buffer.mc_returns = torch.as_tensor(agent.offline_mc_returns(data)).to(device)
     del data
 
     sums, losses, curve = MetricSums(), [], []

@@ -1,6 +1,7 @@
 """The user's `cfdg` command: the pipeline commands beside the library's own.
 
     cfdg run | round | serve | server | preset | check | table     (the pipeline, this module)
+    cfdg study run | report | cells                                (a grid of runs, pipeline/study.py)
     cfdg dataset | store | agent | quality                         (the library, cfdg.cli)
 
 run     the whole loop now, in this process (Prefect ephemeral mode, no server needed)
@@ -142,7 +143,10 @@ def register_loop(sub: argparse._SubParsersAction) -> None:
 
 def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     """Register the pipeline's sub-commands on `sub`; a new command module adds its line here."""
+    from pipeline import study
+
     register_loop(sub)
+    study.register(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,7 +19,7 @@ Variant = Literal["none", "synther", "joint", "cfdg"]
 # none: no augmentation; synther: unconditional model on online data only; joint: one
 # unconditional model on offline ∪ online (the paper's Table 3 "w/o guidance"); cfdg: conditional.
 VARIANTS = ("none", "synther", "joint", "cfdg")
-SOLVERS = ("heun",)
+SOLVERS = ("heun", "dpmpp2m")
 BUFFERS = ("replace", "fifo")
 
 
@@ -95,6 +95,8 @@ class SamplingConfig:
     guidance_w: float = 1.0
     # EDM sampler (Karras et al. 2022, Algorithm 2); stochastic = churn with the EDM ImageNet
     # settings (S_churn 80, S_tmin 0.05, S_tmax 50, S_noise 1.003), else deterministic Heun.
+    # dpmpp2m: DPM-Solver++(2M), deterministic, one network call per step (stochastic and
+    # s_* are ignored); it reaches the probability-flow ODE's answer in ~16-32 calls.
     solver: str = "heun"
     steps: int = 128
     stochastic: bool = True

@@ -1,0 +1,383 @@
+"""A study's report: the paper's Tables 1, 2, 3 and 6 and aggregated learning curves.
+
+Everything is read from the cells' DVC metrics files (the same files `dvc metrics show` reads:
+rounds/0/metrics.json, rounds/k/rollout.json, rounds/k/quality.json) and, for the compute
+table, from the cells' state files (wall time and peak memory of each stage, not DVC metrics
+because they differ run to run). Cells not finished yet are left out and counted.
+Mean ± std are over seeds (population std, as `pipeline table`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from cfdg import report as R
+from cfdg.io import atomic_write_json, atomic_write_text
+from stages import layout
+
+ORDER = {"none": 0, "synther": 1, "joint": 2, "cfdg": 3}
+DIVERGENCES = ("state", "action", "transition")
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+
+
+def _fmt(xs: Sequence[float], digits: int = 1) -> str:
+    if not xs:
+        return "–"
+    m, s = _mean_std(xs)
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested metrics as dotted keys."""
+    out: dict[str, float] = {}
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    elif isinstance(obj, int | float) and not isinstance(obj, bool):
+        out[prefix[:-1]] = float(obj)
+    return out
+
+
+def cell_results(ws: Path) -> dict[str, Any] | None:
+    """Learning curve, final score and per-round quality of one finished cell, from its metrics files."""
+    from stages.report import curve_point
+
+    rounds_dir = ws / layout.ROUNDS_DIR
+    m0 = _json(rounds_dir / "0" / "metrics.json")
+    if m0 is None:
+        return None
+    curve = [curve_point(m0, rounds_dir / "0" / "metrics.json")]
+    quality: dict[int, dict[str, float]] = {}
+    k = 1
+    while (rounds_dir / str(k) / "rollout.json").is_file():
+        curve.append(curve_point(_json(rounds_dir / str(k) / "rollout.json"), rounds_dir / str(k) / "rollout.json"))
+        q = _json(rounds_dir / str(k) / "quality.json")
+        if q is not None:
+            quality[k] = flatten(q)
+        k += 1
+    return {
+        "curve": [(p.env_steps, p.score) for p in curve],
+        "pretrain_score": curve[0].score,
+        "final_score": curve[-1].score,
+        "quality": quality,
+    }
+
+
+def collect(plan: Any) -> list[dict[str, Any]]:
+    """One record per finished cell: its axes, results and stage costs."""
+    from pipeline.study import cell_dir, is_done, read_state, state_path
+
+    records = []
+    for c in plan.study.cells:
+        if not is_done(plan.sdir, c, plan.commit):
+            continue
+        res = cell_results(cell_dir(plan.sdir, c))
+        if res is None:
+            continue
+        records.append(
+            {
+                "cell": c.name,
+                "grid": c.grid,
+                "dataset": c.dataset,
+                "algo": c.algo,
+                "variant": c.variant,
+                "ablation": c.ablation,
+                "seed": c.seed,
+                **res,
+                "stages": read_state(state_path(plan.sdir, c)).get("stages", {}),
+            }
+        )
+    return records
+
+
+def _vname(v: str) -> str:
+    return R.VARIANT_NAMES.get(v, v)
+
+
+def _variants(records: Iterable[Mapping[str, Any]]) -> list[str]:
+    return sorted({r["variant"] for r in records}, key=lambda v: (ORDER.get(v, 10), v))
+
+
+def table1(records: Sequence[Mapping[str, Any]]) -> str:
+    main = [r for r in records if not r["ablation"]]
+    if not main:
+        return "No finished cells without ablation.\n"
+    summaries = [
+        {"dataset": r["dataset"], "algo": r["algo"], "variant": r["variant"], "final_score": r["final_score"]}
+        for r in main
+    ]
+    lines = [
+        R.table1_markdown(summaries),
+        "",
+        "Pretrained → after the last round (D4RL-normalised, mean ± std over seeds):",
+        "",
+    ]
+    lines += [
+        "| Dataset | Algorithm | Variant | Pretrained | Final | Change | Seeds |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in main:
+        groups[(r["dataset"], r["algo"], r["variant"])].append(r)
+    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER.get(kv[0][2], 10))):
+        pre = [r["pretrain_score"] for r in rs]
+        fin = [r["final_score"] for r in rs]
+        change = [f - p for f, p in zip(fin, pre, strict=True)]
+        lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {_fmt(pre)} | {_fmt(fin)} | {_fmt(change)} | {len(rs)} |")
+    return "\n".join(lines) + "\n"
+
+
+def table2(records: Sequence[Mapping[str, Any]]) -> str:
+    """Alignment (JS, classifier estimate) and, when measured, fidelity per round, mean ± std over seeds."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        if r["quality"]:
+            groups[(r["dataset"], r["algo"], r["variant"])].append(r)
+    if not groups:
+        return "No per-round quality metrics yet.\n"
+    lines = [
+        "JS divergence to the round's real online data, nats (max ln 2 ≈ 0.69), classifier estimate; "
+        "Generated = online-labelled synthetic rows.",
+        "",
+        "| Dataset | Algorithm | Variant | Round | Divergence | Offline | Generated |",
+        "|---|---|---|---:|---|---:|---:|",
+    ]
+    fidelity: list[str] = []
+    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER.get(kv[0][2], 10))):
+        rounds = sorted({k for r in rs for k in r["quality"]})
+        for k in rounds:
+            qs = [r["quality"][k] for r in rs if k in r["quality"]]
+            for div in DIVERGENCES:
+                off = [q[key] for q in qs if (key := f"offline_vs_online.{div}.classifier") in q]
+                gen = [q[key] for q in qs if (key := f"generated_vs_online.{div}.classifier") in q]
+                lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {div} | {_fmt(off, 2)} | {_fmt(gen, 2)} |")
+            keys = sorted({key for q in qs for key in q if "fidelity" in key or "memorisation" in key})
+            for key in keys:
+                vals = [q[key] for q in qs if key in q]
+                fidelity.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {key} | {_fmt(vals, 3)} |")
+    if fidelity:
+        lines += [
+            "",
+            "Fidelity (simulator ground truth) and memorisation per round:",
+            "",
+            "| Dataset | Algorithm | Variant | Round | Metric | Mean ± std |",
+            "|---|---|---|---:|---|---:|",
+            *fidelity,
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def table3(records: Sequence[Mapping[str, Any]]) -> str:
+    """Ablations beside CFDG on the same datasets, algorithms and seeds; an Average row."""
+    abl = [r for r in records if r["ablation"]]
+    if not abl:
+        return "No ablation cells in this study.\n"
+    names = list(dict.fromkeys(r["ablation"] for r in abl))
+    rows = sorted({(r["dataset"], r["algo"]) for r in abl})
+    cols = [*names, "cfdg"]
+    lines = [
+        "| Dataset | Algorithm | " + " | ".join(("CFDG" if c == "cfdg" else c) for c in cols) + " |",
+        "|---|---|" + "---:|" * len(cols),
+    ]
+    means: dict[str, list[float]] = defaultdict(list)
+    for d, a in rows:
+        cells = []
+        for col in cols:
+            xs = [
+                r["final_score"]
+                for r in records
+                if r["dataset"] == d
+                and r["algo"] == a
+                and ((r["ablation"] == col) if col != "cfdg" else (not r["ablation"] and r["variant"] == "cfdg"))
+            ]
+            cells.append(_fmt(xs, 2))
+            if xs:
+                means[col].append(_mean_std(xs)[0])
+        lines.append(f"| {d} | {a.upper()} | " + " | ".join(cells) + " |")
+    if len(rows) > 1:
+        lines.append(
+            "| Average | | "
+            + " | ".join(f"{sum(means[c]) / len(means[c]):.2f}" if len(means[c]) == len(rows) else "–" for c in cols)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _stage_cost(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+    """stage key -> (wall s, peak MB) of the run that computed it (a cache checkout costs that run's time)."""
+    cost = {}
+    for r in records:
+        for s in r["stages"].values():
+            if "compute_wall_s" in s:
+                cost[s["key"]] = (s["compute_wall_s"], s.get("compute_max_rss_mb", 0.0))
+    return cost
+
+
+def compute_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """The paper's Table 6: online-phase wall time and peak memory per algorithm and variant."""
+    from pipeline.study import ONLINE_STAGES
+
+    if not records:
+        return "No finished cells.\n"
+    cost = _stage_cost(records)
+    groups: dict[tuple[str, str], list[tuple[float, float, float]]] = defaultdict(list)
+    for r in records:
+        online_s, peak, pre_s = 0.0, 0.0, 0.0
+        for target, s in r["stages"].items():
+            wall, rss = cost.get(s["key"], (s["wall_s"], s["max_rss_mb"]))
+            if target.partition("@")[0] in ONLINE_STAGES:
+                online_s += wall
+                peak = max(peak, rss)
+            elif target == "pretrain":
+                pre_s = wall
+        groups[(r["algo"], r["variant"])].append((online_s, peak, pre_s))
+    lines = [
+        "| Algorithm | Variant | Online phase wall time (s) | Peak memory, online phase (MB RSS) "
+        "| Pretraining (s) | Cells |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (a, v), xs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.get(kv[0][1], 10), kv[0][1])):
+        lines.append(
+            f"| {a.upper()} | {_vname(v)} | {_fmt([x[0] for x in xs])} | "
+            f"{max(x[1] for x in xs):.0f} | {_fmt([x[2] for x in xs])} | {len(xs)} |"
+        )
+    note = (
+        "\nWall time of `dvc repro <stage>` summed over rollout, fit and materialise of every round (DVC's own "
+        "start-up included); a stage one cell restored from the shared cache is charged what it cost the cell "
+        "that computed it. Peak memory = the largest max RSS of one stage's process tree (CPU; no GPU counters).\n"
+    )
+    return "\n".join(lines) + "\n" + note
+
+
+def curves_png(records: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
+    """One panel per (dataset, algorithm): mean score over seeds per variant, ± std band."""
+    panels = sorted({(r["dataset"], r["algo"]) for r in records})
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / cols)
+    fig = R._figure(5.0 * cols, 3.6 * nrows)
+    for i, (d, a) in enumerate(panels):
+        ax = fig.add_subplot(nrows, cols, i + 1)
+        rs = [r for r in records if r["dataset"] == d and r["algo"] == a]
+        for v in _variants(rs):
+            by_step: dict[int, list[float]] = defaultdict(list)
+            for r in rs:
+                if r["variant"] == v:
+                    for step, score in r["curve"]:
+                        by_step[step].append(score)
+            steps = sorted(by_step)
+            stats = [_mean_std(by_step[s]) for s in steps]
+            n = max(len(by_step[s]) for s in steps)
+            (line,) = ax.plot(steps, [m for m, _ in stats], marker="o", label=f"{_vname(v)} (n={n})")
+            ax.fill_between(
+                steps, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2, color=line.get_color()
+            )
+        ax.set_title(f"{a.upper()} on {d}")
+        ax.set_xlabel("online env steps")
+        ax.set_ylabel("D4RL normalised score")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return R._save(fig, out)
+
+
+def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The numbers behind the tables (no timings): what two runs of the same study must agree on."""
+    out: dict[str, Any] = {}
+    for r in sorted(records, key=lambda r: r["cell"]):
+        out[r["cell"]] = {"curve": r["curve"], "quality": {str(k): v for k, v in sorted(r["quality"].items())}}
+    return out
+
+
+def write_report(plan: Any) -> Path:
+    """Write studies/<name>/report/: report.md, table1/2/3.md, compute.md, curves.png, results.json."""
+    out = plan.sdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    records = collect(plan)
+    parts = {
+        "table1": table1(records),
+        "table2": table2(records),
+        "table3": table3(records),
+        "compute": compute_table(records),
+    }
+    for name, text in parts.items():
+        atomic_write_text(out / f"{name}.md", text)
+    png = curves_png(records, out / "curves.png")
+    atomic_write_json(out / "results.json", aggregate(records))
+    missing = len(plan.study.cells) - len(records)
+    md = [
+        f"# Study {plan.study.name}",
+        "",
+        f"{len(records)} of {len(plan.study.cells)} cells finished"
+        + (f" ({missing} not yet)" if missing else "")
+        + f"; code {plan.commit[:10]}; study file `{plan.study.path}`.",
+        "",
+        "## Table 1: final score, base vs augmentations (mean ± std over seeds)",
+        "",
+        parts["table1"],
+        "## Learning curves (mean ± std over seeds)",
+        "",
+        "![curves](curves.png)" if png else "(none yet)",
+        "",
+        "## Table 2: alignment and fidelity of generated data per round",
+        "",
+        parts["table2"],
+        "## Table 3: ablations",
+        "",
+        parts["table3"],
+        "## Compute (Table 6 form)",
+        "",
+        parts["compute"],
+    ]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    return out / "report.md"
+
+
+def publish(plan: Any, report: Path) -> None:
+    """The report as Prefect artifacts (call inside a flow run)."""
+    import base64
+
+    from prefect.artifacts import create_image_artifact, create_markdown_artifact
+
+    from pipeline.study import _artifact_key
+
+    create_markdown_artifact(
+        report.read_text(), key=_artifact_key(f"study-{plan.study.name}-report"), description=str(report)
+    )
+    png = report.parent / "curves.png"
+    if png.is_file():
+        url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+        create_image_artifact(
+            image_url=url,
+            key=_artifact_key(f"study-{plan.study.name}-curves"),
+            description="learning curves, mean ± std over seeds",
+        )
+
+
+def publish_flow(plan: Any) -> Path:
+    from prefect import flow
+
+    @flow(name="cfdg-study-report", flow_run_name=f"report-{plan.study.name}")
+    def cfdg_study_report() -> str:
+        report = write_report(plan)
+        publish(plan, report)
+        return str(report)
+
+    return Path(cfdg_study_report())

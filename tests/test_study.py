@@ -1,0 +1,319 @@
+"""Studies: a grid of real pipeline runs (real dvc repro in git worktrees sharing one DVC cache,
+real Prefect), bad study files refused before anything starts, the paper's grids counted, and
+the same study on a real local Prefect server with a work pool, two workers and a DVC remote.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from pipeline_project import ROOT, commit, dvc, env, make_project, sh
+
+from cfdg.errors import ConfigError
+from pipeline.study_spec import load_study
+
+TINY = "configs/study/tiny.yaml"
+FAILING = "hopper-mr-iql-cfdg-s1"
+STUDY = (sys.executable, "-m", "pipeline.study")
+
+
+# --------------------------------------------------------------------------------------------
+# The study file: cells, and bad input
+
+
+def test_tiny_study_cells():
+    study = load_study(TINY, ROOT)
+    names = [c.name for c in study.cells]
+    assert names == [
+        "hopper-mr-iql-none-s0",
+        "hopper-mr-iql-none-s1",
+        "hopper-mr-iql-cfdg-s0",
+        "hopper-mr-iql-cfdg-s1",
+        "hopper-mr-iql-wo-guidance-s0",
+        "hopper-mr-iql-wo-offline-da-s0",
+    ]
+    none0, cfdg1 = study.cell("hopper-mr-iql-none-s0"), study.cell("hopper-mr-iql-cfdg-s1")
+    assert none0.params["diffusion"]["variant"] == "none" and none0.params["seed"] == 0
+    assert cfdg1.params["diffusion"]["variant"] == "cfdg" and cfdg1.params["seed"] == 1
+    assert list(cfdg1.params["rounds"]) == ["1"]  # the study's `rounds: 1` over the tiny preset's 2
+    assert cfdg1.params["dataset"]["medium_steps"] == 1000  # the tiny preset under the study
+    ablation = study.cell("hopper-mr-iql-wo-offline-da-s0")
+    assert ablation.ablation == "wo-offline-da" and ablation.params["diffusion"]["variant"] == "cfdg"
+    assert ablation.params["sampling"]["online_label_share"] == 1.0
+    assert study.cell("hopper-mr-iql-wo-guidance-s0").params["diffusion"]["variant"] == "joint"
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("paper-table1", 12 * 3 * 2 * 5 + 4 * 2 * 2 * 5),
+        ("paper-table3", 12 * 3 * 5),
+        ("paper-fig2", 12 * 3 * 5),
+        ("cpu", 2 * 3 * 3 + 2 * 3),
+    ],
+)
+def test_paper_grids_cell_counts(name, expected):
+    # No D4RL files here: everything but the files' presence is validated.
+    study = load_study(f"configs/study/{name}.yaml", ROOT, check_files=False)
+    assert len(study.cells) == expected
+    assert len({c.name for c in study.cells}) == expected
+    datasets = {c.dataset for c in study.cells}
+    assert "hopper-medium-replay-v2" in datasets or name == "cpu"
+    by_algo = {c.algo for c in study.cells}
+    if name == "paper-table1":
+        assert by_algo == {"iql", "pex", "apl"}
+        assert {c.dataset for c in study.cells if c.algo == "apl"} == {d for d in datasets if "antmaze" not in d}
+        iql = study.cells[0].params
+        assert (
+            iql["pretrain"]["steps"] == 1_000_000
+            and iql["rollout" if "rollout" in iql else "online"]["steps"] == 100_000
+        )
+        assert len(iql["rounds"]) == 10
+        ant = next(c for c in study.cells if c.dataset.startswith("antmaze"))
+        assert ant.params["agent"]["iql_tau"] == 0.9 and ant.params["agent"]["reward_shift"] == -1.0
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    return path
+
+
+BASE = "preset: configs/tiny.yaml\naxes:\n  algo: [iql]\n  seed: [0]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("axes:\n  algorithm: [iql]\n", "unknown axis 'algorithm'"),
+        (BASE + "ablations:\n  x: {diffusion: {no_such_key: 1}}\n", "diffusion.no_such_key is not a params key"),
+        (BASE.replace("seed: [0]", "seed: [0, 0]"), "duplicate cell 'hopper-medium-replay-iql-cfdg-s0'"),
+        (BASE.replace("algo: [iql]", "algo: [iql, dqn]"), "cell hopper-medium-replay-dqn-cfdg-s0"),
+        (BASE + "params: {pretrain: {steps: -3}}\n", "pretrain.steps"),
+        (BASE + "parallel: 3\n", "unknown key 'parallel'"),
+    ],
+)
+def test_bad_study_file_is_one_line_naming_it(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_study(_write(tmp_path, text), ROOT)
+
+
+def test_bad_study_exits_2_and_starts_nothing(tmp_path):
+    project = make_project(tmp_path / "project", preset="")
+    bad = project / "bad.yaml"
+    bad.write_text(BASE + "ablations:\n  x: {diffusion: {no_such_key: 1}}\n")
+    proc = sh(project, *STUDY, "run", str(bad), check=False, PREFECT_HOME=str(tmp_path / "prefect"))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "diffusion.no_such_key" in lines[0], proc.stderr
+    assert not (project / "studies").exists()  # no workspace made
+    assert not (tmp_path / "prefect").exists()  # Prefect never started
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny study end to end: parallel, one cell failed, rerun retries it alone
+
+
+def _states(project: Path, study: str = "tiny") -> dict[str, dict]:
+    cells = project / "studies" / study / "cells"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(cells.glob("*.json"))}
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    project = make_project(base / "project", preset="")
+    prefect_home = base / "prefect"
+    first = sh(
+        project, *STUDY, "run", TINY, "--parallel", "2", "--retries", "0", check=False,
+        CFDG_FAIL_CELL=f"{FAILING}:fit@1", PREFECT_HOME=str(prefect_home),
+    )  # fmt: skip
+    after_first = _states(project)
+    second = sh(project, *STUDY, "run", TINY, "--parallel", "2", check=False, PREFECT_HOME=str(prefect_home))
+    return {"project": project, "first": first, "after_first": after_first, "second": second, "prefect": prefect_home}
+
+
+@pytest.mark.slow
+def test_failed_cell_is_retried_alone_and_loses_nothing(tiny_study):
+    first, second, before = tiny_study["first"], tiny_study["second"], tiny_study["after_first"]
+    assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-2000:]
+    assert f"cell {FAILING} failed" in first.stderr
+    assert before[FAILING]["status"] == "failed" and before[FAILING]["failed_stage"] == "fit@1"
+    assert set(before[FAILING]["stages"]) == {"dataset", "pretrain", "rollout@1", "fit@1"}
+    assert all(s["status"] == "done" for name, s in before.items() if name != FAILING)
+
+    assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-2000:]
+    assert "6 cells, 5 already finished, 0 failed" in second.stdout
+    after = _states(tiny_study["project"])
+    assert all(s["status"] == "done" for s in after.values())
+    for name, s in after.items():
+        if name != FAILING:
+            assert s == before[name], f"finished cell {name} was touched by the rerun"
+    stages = after[FAILING]["stages"]
+    assert {t: s["last"] for t, s in stages.items()} == {
+        "dataset": "unchanged",
+        "pretrain": "unchanged",
+        "rollout@1": "unchanged",  # kept from the failed run
+        "fit@1": "ran",
+        "materialise@1": "ran",
+        "report": "ran",
+    }
+
+
+@pytest.mark.slow
+def test_cells_run_in_parallel_and_share_stages_through_the_cache(tiny_study):
+    states = tiny_study["after_first"]
+    done = [s for s in states.values() if s["status"] == "done"]
+    spans = sorted((s["started"], s["finished"]) for s in done)
+    assert any(a[1] > b[0] for a, b in itertools.pairwise(spans)), f"no two cells overlapped: {spans}"
+
+    final = _states(tiny_study["project"])
+    dataset_ran = [n for n, s in final.items() if s["stages"]["dataset"]["ran"]]
+    assert len(dataset_ran) == 1, dataset_ran  # one dataset for all six cells ...
+    restored = [n for n, s in final.items() if s["stages"]["dataset"]["restored"]]
+    assert len(restored) == 5, restored  # ... the others checked it out of the shared cache
+    # Pretraining depends on the seed only: computed once per seed. Round 1's rollout has no
+    # synthetic data before it, so base and CFDG of a seed share it too.
+    for target in ("pretrain", "rollout@1"):
+        ran = sorted(n for n, s in final.items() if s["stages"][target]["ran"])
+        assert len(ran) == 2 and {n[-2:] for n in ran} == {"s0", "s1"}, (target, ran)
+    # Every cell is a complete pipeline run in its own workspace, with DVC's record of it.
+    for name in final:
+        ws = tiny_study["project"] / "studies" / "tiny" / "cells" / name
+        assert "Data and pipelines are up to date" in dvc(ws, "status").stdout
+        assert (ws / "artifacts" / "report" / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_each_cell_is_a_prefect_flow_run_named_after_it(tiny_study):
+    with sqlite3.connect(tiny_study["prefect"] / "prefect.db") as db:
+        runs = db.execute("select name, state_type from flow_run").fetchall()
+    names = {n for n, _ in runs}
+    assert {f"hopper-mr-iql-{v}-s{s}" for v in ("none", "cfdg") for s in (0, 1)} <= names
+    assert "study-tiny" in names
+    failed = [n for n, st in runs if st == "FAILED"]
+    assert FAILING in failed
+
+
+@pytest.mark.slow
+def test_report_tables_and_curves(tiny_study):
+    report = tiny_study["project"] / "studies" / "tiny" / "report"
+    table1 = (report / "table1.md").read_text()
+    assert "IQL Base" in table1 and "IQL CFDG" in table1 and table1.count("(n=2)") == 2
+    table2 = (report / "table2.md").read_text()
+    assert "| hopper-mr | IQL | CFDG | 1 | state |" in table2
+    table3 = (report / "table3.md").read_text()
+    assert "| Dataset | Algorithm | wo-guidance | wo-offline-da | CFDG |" in table3
+    assert "| hopper-mr | IQL |" in table3
+    compute = (report / "compute.md").read_text()
+    assert "| IQL | Base |" in compute and "| IQL | CFDG |" in compute
+    assert (report / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((report / "results.json").read_text())
+    assert len(results) == 6
+    # Table 1's numbers are the cells' own metrics files, aggregated.
+    scores = [results[f"hopper-mr-iql-cfdg-s{s}"]["curve"][-1][1] for s in (0, 1)]
+    mean = sum(scores) / 2
+    assert f"{mean:.1f} ± {abs(scores[0] - scores[1]) / 2:.1f} (n=2)" in table1
+    for s in (0, 1):
+        cell = tiny_study["project"] / "studies" / "tiny" / "cells" / f"hopper-mr-iql-cfdg-s{s}"
+        rollout = json.loads((cell / "artifacts" / "rounds" / "1" / "rollout.json").read_text())
+        assert rollout["normalized_score"] == pytest.approx(scores[s])
+
+
+# --------------------------------------------------------------------------------------------
+# Past one machine: a Prefect server, a work pool, two workers, a DVC remote
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"prefect server exited {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise AssertionError(f"prefect server at {url} not healthy after {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(tiny_study, tmp_path):
+    project = tiny_study["project"]
+    pool_study = project / "configs" / "study" / "tiny-pool.yaml"
+    doc = yaml.safe_load((project / TINY).read_text())
+    doc.update(name="tiny-pool")
+    doc.pop("ablations"), doc.pop("ablation_axes")
+    pool_study.write_text(yaml.safe_dump(doc))  # the 2x2 part of the tiny study
+    commit(project, "2x2 study for the pool")
+
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    base_env = env(project, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api)
+    base_env.pop("PYTHONPATH")  # the workers run the code they clone, not this checkout
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    procs: list[subprocess.Popen] = []
+
+    def start(name: str, *cmd: str, **extra: str) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "w")
+        p = subprocess.Popen(list(cmd), cwd=tmp_path, env={**base_env, **extra}, stdout=out, stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    prefect = (sys.executable, "-m", "prefect")
+    try:
+        server = start("server", *prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port))
+        _wait_healthy(api, server)
+        worker_env = {"CFDG_STUDY_CACHE": str(tmp_path / "worker-cache"), "CFDG_STUDY_WORKDIR": str(tmp_path / "work")}
+        for i in (1, 2):
+            start(f"worker{i}", *prefect, "worker", "start", "--pool", "cfdg-test", "--type", "process",
+                  "--limit", "1", "--name", f"worker{i}", **worker_env)  # fmt: skip
+        remote = tmp_path / "remote"
+        run = subprocess.run(
+            [*STUDY, "run", "configs/study/tiny-pool.yaml", "--pool", "cfdg-test", "--remote", str(remote)],
+            cwd=project, env={**base_env, "PYTHONPATH": str(project)}, capture_output=True, text=True, timeout=1500,
+        )  # fmt: skip
+        worker_logs = "\n".join((logs / f"worker{i}.log").read_text()[-3000:] for i in (1, 2))
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:] + worker_logs
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    states = _states(project, "tiny-pool")
+    assert len(states) == 4 and all(s["status"] == "done" for s in states.values())
+    assert len({s["worker_pid"] for s in states.values()}) == 2, "both workers should have run cells"
+    for name in states:  # every cell's artifacts are in the remote: the local copy came from it
+        ws = project / "studies" / "tiny-pool" / "cells" / name
+        assert "in sync" in dvc(ws, "status", "--cloud").stdout
+        assert "up to date" in dvc(ws, "status").stdout
+    local = json.loads((project / "studies" / "tiny" / "report" / "results.json").read_text())
+    pooled = json.loads((project / "studies" / "tiny-pool" / "report" / "results.json").read_text())
+    assert pooled == {name: local[name] for name in pooled}
+    table1 = "studies/{}/report/table1.md"
+    assert (project / table1.format("tiny-pool")).read_text() == (project / table1.format("tiny")).read_text()
+    assert os.listdir(tmp_path / "worker-cache")  # the workers computed in their own cache

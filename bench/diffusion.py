@@ -233,6 +233,37 @@ def _bf16_quality(train_steps: int, n: int, steps: int) -> dict:
     }
 
 
+def fast_sampler_speed(preset: Path, batch: int = 4096, reps: int = 2) -> dict:
+    """samples/s of the preset's sampler against the 128-step guided stochastic fp32 sampler, same model.
+
+    Both run end to end (no extrapolation) at the default denoiser size (256x3) on one sampler batch;
+    best of `reps` after a warm-up. Equal fidelity is bench/fidelity.py's business; this is the speed.
+    """
+    import yaml
+
+    from bench.ablation import Sampler, draw
+
+    spec = (yaml.safe_load(preset.read_text()) or {}).get("sampling", {})
+    fast = Sampler(
+        w=float(spec.get("guidance_w", 1.0)),
+        solver=spec.get("solver", "heun"),
+        steps=int(spec.get("steps", 128)),
+        stochastic=bool(spec.get("stochastic", True)),
+        precision=spec.get("precision", "fp32"),
+    )
+    ref = Sampler(w=fast.w, steps=128)
+    cfg = from_mapping(DiffusionConfig, {"width": 256, "depth": 3, "train_steps": 30}, "bench")
+    log(f"fast sampler: {fast.tag} vs {ref.tag}, 256x3, batch {batch}")
+    model, _ = fit_diffusion(hopper_like(4096, 0.0, 1), hopper_like(4096, 1.0, 2), cfg, seed=0, progress=False)
+    out = {"preset": str(preset), "batch": batch, "device": str(model.device)}
+    for name, s in (("reference", ref), ("fast", fast)):
+        draw(model, batch, 0, s, batch)
+        sec = min(timed(lambda s=s: draw(model, batch, 0, s, batch), model.device) for _ in range(reps))
+        out[name] = {"sampler": s.tag, "network_calls": s.nfe, "samples_per_s": batch / sec}
+    out["speedup"] = out["fast"]["samples_per_s"] / out["reference"]["samples_per_s"]
+    return out
+
+
 def table(result: dict) -> str:
     lines = [
         f"device: {result['device']}, torch {result['torch']}, threads {result['threads']}, "
@@ -271,8 +302,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print the numbers as JSON instead of the table")
     ap.add_argument("--quick", action="store_true", help="small batches and few steps (a smoke test)")
+    ap.add_argument(
+        "--fast-sampler",
+        type=Path,
+        metavar="PRESET",
+        help="only compare the preset's sampler (e.g. configs/fast-sampler.yaml) with 128 guided Heun steps",
+    )
     args = ap.parse_args()
     start = time.perf_counter()
+    if args.fast_sampler:
+        r = fast_sampler_speed(args.fast_sampler)
+        if args.json:
+            print(json.dumps(r, indent=2))
+        else:
+            print(
+                f"device {r['device']}, 256x3, batch {r['batch']}: {r['fast']['sampler']} "
+                f"({r['fast']['network_calls']} calls) {r['fast']['samples_per_s']:.0f} samples/s vs "
+                f"{r['reference']['sampler']} ({r['reference']['network_calls']} calls, fp32) "
+                f"{r['reference']['samples_per_s']:.0f} samples/s: {r['speedup']:.1f}x"
+            )
+        return 0
     if args.quick:
         sizes = [(1024, 6, 256, 2, 3), (256, 3, 512, 3, 5)]
         quality = bf16_quality(200, 1000, 16)

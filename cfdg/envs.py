@@ -129,7 +129,7 @@ def env_name(name: str) -> str:
                 f"env {name!r} needs a maze: antmaze-umaze, antmaze-medium or antmaze-large "
                 "(rolled out with gymnasium-robotics)"
             )
-        return f"antmaze-{rest[0]}" + ("-minari" if rest[-1] == "minari" else "")
+        return f"antmaze-{rest[0]}" + ("-minari" if "minari" in rest else "")
     head = _ALIASES.get(head, head)
     if head not in REF_SCORES:
         raise ConfigError(f"unknown env {name!r}; known: {sorted(REF_SCORES)}")

@@ -120,7 +120,7 @@ def import_minari(
                     "timeouts": np.asarray(ep.truncations).reshape(-1),
                 }
             )
-        spec_id = getattr(getattr(ds, "env_spec", None), "id", None)
+        spec_id = getattr(getattr(ds, "env_spec", None), "id", None) or getattr(ds, "id", None)
     except Exception as e:
         raise DatasetError(f"{dataset_dir}: not a readable Minari dataset ({type(e).__name__}: {e})") from e
     if not parts:
@@ -173,15 +173,20 @@ def export_minari(store: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
                 truncations=(data.timeouts[idx] | (~data.terminals[idx] & (idx == idx[-1]))).tolist(),
             )
         )
-    from cfdg.envs import gym_id
+    from cfdg.envs import gym_id, is_robotics, make_env
 
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as root:
         previous = os.environ.get("MINARI_DATASETS_PATH")
         os.environ["MINARI_DATASETS_PATH"] = root
         try:
-            minari.create_dataset_from_buffers(
-                dataset_id, buffers, env=gym_id(attrs["env_id"]), algorithm_name=attrs["source"]
-            )
+            if is_robotics(attrs["env_id"]):  # rows are the flat D4RL/Minari layout, not the raw env's dict
+                e = make_env(attrs["env_id"])
+                spaces = {"observation_space": e.observation_space, "action_space": e.action_space}
+                minari.create_dataset_from_buffers(dataset_id, buffers, algorithm_name=attrs["source"], **spaces)
+            else:
+                minari.create_dataset_from_buffers(
+                    dataset_id, buffers, env=gym_id(attrs["env_id"]), algorithm_name=attrs["source"]
+                )
         finally:
             if previous is None:
                 os.environ.pop("MINARI_DATASETS_PATH", None)

@@ -171,8 +171,10 @@ def test_state_round_trip_and_another_algorithms_state_refused():
 
 
 def test_calql_pretraining_beats_random_policy(tmp_path):
-    """The PD-controller Hopper data of test_training; γ = 0.9 so Q settles within the test's 1000 steps
-    (at CORL's γ = 0.99 the calibrated Q is still far below its bound after a few thousand steps)."""
+    """The PD-controller Hopper data of test_training; γ = 0.9 so Q settles within the test's 2000 steps.
+
+    Measured (5 eval episodes): at 2000 steps seeds 0-3 all return ≈ 1000; at 1000 steps 2 of 3 seeds
+    do; at CORL's γ = 0.99 none does within 1000 steps (the calibrated Q is still far below its bound)."""
     from cfdg.agents.checkpoint import load_checkpoint
     from cfdg.agents.config import PretrainConfig, RolloutConfig
     from cfdg.agents.train import pretrain, run_round
@@ -183,7 +185,7 @@ def test_calql_pretraining_beats_random_policy(tmp_path):
     data = rollouts(3000, lambda o, rng: np.clip(pd_action(o) + rng.normal(0, 0.3, 3), -1, 1), seed=0)
     store = write_store(tmp_path / "h.zarr", data, StoreMeta(kind="offline", env_id="Hopper-v5", source="pd"))
     cfg = AgentConfig(algo="calql", hidden_dims=(64, 64), batch_size=64, cql_policy_lr=3e-4, discount=0.9)
-    m = pretrain(store, cfg, PretrainConfig(steps=1000, eval_every=0, eval_episodes=3), tmp_path / "c.pt", 0, False)
+    m = pretrain(store, cfg, PretrainConfig(steps=2000, eval_every=0, eval_episodes=3), tmp_path / "c.pt", 0, False)
     rand = float(np.mean(random_returns(3, seed=10_000)))
     assert m["final_return"] > max(10 * rand, 500), (m["final_return"], rand)
     assert 0 < m["losses"][-1]["bound_rate"] < 1  # the calibration binds on part of the batch

@@ -190,6 +190,25 @@ def test_d4rl_antmaze_file_imports_by_name_and_runs_a_round(tmp_path, monkeypatc
     assert out["round"]["final_normalized_score"] in (0.0, 100.0)  # success rate × 100 over one episode
 
 
+def test_d4rl_adroit_file_imports_by_name_and_runs_a_round(tmp_path, monkeypatch):
+    rows = record("hammer", 300, seed=1)  # one full 200-step episode (a timeout) and part of the next
+    assert rows["timeouts"].sum() == 1
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
+    write_d4rl(tmp_path / "hammer_human-v1.hdf5", rows)  # D4RL's file name for hammer-human-v1
+    store = import_d4rl("hammer-human-v1", tmp_path / "off.zarr")
+    data, attrs = read_store(store)
+    assert attrs["env_id"] == "hammer" and data.obs_dim == 46 and data.act_dim == 26
+    assert len(data) == 298  # qlearning_dataset: the timeout row and the last row are dropped
+    e = envs.make_env("hammer")
+    obs, _ = e.reset(seed=1)
+    for i in range(30):
+        np.testing.assert_array_equal(data.observations[i], obs.astype(np.float32))
+        obs, r, *_ = e.step(rows["actions"][i])
+        assert data.rewards[i] == np.float32(r)
+    out = tiny_loop(store, tmp_path, algo="pex")
+    assert out["round"]["env"] == "hammer" and out["pretrain"]["algo"] == "pex"
+
+
 def test_layout_mismatch_is_one_clear_error(tmp_path, capsys):
     rows = record("hopper", 50, seed=0)
     write_d4rl(tmp_path / "antmaze-large-play-v2.hdf5", rows)
@@ -344,3 +363,19 @@ def test_domain_presets_validate(tmp_path, presets, algo, checks):
         apply_preset(ROOT / "configs" / f"{name}.yaml", path)
     agent = params.load_all(path).sections["agent"]
     assert agent.algo == algo and all(getattr(agent, k) == v for k, v in checks.items())
+
+
+@pytest.mark.skipif(not HAS_MINARI, reason="needs cfdg[minari]")
+@pytest.mark.parametrize("env", ["antmaze-umaze", "antmaze-large-minari", "door"])
+def test_robotics_store_exports_to_minari_and_back(tmp_path, env):
+    from cfdg.config import from_mapping
+    from cfdg.datasets.build import DatasetConfig, build_dataset
+    from cfdg.minari_io import export_minari, import_minari
+
+    cfg = from_mapping(DatasetConfig, {"env": env, "kind": "random", "transitions": 120}, "dataset")
+    build_dataset(cfg, tmp_path / "s.zarr", None, progress=False)
+    back, attrs = read_store(import_minari(export_minari(tmp_path / "s.zarr", tmp_path / "m"), tmp_path / "b.zarr"))
+    orig, _ = read_store(tmp_path / "s.zarr")
+    assert attrs["env_id"] == env
+    for key, arr in orig.arrays().items():
+        np.testing.assert_array_equal(getattr(back, key), arr, err_msg=key)

@@ -291,7 +291,9 @@ class CalQL(Agent):
         self.critic_optim.step()
         soft_update(self.target_critic, self.critic, c.target_rate)
         self.grad_steps += 1
-        below = (q_curr < bound[None, :, None]).float().mean() if bound is not None else torch.zeros(())
+        below = (
+            (q_curr < bound[None, :, None]).float().mean() if bound is not None else torch.zeros((), device=self.device)
+        )
         return {
             "q_loss": td_loss.detach().mean(),
             "cql_gap": gap.detach().mean(),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from cfdg.device import torch_threads
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.denoiser import LABEL_NULL
-from cfdg.diffusion.edm import guided_denoise, heun_sample
+from cfdg.diffusion.edm import dpmpp2m_sample, guided_denoise, heun_sample
 from cfdg.diffusion.model import DiffusionModel
 from cfdg.diffusion.normaliser import from_vectors
 from cfdg.errors import ConfigError, StoreError
@@ -70,6 +70,11 @@ def sample_vectors(
 
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
+        if sampling.solver == "dpmpp2m":
+            x = dpmpp2m_sample(
+                denoiser, (n, model.d_data), gen, device, sampling.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho
+            )
+            return model.normaliser.denormalise(x.float().cpu().numpy())
         x = heun_sample(
             denoiser,
             (n, model.d_data),

@@ -3,7 +3,8 @@
 The label is which buffer a row came from (paper 3.2). Variant `synther` sees online data
 only, `joint` sees both without labels; variant `none` fits nothing and writes a placeholder
 checkpoint so the DAG is the same. Reads params `diffusion` (+ seed) only: what sampling does
-with the model is materialise's business.
+with the model is materialise's business. `diffusion.warm_start` starts from round k-1's model
+(round 0 holds a no-model placeholder, so round 1 starts from scratch).
 """
 
 from __future__ import annotations
@@ -21,26 +22,41 @@ from stages.runner import progress_enabled, run_main
 
 
 def fit_stage(
-    offline: Path, online: Path, cfg: Any, seed: int, k: int, out_model: Path, progress: bool = True
+    offline: Path,
+    online: Path,
+    cfg: Any,
+    seed: int,
+    k: int,
+    out_model: Path,
+    progress: bool = True,
+    prev_model: Path | None = None,
 ) -> dict[str, Any]:
-    """Fit and save the model to `out_model`; returns the fit metrics."""
+    """Fit and save the model to `out_model`; returns the fit metrics.
+
+    With `cfg.warm_start`, the fit starts from `prev_model` (round k-1's diffusion.pt) when that
+    holds a model; round 1's previous model is round 0's placeholder, so round 1 starts from scratch.
+    """
     out_model.parent.mkdir(parents=True, exist_ok=True)
+    inputs = {"offline": offline, "online": online}
     if cfg.variant == "none":
         from cfdg.diffusion.checkpoint import save_no_model
 
         save_no_model(out_model)
         metrics: dict[str, Any] = {}
     else:
-        from cfdg.diffusion import fit_diffusion, save_diffusion
+        from cfdg.diffusion import checkpoint_variant, fit_diffusion, load_diffusion, save_diffusion
 
+        init = None
+        if cfg.warm_start and prev_model is not None and checkpoint_variant(prev_model) != "none":
+            init = load_diffusion(prev_model, device=cfg.device)
+            inputs["previous_diffusion"] = prev_model
         online_data, _ = read_store(online)
         offline_data = read_store(offline)[0] if cfg.variant in ("cfdg", "joint") else None
         model, metrics = fit_diffusion(
-            offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress
+            offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress, init=init
         )
         save_diffusion(model, out_model)
     recorded = {"seed": seed, "diffusion": config_dict(cfg)}
-    inputs = {"offline": offline, "online": online}
     write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, recorded))
     return {"round": k, "variant": cfg.variant, **dict(metrics)}
 
@@ -59,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             k,
             out_dir / layout.DIFFUSION,
             progress_enabled(),
+            prev_model=layout.round_dir(k - 1) / layout.DIFFUSION,
         )
         write_metrics(out_dir / "fit.json", metrics)
 

@@ -1,7 +1,8 @@
 """Stage `pretrain`: offline training of the agent; writes round 0.
 
-Round 0 = the pretrained agent plus an empty online store and an empty synthetic store, so
-every round k reads `rounds/<k-1>/` the same way (no special case for the first round).
+Round 0 = the pretrained agent plus an empty online store, an empty synthetic store and a
+no-model diffusion placeholder, so every round k reads `rounds/<k-1>/` the same way (no special
+case for the first round; a warm-started fit@1 finds no model and starts from scratch).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from stages.stores import empty_transitions, store_dims
 def pretrain_stage(
     offline: Path, agent_cfg: Any, cfg: Any, seed: int, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    """Pretrain on `offline`, write `out_dir/{agent.pt, online.zarr, synthetic.zarr}`; returns metrics."""
+    """Pretrain on `offline`, write `out_dir/{agent.pt, online.zarr, synthetic.zarr, diffusion.pt}`; returns metrics."""
     from cfdg.agents.train import pretrain
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +35,9 @@ def pretrain_stage(
     for kind, name in (("online", layout.ONLINE), ("synthetic", layout.SYNTHETIC)):
         meta = StoreMeta(kind=kind, env_id=attrs["env_id"], source=attrs["source"], round=0, seed=seed, inputs=inputs)
         store.write_store(out_dir / name, empty_transitions(obs_dim, act_dim, kind == "synthetic"), meta)
+    from cfdg.diffusion.checkpoint import save_no_model
+
+    save_no_model(out_dir / layout.DIFFUSION)
     recorded = {"seed": seed, "agent": config_dict(agent_cfg), "pretrain": config_dict(cfg)}
     write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, recorded))
     return {"round": 0, **metrics, **score_fields(metrics, env_steps=0)}

@@ -36,6 +36,7 @@ from cfdg.diffusion import (
     write_empty_synthetic,
 )
 from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
+from cfdg.diffusion.train import batch_indices, effective_train_steps
 from cfdg.errors import CheckpointError, ConfigError, StoreError
 from cfdg.io import digest
 from cfdg.quality import js_divergences
@@ -424,3 +425,139 @@ def test_fifo_buffer_keeps_the_newest_rows_up_to_capacity(toy, tmp_path):
         write_store(offline_store, mixture(10, 0.0, 0, 0.0), StoreMeta(kind="offline", env_id="toy", source="t"))
         sample_to_store(model, tmp_path / "bad.zarr", meta, 3, fifo, prev=offline_store, progress=False)
     assert not (tmp_path / "bad.zarr").exists()
+
+
+# --- fitting options (issue 8 §3: each one a measured candidate) ----------------------------
+
+
+def test_class_balanced_batches_draw_each_buffer_half_the_time():
+    gen = torch.Generator().manual_seed(0)
+    counts = {"offline": 9000, "online": 1000}
+    uniform = torch.cat([batch_indices(counts, 256, False, gen, torch.device("cpu")) for _ in range(80)])
+    balanced = torch.cat([batch_indices(counts, 256, True, gen, torch.device("cpu")) for _ in range(80)])
+    assert abs(float((uniform >= 9000).float().mean()) - 0.1) < 0.02
+    assert abs(float((balanced >= 9000).float().mean()) - 0.5) < 0.02
+    # Rows within a buffer stay uniform: every online row is reachable, indices stay in range.
+    assert int(balanced.min()) >= 0 and int(balanced.max()) < 10_000
+    assert len(torch.unique(balanced[balanced >= 9000])) > 900
+    # One buffer only (synther): nothing to balance.
+    only = batch_indices({"offline": 0, "online": 50}, 512, True, gen, torch.device("cpu"))
+    assert int(only.max()) < 50
+
+
+def test_class_balance_changes_what_the_fit_sees():
+    """With 10x more offline rows, balanced batches must put the online class's loss share at ~1/2."""
+    offline, online = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0), mixture(300, ON_CENTRE, 2, 0.0)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 40}, "diffusion")
+    a, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    b, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, class_balance=True), seed=0, progress=False)
+    assert not torch.equal(a.net.proj.weight, b.net.proj.weight)
+    # The online class's embedding row gets gradient far more often when balanced.
+    init, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
+    moved = [float((m.net.class_emb.weight[1] - init.net.class_emb.weight[1]).detach().norm()) for m in (a, b)]
+    assert moved[1] > moved[0], moved
+
+
+def test_film_conditioning_starts_as_input_conditioning_and_learns_to_use_it():
+    torch.manual_seed(0)
+    plain = Denoiser(9, 32, 3)
+    film = Denoiser(9, 32, 3, conditioning="film")
+    missing = film.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(".film." in k for k in missing)
+    torch.nn.init.normal_(plain.out.weight, std=0.1)
+    film.out.weight.data.copy_(plain.out.weight)
+    x, c, labels = torch.randn(16, 9), torch.randn(16), torch.randint(0, 3, (16,))
+    with torch.no_grad():
+        torch.testing.assert_close(film(x, c, labels), plain(x, c, labels))  # zero-initialised modulation
+    cfg = from_mapping(DiffusionConfig, {**TOY, "conditioning": "film", "train_steps": 1500}, "diffusion")
+    offline, online = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0), mixture(1000, ON_CENTRE, 2, 0.3)
+    model, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    assert all(float(block.film.weight.detach().abs().max()) > 1e-3 for block in model.net.blocks)
+    proj_on = centre_projection(sample(model, 1000, 1, 3, SAMPLING))
+    proj_off = centre_projection(sample(model, 1000, 0, 3, SAMPLING))
+    assert (np.abs(proj_on - ON_CENTRE) < 2).mean() > 0.9 and (np.abs(proj_off - OFF_CENTRE) < 2).mean() > 0.9
+
+
+@pytest.mark.parametrize("shared_noise", [True, False])
+def test_film_fast_path_matches_training_path(shared_noise):
+    torch.manual_seed(0)
+    net = Denoiser(9, 32, 3, conditioning="film")
+    for block in net.blocks:
+        torch.nn.init.normal_(block.film.weight, std=0.3)
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    x, labels = torch.randn(16, 9), torch.randint(0, 3, (16,))
+    c = torch.randn(1) if shared_noise else torch.randn(16)
+    with torch.no_grad():
+        plain = net(x, c, labels)
+    with torch.inference_mode():
+        fast = net(x, c, labels)
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_ema_and_cosine_schedule_come_from_torch():
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 50}, "diffusion")
+    no_avg, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, ema_decay=0.0), seed=0, progress=False)
+    for (k, e), n in zip(no_avg.ema.state_dict().items(), no_avg.net.state_dict().values(), strict=True):
+        assert torch.equal(e, n), k  # decay 0: the average is the last weights
+    slow, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, ema_decay=0.99), seed=0, progress=False)
+    start, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
+    w_net, w_ema, w_0 = slow.net.proj.weight, slow.ema.proj.weight, start.net.proj.weight
+    assert float((w_ema - w_0).norm()) < float((w_net - w_0).norm())  # the average lags behind
+    # Cosine annealing ends at lr 0 after the last step; constant keeps lr.
+    assert slow.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    const, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, lr_schedule="constant"), seed=0, progress=False)
+    assert const.optimizer_state["param_groups"][0]["lr"] == cfg.lr
+
+
+def test_fit_steps_grow_with_the_data():
+    cfg = from_mapping(DiffusionConfig, {"train_steps": 100, "steps_per_row": 0.5, "max_train_steps": 300})
+    assert effective_train_steps(cfg, 10) == 100  # never fewer than train_steps
+    assert effective_train_steps(cfg, 401) == 201  # ceil(0.5 * 401)
+    assert effective_train_steps(cfg, 10_000) == 300  # capped
+    assert effective_train_steps(dataclasses.replace(cfg, max_train_steps=0), 10_000) == 5000
+    with pytest.raises(ConfigError, match=r"diffusion.max_train_steps: must be 0 \(no cap\) or >= train_steps"):
+        from_mapping(DiffusionConfig, {"train_steps": 100, "max_train_steps": 50}, "diffusion")
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    small = from_mapping(DiffusionConfig, {"width": 16, "depth": 1, "train_steps": 5, "steps_per_row": 0.1})
+    model, metrics = fit_diffusion(offline, online, small, seed=0, progress=False)
+    assert metrics["train_steps_effective"] == 40 == model.step  # ceil(0.1 * 400)
+
+
+def test_warm_start_continues_from_the_previous_model():
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 30, "warm_start": True})
+    prev, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    tiny_lr = dataclasses.replace(cfg, lr=1e-9)
+    warm, metrics = fit_diffusion(offline, online, tiny_lr, seed=5, progress=False, init=prev)
+    cold, _ = fit_diffusion(offline, online, tiny_lr, seed=5, progress=False)
+    assert metrics["warm_started"] and metrics["train_steps_effective"] == 30  # equal compute
+    torch.testing.assert_close(warm.net.proj.weight, prev.net.proj.weight, rtol=0, atol=1e-6)
+    assert not torch.allclose(cold.net.proj.weight, prev.net.proj.weight, atol=1e-3)
+    with pytest.raises(ConfigError, match="diffusion.warm_start: the previous round's model has width 32, this fit 64"):
+        fit_diffusion(offline, online, dataclasses.replace(cfg, width=64), seed=0, progress=False, init=prev)
+
+
+def test_bf16_training_with_the_new_pieces():
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    options = {"conditioning": "film", "class_balance": True, "steps_per_row": 0.1, "precision": "bf16"}
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20, **options})
+    a, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    b, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    assert np.isfinite(metrics["final_loss"]) and metrics["train_steps_effective"] == 40
+    assert all(p.dtype == torch.float32 for p in a.net.parameters())  # fp32 master weights
+    for (k, va), vb in zip(a.ema.state_dict().items(), b.ema.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    warm, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, warm_start=True), 1, False, init=a)
+    s = sample(warm, 50, 1, 0, dataclasses.replace(SAMPLING, steps=4, precision="bf16"))
+    assert np.isfinite(s.observations).all()
+
+
+def test_film_model_checkpoint_round_trip(tmp_path):
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20, "conditioning": "film"})
+    model, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    loaded = load_diffusion(save_diffusion(model, tmp_path / "film.pt"), device="cpu")
+    assert loaded.cfg.conditioning == "film" and loaded.net.film
+    few = dataclasses.replace(SAMPLING, steps=4)
+    np.testing.assert_array_equal(sample(model, 64, 1, 2, few).observations, sample(loaded, 64, 1, 2, few).observations)

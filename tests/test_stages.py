@@ -317,3 +317,49 @@ def test_fit_and_materialise_other_variants(finished, tmp_path, variant):
         assert metrics["n_train"] == {"offline": n_offline, "online": len(read_store(online)[0])}
         assert set(quality["generated_vs_online"]) == {"state", "action", "transition"}
     assert set(quality["offline_vs_online"]) == {"state", "action", "transition"}
+
+
+def test_rounds_read_the_previous_model_and_store():
+    """fit@k may warm-start from round k-1's model, materialise@k may carry round k-1's store (fifo)."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert "artifacts/rounds/${item.prev}/diffusion.pt" in spec["fit"]["do"]["deps"]
+    assert "artifacts/rounds/${item.prev}/synthetic.zarr" in spec["materialise"]["do"]["deps"]
+    assert "artifacts/rounds/0/diffusion.pt" in spec["pretrain"]["outs"]  # round 0: the no-model placeholder
+
+
+@pytest.mark.slow
+def test_warm_started_fit_continues_from_round_k_minus_1(finished, tmp_path):
+    from cfdg.config import from_mapping
+    from cfdg.diffusion import DiffusionConfig, checkpoint_variant
+    from stages.fit import fit_stage
+
+    raw = params.read_params(finished / "params.yaml")
+    cfg = from_mapping(DiffusionConfig, {**raw["diffusion"], "warm_start": True}, "diffusion")
+    rounds = finished / "artifacts" / "rounds"
+    assert checkpoint_variant(rounds / "0" / "diffusion.pt") == "none"
+    offline = finished / "artifacts" / "dataset" / "offline.zarr"
+    first = fit_stage(
+        offline,
+        rounds / "1" / "online.zarr",
+        cfg,
+        0,
+        1,
+        tmp_path / "1" / "diffusion.pt",
+        False,
+        prev_model=rounds / "0" / "diffusion.pt",
+    )
+    second = fit_stage(
+        offline,
+        rounds / "2" / "online.zarr",
+        cfg,
+        0,
+        2,
+        tmp_path / "2" / "diffusion.pt",
+        False,
+        prev_model=tmp_path / "1" / "diffusion.pt",
+    )
+    assert not first["warm_started"] and second["warm_started"]
+    assert first["train_steps_effective"] == second["train_steps_effective"] == cfg.train_steps  # equal compute
+    prov = json.loads((tmp_path / "2" / "fit.provenance.json").read_text())
+    assert prov["inputs"]["previous_diffusion"]["sha256"] == digest(tmp_path / "1" / "diffusion.pt")
+    assert "previous_diffusion" not in json.loads((tmp_path / "1" / "fit.provenance.json").read_text())["inputs"]

@@ -20,6 +20,8 @@ Variant = Literal["none", "synther", "joint", "cfdg"]
 # unconditional model on offline ∪ online (the paper's Table 3 "w/o guidance"); cfdg: conditional.
 VARIANTS = ("none", "synther", "joint", "cfdg")
 SOLVERS = ("heun", "dpmpp2m")
+# The keys that fix the network's shape: a warm start needs them equal to the previous round's.
+ARCHITECTURE_KEYS = ("width", "depth", "activation", "layer_norm", "fourier_features", "emb_dim", "conditioning")
 BUFFERS = ("replace", "fifo")
 
 
@@ -36,6 +38,9 @@ class DiffusionConfig:
     layer_norm: bool = True
     fourier_features: int = 16  # random Fourier features of c_noise (SynthER: 16)
     emb_dim: int = 256  # width of the noise-level embedding MLP (SynthER: 256)
+    # How class and noise level enter: `input` adds their embeddings to the projected input
+    # (SynthER); `film` also modulates every block, LN(x)·(1+scale)+shift, zero-initialised.
+    conditioning: Literal["input", "film"] = "input"
 
     # EDM (Karras et al. 2022). sigma_data 1.0 because the data is standardised (SynthER).
     # sigma_min/max/rho also shape the sampler's noise levels, but they describe the noise range
@@ -47,8 +52,11 @@ class DiffusionConfig:
     p_mean: float = -1.2
     p_std: float = 1.2
 
-    # Training.
+    # Training. Steps = max(train_steps, ceil(steps_per_row · training rows)), capped by
+    # max_train_steps when > 0: with steps_per_row > 0 the fit grows with the data.
     train_steps: int = 100_000
+    steps_per_row: float = 0.0
+    max_train_steps: int = 0
     batch_size: int = 256
     lr: float = 3e-4
     lr_schedule: Literal["cosine", "constant"] = "cosine"
@@ -57,6 +65,11 @@ class DiffusionConfig:
     # Ho & Salimans (2021) found p_uncond 0.1-0.2 best (0.5 hurt); with only two classes a
     # small drop rate keeps most of the signal for the conditional model.
     p_uncond: float = 0.1
+    # Batches: uniform over rows (false), or offline and online rows equally likely whatever the
+    # buffers' sizes (true; cfdg and joint, which see both buffers).
+    class_balance: bool = False
+    # Start round k's fit from round k-1's weights (same steps; round 1 starts from scratch).
+    warm_start: bool = False
 
     # Execution. bf16: autocast in training (fp32 master weights).
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -76,6 +89,12 @@ class DiffusionConfig:
         check(self.rho > 0, f"{w}.rho", "must be > 0")
         check(self.p_std > 0, f"{w}.p_std", "must be > 0")
         check(self.train_steps >= 1, f"{w}.train_steps", f"must be >= 1, got {self.train_steps}")
+        check(self.steps_per_row >= 0, f"{w}.steps_per_row", f"must be >= 0, got {self.steps_per_row}")
+        check(
+            self.max_train_steps == 0 or self.max_train_steps >= self.train_steps,
+            f"{w}.max_train_steps",
+            f"must be 0 (no cap) or >= train_steps ({self.train_steps}), got {self.max_train_steps}",
+        )
         check(self.batch_size >= 1, f"{w}.batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"{w}.lr", f"must be > 0, got {self.lr}")
         check(self.grad_clip >= 0, f"{w}.grad_clip", "must be >= 0")

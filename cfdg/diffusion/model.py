@@ -27,6 +27,7 @@ def build_denoiser(cfg: DiffusionConfig, obs_dim: int, act_dim: int, seed: int) 
             cfg.layer_norm,
             cfg.fourier_features,
             cfg.emb_dim,
+            cfg.conditioning,
         )
 
 

@@ -6,21 +6,28 @@ trains on online data only with the null label (a purely unconditional model); `
 on offline ∪ online with the null label for every row (one unconditional model, the paper's
 Table 3 "w/o guidance"); `none` has no model and is an error here. All randomness comes from
 one seeded generator: same data, config and seed give the same weights bit for bit on CPU.
+
+Batches are uniform over rows, or with `class_balance` offline and online rows are equally
+likely whatever the buffers' sizes (round 1 holds ~4x more offline than online rows, so
+uniform batches spend most of the conditional model's steps on the offline class). The EMA is
+torch's AveragedModel with an EMA average, the schedule torch's CosineAnnealingLR. A fit can
+start from a previous round's model (`warm_start`); the normaliser is always refitted to the
+round's data, the optimiser and the EMA start afresh, the number of steps is the same.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from cfdg.device import autocast, select_device, torch_threads
-from cfdg.diffusion.config import DiffusionConfig
+from cfdg.diffusion.config import ARCHITECTURE_KEYS, DiffusionConfig
 from cfdg.diffusion.denoiser import LABEL_NULL
 from cfdg.diffusion.edm import edm_loss
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
@@ -34,7 +41,11 @@ N_CURVE_POINTS = 20
 def training_data(
     offline: Transitions | None, online: Transitions, cfg: DiffusionConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """(vectors, labels, counts) for the variant; labels are the class ids fed to the network."""
+    """(vectors, labels, counts) for the variant; labels are the class ids fed to the network.
+
+    Rows are offline first, then online (`counts` says how many of each): class-balanced
+    batches rely on that order.
+    """
     if cfg.variant == "none":
         raise ConfigError("diffusion.variant is 'none': no diffusion model is fitted for this variant")
     if len(online) == 0:
@@ -56,46 +67,86 @@ def training_data(
     return v, labels.astype(np.int64), {"offline": len(offline), "online": len(online)}
 
 
-def learning_rate(cfg: DiffusionConfig, step: int) -> float:
-    if cfg.lr_schedule == "constant":
-        return cfg.lr
-    return cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.train_steps))
+def effective_train_steps(cfg: DiffusionConfig, n_rows: int) -> int:
+    """train_steps, grown to ceil(steps_per_row · rows) when that is more, capped by max_train_steps."""
+    steps = max(cfg.train_steps, math.ceil(cfg.steps_per_row * n_rows))
+    return min(steps, cfg.max_train_steps) if cfg.max_train_steps else steps
+
+
+def batch_indices(
+    counts: dict[str, int], batch: int, balanced: bool, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Row indices of one batch: uniform over all rows, or each row's buffer (offline/online) a fair coin."""
+    n_off, n_on = counts["offline"], counts["online"]
+    if not balanced or n_off == 0 or n_on == 0:
+        return torch.randint(n_off + n_on, (batch,), generator=gen, device=device)
+    online = torch.rand(batch, generator=gen, device=device) < 0.5
+    i_off = torch.randint(n_off, (batch,), generator=gen, device=device)
+    i_on = torch.randint(n_on, (batch,), generator=gen, device=device) + n_off
+    return torch.where(online, i_on, i_off)
+
+
+def check_warm_start(cfg: DiffusionConfig, init: DiffusionModel) -> None:
+    """A warm start needs the same network shape and variant; name the first difference."""
+    for key in ("variant", *ARCHITECTURE_KEYS):
+        mine, theirs = getattr(cfg, key), getattr(init.cfg, key)
+        if mine != theirs:
+            raise ConfigError(
+                f"diffusion.warm_start: the previous round's model has {key} {theirs!r}, this fit {mine!r}"
+            )
 
 
 def fit_diffusion(
-    offline: Transitions | None, online: Transitions, cfg: DiffusionConfig, seed: int, progress: bool = True
+    offline: Transitions | None,
+    online: Transitions,
+    cfg: DiffusionConfig,
+    seed: int,
+    progress: bool = True,
+    init: DiffusionModel | None = None,
 ) -> tuple[DiffusionModel, dict[str, Any]]:
-    """Train for cfg.train_steps Adam steps; returns the model and metrics (losses, speed, counts)."""
+    """Train for the effective number of Adam steps, from `init`'s weights when given.
+
+    Returns the model and metrics (losses, effective steps, speed, counts).
+    """
     with torch_threads(cfg.threads):
-        return _fit(offline, online, cfg, seed, progress)
+        return _fit(offline, online, cfg, seed, progress, init)
 
 
 def _fit(
-    offline: Transitions | None, online: Transitions, cfg: DiffusionConfig, seed: int, progress: bool
+    offline: Transitions | None,
+    online: Transitions,
+    cfg: DiffusionConfig,
+    seed: int,
+    progress: bool,
+    init: DiffusionModel | None,
 ) -> tuple[DiffusionModel, dict[str, Any]]:
     vectors, labels_np, counts = training_data(offline, online, cfg)
+    steps = effective_train_steps(cfg, len(vectors))
     normaliser = Normaliser.fit(vectors)
     device = select_device(cfg.device)
-    net = build_denoiser(cfg, online.obs_dim, online.act_dim, seed).to(device)
-    ema = copy.deepcopy(net).requires_grad_(False)
+    net = build_denoiser(cfg, online.obs_dim, online.act_dim, seed)
+    if init is not None:
+        check_warm_start(cfg, init)
+        net.load_state_dict(init.net.state_dict())
+    net = net.to(device)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
     train_net = torch.compile(net) if cfg.compile and device.type == "cuda" else net
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.lr_schedule == "cosine" else None
 
     data = torch.from_numpy(normaliser.normalise(vectors)).to(device)
     labels = torch.from_numpy(labels_np).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    n = data.shape[0]
     use_dropout = cfg.variant == "cfdg" and cfg.p_uncond > 0
+    balanced = cfg.class_balance and cfg.variant in ("cfdg", "joint")
 
-    window = max(1, cfg.train_steps // N_CURVE_POINTS)
+    window = max(1, steps // N_CURVE_POINTS)
     curve: list[float] = []
     acc = torch.zeros((), device=device)
     acc_n = 0
     start = time.perf_counter()
-    for step in tqdm(range(cfg.train_steps), desc="fit diffusion", disable=not progress):
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        idx = torch.randint(n, (cfg.batch_size,), generator=gen, device=device)
+    for step in tqdm(range(steps), desc="fit diffusion", disable=not progress):
+        idx = batch_indices(counts, cfg.batch_size, balanced, gen, device)
         y, c = data[idx], labels[idx]
         if use_dropout:
             drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.p_uncond
@@ -107,12 +158,12 @@ def _fit(
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         opt.step()
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), net.parameters(), strict=True):
-                p_ema.lerp_(p, 1 - cfg.ema_decay)
+        if schedule is not None:
+            schedule.step()
+        ema.update_parameters(net)
         acc += loss.detach()
         acc_n += 1
-        if acc_n == window or step == cfg.train_steps - 1:
+        if acc_n == window or step == steps - 1:
             curve.append(float(acc) / acc_n)
             acc.zero_()
             acc_n = 0
@@ -123,18 +174,20 @@ def _fit(
         obs_dim=online.obs_dim,
         act_dim=online.act_dim,
         net=net,
-        ema=ema.eval(),
+        ema=ema.module.requires_grad_(False).eval(),
         normaliser=normaliser,
         device=device,
         optimizer_state=opt.state_dict(),
-        step=cfg.train_steps,
+        step=steps,
     )
     metrics = {
         "final_loss": curve[-1],
         "loss_curve": curve,
         "loss_curve_every": window,
         "min_loss": min(curve),
-        "steps_per_s": cfg.train_steps / seconds if seconds > 0 else float("inf"),
+        "train_steps_effective": steps,
+        "warm_started": init is not None,
+        "steps_per_s": steps / seconds if seconds > 0 else float("inf"),
         "train_seconds": seconds,
         "n_train": counts,
         "n_params": sum(p.numel() for p in net.parameters()),

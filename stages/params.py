@@ -126,12 +126,13 @@ def seed(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> int:
 
 
 def dataset_source(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> str:
-    """`build` (make the dataset with gymnasium) or a D4RL name / HDF5 path to import."""
+    """`build` (make the dataset with gymnasium) or a D4RL name / HDF5 path / Minari id to import."""
     raw = params.get("dataset") or {}
     value = raw.get(DATASET_SOURCE_KEY, "build") if isinstance(raw, Mapping) else "build"
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(
-            f"{_where(path, 'dataset.source')}: must be 'build', a D4RL dataset name or an HDF5 path, got {value!r}"
+            f"{_where(path, 'dataset.source')}: must be 'build', a D4RL dataset name, an HDF5 path "
+            f"or a Minari id, got {value!r}"
         )
     return value.strip()
 

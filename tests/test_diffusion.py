@@ -36,7 +36,7 @@ from cfdg.diffusion import (
     write_empty_synthetic,
 )
 from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
-from cfdg.diffusion.train import batch_indices, effective_train_steps
+from cfdg.diffusion.train import batch_indices, effective_train_steps, online_share, row_weights
 from cfdg.errors import CheckpointError, ConfigError, StoreError
 from cfdg.io import digest
 from cfdg.quality import js_divergences
@@ -239,11 +239,11 @@ def test_checkpoint_holds_no_sampling_knob_and_refuses_old_versions(toy, tmp_pat
     sampling_only = {f.name for f in dataclasses.fields(SamplingConfig)} - {"precision", "threads"}
     assert not sampling_only & set(ckpt["config"]), sampling_only & set(ckpt["config"])
     assert checkpoint_variant(path) == "cfdg"
-    # A version-1 checkpoint (sampling knobs inside) gets one line that says what to do.
+    # A version-1 checkpoint (sampling knobs inside) or version-2 (class_balance) gets one line that says what to do.
     ckpt["version"] = 1
     torch.save(ckpt, tmp_path / "old.pt")
     for read in (load_diffusion, checkpoint_variant):
-        with pytest.raises(CheckpointError, match=r"old.pt: checkpoint version 1, this cfdg reads 2; refit") as e:
+        with pytest.raises(CheckpointError, match=r"old.pt: checkpoint version 1, this cfdg reads 3; refit") as e:
             read(tmp_path / "old.pt")
         assert "\n" not in str(e.value)
     none = save_no_model(tmp_path / "none.pt")
@@ -430,29 +430,53 @@ def test_fifo_buffer_keeps_the_newest_rows_up_to_capacity(toy, tmp_path):
 # --- fitting options (issue 8 §3: each one a measured candidate) ----------------------------
 
 
-def test_class_balanced_batches_draw_each_buffer_half_the_time():
+@pytest.mark.parametrize("share", [0.5, 0.8])
+def test_batches_draw_the_online_buffer_at_the_set_share(share):
     gen = torch.Generator().manual_seed(0)
     counts = {"offline": 9000, "online": 1000}
-    uniform = torch.cat([batch_indices(counts, 256, False, gen, torch.device("cpu")) for _ in range(80)])
-    balanced = torch.cat([batch_indices(counts, 256, True, gen, torch.device("cpu")) for _ in range(80)])
+    uniform = torch.cat([batch_indices(counts, 256, None, gen, torch.device("cpu")) for _ in range(80)])
+    shared = torch.cat([batch_indices(counts, 256, share, gen, torch.device("cpu")) for _ in range(80)])
     assert abs(float((uniform >= 9000).float().mean()) - 0.1) < 0.02
-    assert abs(float((balanced >= 9000).float().mean()) - 0.5) < 0.02
+    assert abs(float((shared >= 9000).float().mean()) - share) < 0.02
     # Rows within a buffer stay uniform: every online row is reachable, indices stay in range.
-    assert int(balanced.min()) >= 0 and int(balanced.max()) < 10_000
-    assert len(torch.unique(balanced[balanced >= 9000])) > 900
-    # One buffer only (synther): nothing to balance.
-    only = batch_indices({"offline": 0, "online": 50}, 512, True, gen, torch.device("cpu"))
-    assert int(only.max()) < 50
+    assert int(shared.min()) >= 0 and int(shared.max()) < 10_000
+    assert len(torch.unique(shared[shared >= 9000])) > 900
+    assert len(torch.unique(shared[shared < 9000])) > 3000
 
 
-def test_class_balance_changes_what_the_fit_sees():
-    """With 10x more offline rows, balanced batches must put the online class's loss share at ~1/2."""
+def test_online_share_applies_only_where_both_buffers_are_modelled():
+    cfg = from_mapping(DiffusionConfig, {"batch_online_share": 0.8}, "diffusion")
+    both, only = {"offline": 90, "online": 10}, {"offline": 0, "online": 50}
+    assert online_share(cfg, both) == 0.8
+    assert online_share(dataclasses.replace(cfg, variant="joint"), both) == 0.8
+    assert online_share(dataclasses.replace(cfg, variant="synther"), only) is None
+    assert online_share(dataclasses.replace(cfg, batch_online_share=None), both) is None
+
+
+def test_normaliser_is_fitted_to_the_mixture_the_batches_draw():
+    """Weights q/n_on and (1-q)/n_off give the statistics of a batch-share mixture, not of the stored rows."""
+    rng = np.random.default_rng(0)
+    off, on = rng.normal(0.0, 1.0, (9000, 4)), rng.normal(10.0, 1.0, (1000, 4))
+    rows = np.concatenate([off, on]).astype(np.float32)
+    counts = {"offline": 9000, "online": 1000}
+    plain = Normaliser.fit(rows)
+    mixed = Normaliser.fit(rows, row_weights(counts, 0.8))
+    assert abs(float(plain.mean[0]) - 1.0) < 0.1  # 10% online
+    assert abs(float(mixed.mean[0]) - 8.0) < 0.1  # 80% online
+    # Equal weights reproduce the unweighted fit.
+    np.testing.assert_allclose(Normaliser.fit(rows, np.ones(len(rows))).std, plain.std, rtol=1e-6)
+    with pytest.raises(ConfigError, match="batch_online_share"):
+        from_mapping(DiffusionConfig, {"batch_online_share": 1.0}, "diffusion")
+
+
+def test_online_share_changes_what_the_fit_sees():
+    """With 10x more offline rows, an online share of 1/2 must train the online class far more often."""
     offline, online = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0), mixture(300, ON_CENTRE, 2, 0.0)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 40}, "diffusion")
     a, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
-    b, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, class_balance=True), seed=0, progress=False)
+    b, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, batch_online_share=0.5), seed=0, progress=False)
     assert not torch.equal(a.net.proj.weight, b.net.proj.weight)
-    # The online class's embedding row gets gradient far more often when balanced.
+    # The online class's embedding row gets gradient far more often with the share.
     init, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
     moved = [float((m.net.class_emb.weight[1] - init.net.class_emb.weight[1]).detach().norm()) for m in (a, b)]
     assert moved[1] > moved[0], moved
@@ -540,7 +564,7 @@ def test_warm_start_continues_from_the_previous_model():
 
 def test_bf16_training_with_the_new_pieces():
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
-    options = {"conditioning": "film", "class_balance": True, "steps_per_row": 0.1, "precision": "bf16"}
+    options = {"conditioning": "film", "batch_online_share": 0.8, "steps_per_row": 0.1, "precision": "bf16"}
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20, **options})
     a, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
     b, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)

@@ -26,7 +26,7 @@ from cfdg.io import atomic_torch_save, read_checkpoint
 
 FORMAT = "cfdg-diffusion"
 # 2: the config holds fitting parameters only (sampling moved to params `sampling:`).
-VERSION = 2
+VERSION = 3
 
 
 def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:

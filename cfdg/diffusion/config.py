@@ -65,9 +65,12 @@ class DiffusionConfig:
     # Ho & Salimans (2021) found p_uncond 0.1-0.2 best (0.5 hurt); with only two classes a
     # small drop rate keeps most of the signal for the conditional model.
     p_uncond: float = 0.1
-    # Batches: uniform over rows (false), or offline and online rows equally likely whatever the
-    # buffers' sizes (true; cfdg and joint, which see both buffers).
-    class_balance: bool = False
+    # Share of each training batch drawn from the online buffer (cfdg and joint, which see both
+    # buffers); None = uniform over rows. Round 1 holds ~4x more offline than online rows, so
+    # uniform batches spend most steps on the offline class while `synther` spends all of them on
+    # online rows. The normaliser's statistics are weighted the same way (bench/ablation.py:
+    # weighting them too is worth as much as the batch share itself).
+    batch_online_share: float | None = None
     # Start round k's fit from round k-1's weights (same steps; round 1 starts from scratch).
     warm_start: bool = False
 
@@ -100,6 +103,11 @@ class DiffusionConfig:
         check(self.grad_clip >= 0, f"{w}.grad_clip", "must be >= 0")
         check(0 <= self.ema_decay < 1, f"{w}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check(0 <= self.p_uncond < 1, f"{w}.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
+        check(
+            self.batch_online_share is None or 0 < self.batch_online_share < 1,
+            f"{w}.batch_online_share",
+            f"must be null (uniform over rows) or in (0, 1), got {self.batch_online_share}",
+        )
         check(self.precision in ("fp32", "bf16"), f"{w}.precision", "must be 'fp32' or 'bf16'")
         check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
 

@@ -61,9 +61,11 @@ class Normaliser:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, vectors: np.ndarray) -> Normaliser:
+    def fit(cls, vectors: np.ndarray, weights: np.ndarray | None = None) -> Normaliser:
+        """Statistics of the rows, or of the distribution the fit draws them from (`weights`, per row)."""
         x = vectors.astype(np.float64)
-        mean, std = x.mean(axis=0), x.std(axis=0)
+        mean = np.average(x, axis=0, weights=weights)
+        std = np.sqrt(np.average((x - mean) ** 2, axis=0, weights=weights))
         std = np.where(std < STD_FLOOR, 1.0, std)
         mean[-1], std[-1] = 0.0, 1.0
         return cls(mean.astype(np.float32), std.astype(np.float32))

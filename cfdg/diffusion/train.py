@@ -7,9 +7,10 @@ on offline ∪ online with the null label for every row (one unconditional model
 Table 3 "w/o guidance"); `none` has no model and is an error here. All randomness comes from
 one seeded generator: same data, config and seed give the same weights bit for bit on CPU.
 
-Batches are uniform over rows, or with `class_balance` offline and online rows are equally
-likely whatever the buffers' sizes (round 1 holds ~4x more offline than online rows, so
-uniform batches spend most of the conditional model's steps on the offline class). The EMA is
+Batches are uniform over rows, or with `batch_online_share` q each batch row comes from the
+online buffer with probability q whatever the buffers' sizes (round 1 holds ~4x more offline
+than online rows, so uniform batches spend most of the conditional model's steps on the offline
+class); the normaliser is then fitted to that mixture, not to the stored rows. The EMA is
 torch's AveragedModel with an EMA average, the schedule torch's CosineAnnealingLR. A fit can
 start from a previous round's model (`warm_start`); the normaliser is always refitted to the
 round's data, the optimiser and the EMA start afresh, the number of steps is the same.
@@ -73,14 +74,31 @@ def effective_train_steps(cfg: DiffusionConfig, n_rows: int) -> int:
     return min(steps, cfg.max_train_steps) if cfg.max_train_steps else steps
 
 
-def batch_indices(
-    counts: dict[str, int], batch: int, balanced: bool, gen: torch.Generator, device: torch.device
-) -> torch.Tensor:
-    """Row indices of one batch: uniform over all rows, or each row's buffer (offline/online) a fair coin."""
+def online_share(cfg: DiffusionConfig, counts: dict[str, int]) -> float | None:
+    """The batch's online share for this fit: None (uniform over rows) unless both buffers are modelled."""
+    both = cfg.variant in ("cfdg", "joint") and counts["offline"] > 0 and counts["online"] > 0
+    return cfg.batch_online_share if both else None
+
+
+def row_weights(counts: dict[str, int], share: float | None) -> np.ndarray | None:
+    """Each row's probability of being drawn, as `batch_indices` draws them (None: uniform)."""
+    if share is None:
+        return None
     n_off, n_on = counts["offline"], counts["online"]
-    if not balanced or n_off == 0 or n_on == 0:
+    return np.concatenate([np.full(n_off, (1 - share) / n_off), np.full(n_on, share / n_on)])
+
+
+def batch_indices(
+    counts: dict[str, int], batch: int, share: float | None, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """Row indices of one batch: uniform over all rows, or each row online with probability `share`.
+
+    Rows are offline first, then online (`training_data`'s order).
+    """
+    n_off, n_on = counts["offline"], counts["online"]
+    if share is None:
         return torch.randint(n_off + n_on, (batch,), generator=gen, device=device)
-    online = torch.rand(batch, generator=gen, device=device) < 0.5
+    online = torch.rand(batch, generator=gen, device=device) < share
     i_off = torch.randint(n_off, (batch,), generator=gen, device=device)
     i_on = torch.randint(n_on, (batch,), generator=gen, device=device) + n_off
     return torch.where(online, i_on, i_off)
@@ -122,7 +140,8 @@ def _fit(
 ) -> tuple[DiffusionModel, dict[str, Any]]:
     vectors, labels_np, counts = training_data(offline, online, cfg)
     steps = effective_train_steps(cfg, len(vectors))
-    normaliser = Normaliser.fit(vectors)
+    share = online_share(cfg, counts)
+    normaliser = Normaliser.fit(vectors, row_weights(counts, share))
     device = select_device(cfg.device)
     net = build_denoiser(cfg, online.obs_dim, online.act_dim, seed)
     if init is not None:
@@ -138,7 +157,6 @@ def _fit(
     labels = torch.from_numpy(labels_np).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     use_dropout = cfg.variant == "cfdg" and cfg.p_uncond > 0
-    balanced = cfg.class_balance and cfg.variant in ("cfdg", "joint")
 
     window = max(1, steps // N_CURVE_POINTS)
     curve: list[float] = []
@@ -146,7 +164,7 @@ def _fit(
     acc_n = 0
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="fit diffusion", disable=not progress):
-        idx = batch_indices(counts, cfg.batch_size, balanced, gen, device)
+        idx = batch_indices(counts, cfg.batch_size, share, gen, device)
         y, c = data[idx], labels[idx]
         if use_dropout:
             drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.p_uncond

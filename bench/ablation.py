@@ -17,9 +17,11 @@ measured against ground truth and real data:
   fresh real row (≈ 1 healthy, ≪ 1 copying), in the round's standardised units.
 References in the same run: the offline data and the real round data measured the same way.
 
-Candidates that need training options the library may not have (class-balanced batches, FiLM
-conditioning, warm start) are built here from the library's parts so every one is measured by the
-same code; `joint` is the unconditional model fitted on offline ∪ online.
+Every candidate is fitted by the library's `fit_diffusion` with its DiffusionConfig options (online
+share of the batches, FiLM conditioning); only a warm start from the previous round's network and a
+fixed normaliser are patched in here. `joint` is the unconditional model fitted on offline ∪ online.
+The `default` candidates measure the default run's settings (params.yaml) against `synther` and
+`joint` with the same settings, and `synther` with SynthER's own input conditioning.
 Jobs run in parallel worker processes (one model each, GPU when present); every finished record is
 appended to the output as a JSON line, so a run stopped at its deadline keeps what it finished.
 """
@@ -210,7 +212,28 @@ def candidate(name: str) -> Candidate:
 
 
 W_SMALL = (Sampler(w=0.0), Sampler(w=0.5), DEFAULT_SAMPLER)
+# The default run's sampler since the ablation (params.yaml sampling:): 64 stochastic Heun steps, w 1.
+# Beside it: the paper's 128 steps and the same 64 steps in bf16 (the fast-sampler question, issue 8 §4).
+RUN_SAMPLERS = (
+    *(Sampler(w=w, steps=64) for w in (1.0, 0.0, 0.5, 2.0)),
+    Sampler(steps=128),
+    Sampler(steps=64, precision="bf16"),
+)
 COMBOS: list[Candidate] = [
+    _c(
+        "default",
+        "the default run: 256x3, 5K steps, batches 80% online, FiLM, 64 steps (w sweep for cfdg)",
+        variants=ALL_VARIANTS,
+        online_share=0.8,
+        film=True,
+        samplers=RUN_SAMPLERS,
+    ),
+    _c(
+        "default_input",
+        "synther with SynthER's input conditioning (no FiLM), 64 steps",
+        variants=("synther",),
+        samplers=RUN_SAMPLERS[:1],
+    ),
     _c(
         "q_best",
         "quality: 512x4, 20K steps, batches 80% online, FiLM",
@@ -247,40 +270,8 @@ COMBOS: list[Candidate] = [
 # ---------------------------------------------------------------- fitting
 
 
-def _film_denoiser(cfg: Any, d_data: int) -> Any:
-    """Denoiser whose class + noise embedding scales and shifts every block's normalised input (FiLM/adaLN)."""
-    import torch
-    from torch import nn
-
-    from cfdg.diffusion.denoiser import Denoiser
-
-    class FiLMDenoiser(Denoiser):
-        def __init__(self) -> None:
-            super().__init__(
-                d_data, cfg.width, cfg.depth, cfg.activation, cfg.layer_norm, cfg.fourier_features, cfg.emb_dim
-            )
-            self.film = nn.ModuleList(nn.Linear(cfg.width, 2 * cfg.width) for _ in range(cfg.depth))
-            for lin in self.film:  # start as the plain network: scale 1, shift 0
-                nn.init.zeros_(lin.weight)
-                nn.init.zeros_(lin.bias)
-
-        def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            dtype = self.proj.weight.dtype
-            x, c_noise = x.to(dtype), c_noise.to(dtype)
-            emb = self.noise_mlp(self.fourier(c_noise)) + self.class_emb(labels)
-            h = self.proj(x) + emb
-            e = nn.functional.silu(emb)
-            for block, film in zip(self.blocks, self.film, strict=True):
-                scale, shift = film(e).chunk(2, dim=-1)
-                h = h + block.linear(block.act(block.norm(h) * (1 + scale) + shift))
-            return self.out(self.out_act(self.out_norm(h)))
-
-    return FiLMDenoiser()
-
-
 def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, prev: Any | None) -> tuple[Any, dict]:
     """Fit round k's model for `variant` with the candidate's changes; returns (model, fit metrics)."""
-    import torch
 
     import cfdg.diffusion.train as train
     from cfdg.config import from_mapping
@@ -291,35 +282,22 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
     if cand.steps_growth:
         overrides["train_steps"] = overrides["train_steps"] * k
     overrides["train_steps"] = max(1, int(overrides["train_steps"] * STEPS_SCALE))
-    overrides["variant"] = "cfdg" if variant == "cfdg" else "synther"
+    overrides["variant"] = variant
+    if cand.film:
+        overrides["conditioning"] = "film"
+    if cand.online_share is not None and variant in ("cfdg", "joint"):
+        overrides["batch_online_share"] = cand.online_share
     cfg = from_mapping(DiffusionConfig, overrides, f"candidate {cand.name}")
     offline, online = data.offline, data.online[k - 1]
-    if variant == "joint":  # one unconditional model on offline ∪ online = synther's code on the union
-        online, offline = Transitions.concat([offline, online]), None
-    elif variant == "synther":
+    if variant == "synther":
         offline = None
     union = online if offline is None else Transitions.concat([offline, online])
-    if variant == "cfdg" and cand.online_share is not None:  # class balance: repeat online rows to this share
-        q = cand.online_share
-        reps = q * len(offline) / ((1 - q) * len(online))
-        rng = np.random.default_rng(seed)
-        idx = np.concatenate(
-            [
-                np.tile(np.arange(len(online)), int(reps)),
-                rng.choice(len(online), round((reps % 1) * len(online)), replace=False),
-            ]
-        )
-        online = online.take(idx)
 
     build = train.build_denoiser
 
     def patched(cfg_: Any, obs_dim: int, act_dim: int, seed_: int) -> Any:
         if cand.warm_start and prev is not None:
             return copy.deepcopy(prev.net)
-        if cand.film:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed_)
-                return _film_denoiser(cfg_, 2 * obs_dim + act_dim + 2)
         return build(cfg_, obs_dim, act_dim, seed_)
 
     norm_class = train.Normaliser
@@ -330,7 +308,7 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
 
         class FixedNormaliser(Normaliser):
             @classmethod
-            def fit(cls, vectors: np.ndarray) -> Normaliser:
+            def fit(cls, vectors: np.ndarray, weights: np.ndarray | None = None) -> Normaliser:
                 return fixed
 
         train.Normaliser = FixedNormaliser
@@ -343,48 +321,19 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
 
 
 def draw(model: Any, n: int, seed: int, s: Sampler, batch: int = 4096) -> Any:
-    """n online-labelled samples, chunked and seeded per chunk as materialise does, with any solver."""
-    import torch
-
-    from cfdg.diffusion.denoiser import LABEL_NULL
-    from cfdg.diffusion.edm import dpmpp2m_sample, guided_denoise, heun_sample
+    """n online-labelled samples, chunked and seeded per chunk as materialise does (the library's sampler)."""
+    from cfdg.diffusion import SamplingConfig
     from cfdg.diffusion.normaliser import from_vectors
-    from cfdg.diffusion.sample import chunk_seed
+    from cfdg.diffusion.sample import chunk_seed, sample_vectors
     from cfdg.store import Transitions
 
-    cfg, dev = model.cfg, model.device
-    net = model.sampling_net(s.precision)
+    sampling = SamplingConfig(
+        guidance_w=s.w, solver=s.solver, steps=s.steps, stochastic=s.stochastic, precision=s.precision, batch=batch
+    )
     parts = []
     for i, start in enumerate(range(0, n, batch)):
         m = min(batch, n - start)
-        unconditional = cfg.variant == "synther"
-        labels = torch.full((m,), LABEL_NULL if unconditional else 1, dtype=torch.long, device=dev)
-        w = 0.0 if unconditional else s.w
-
-        def den(x: torch.Tensor, sigma: torch.Tensor, labels=labels, w=w) -> torch.Tensor:
-            return guided_denoise(net, x, sigma, labels, w, cfg.sigma_data)
-
-        gen = torch.Generator().manual_seed(chunk_seed(seed, i))
-        with torch.inference_mode():
-            if s.solver == "dpmpp2m":
-                x = dpmpp2m_sample(den, (m, model.d_data), gen, dev, s.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho)
-            else:
-                x = heun_sample(
-                    den,
-                    (m, model.d_data),
-                    gen,
-                    dev,
-                    s.steps,
-                    cfg.sigma_min,
-                    cfg.sigma_max,
-                    cfg.rho,
-                    s.stochastic,
-                    cfg.s_churn,
-                    cfg.s_tmin,
-                    cfg.s_tmax,
-                    cfg.s_noise,
-                )
-        v = model.normaliser.denormalise(x.float().cpu().numpy())
+        v = sample_vectors(model, np.ones(m, np.uint8), m, chunk_seed(seed, i), sampling)
         parts.append(from_vectors(v, model.obs_dim, model.act_dim, np.ones(m, np.uint8)))
     return Transitions.concat(parts)
 
@@ -454,7 +403,7 @@ def run_job(args: tuple[str, str, int, str, str]) -> list[dict]:
         model, fit_metrics = fit_one(cand, variant, data, k, seed, prev)
         fit_s = time.perf_counter() - t0
         for s in cand.samplers:
-            if variant != "cfdg" and s.w != DEFAULT_SAMPLER.w and s.solver == "heun" and s.steps == 32:
+            if variant != "cfdg" and s.w != DEFAULT_SAMPLER.w and s.solver == "heun" and s.steps in (32, 64):
                 continue  # guidance sweep: only the conditional model has a guidance weight
             t1 = time.perf_counter()
             gen = draw(model, N_GEN, seed * 7919 + k, s)

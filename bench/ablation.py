@@ -138,6 +138,7 @@ class Candidate:
     norm: str = "data"
     samplers: tuple[Sampler, ...] = (DEFAULT_SAMPLER,)
     rounds: tuple[int, ...] | None = None  # None: every round
+    sweep_round: int | None = None  # set: samplers after the first run in this round only (and for cfdg only)
 
 
 def _c(name: str, what: str, **kw: Any) -> Candidate:
@@ -227,6 +228,7 @@ COMBOS: list[Candidate] = [
         online_share=0.8,
         film=True,
         samplers=RUN_SAMPLERS,
+        sweep_round=1,
     ),
     _c(
         "default_input",
@@ -394,17 +396,30 @@ def run_job(args: tuple[str, str, int, str, str]) -> list[dict]:
 
     cand = candidate(name)
     data = load(Path(data_path))
+    done = set()  # (candidate, variant, seed, round, sampler) already in the output: a rerun resumes
+    if Path(out_path).exists():
+        for line in Path(out_path).read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["candidate"], r["variant"], r["seed"], r["round"], r.get("sampler")))
     prev = None
     records = []
     for k in range(1, len(data.online) + 1):
         if cand.rounds is not None and k not in cand.rounds and not cand.warm_start:
             continue
+        samplers = [
+            s
+            for s in cand.samplers
+            if not (variant != "cfdg" and s.w != DEFAULT_SAMPLER.w and s.solver == "heun" and s.steps in (32, 64))
+        ]  # guidance sweep: only the conditional model has a guidance weight
+        if cand.sweep_round is not None and (k != cand.sweep_round or variant != "cfdg"):
+            samplers = samplers[:1]
+        samplers = [s for s in samplers if (name, variant, seed, k, s.tag) not in done]
+        if not samplers and not cand.warm_start:
+            continue  # measured by an earlier run into the same output
         t0 = time.perf_counter()
         model, fit_metrics = fit_one(cand, variant, data, k, seed, prev)
         fit_s = time.perf_counter() - t0
-        for s in cand.samplers:
-            if variant != "cfdg" and s.w != DEFAULT_SAMPLER.w and s.solver == "heun" and s.steps in (32, 64):
-                continue  # guidance sweep: only the conditional model has a guidance weight
+        for s in samplers:
             t1 = time.perf_counter()
             gen = draw(model, N_GEN, seed * 7919 + k, s)
             sample_s = time.perf_counter() - t1

@@ -284,7 +284,8 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
 
     import cfdg.diffusion.train as train
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig, fit_diffusion
+    from cfdg.diffusion.config import DiffusionConfig
+    from cfdg.diffusion.train import fit_diffusion
     from cfdg.store import Transitions
 
     overrides = BASE | dict(cand.fit)

@@ -30,6 +30,7 @@ from prefect.artifacts import (
 )
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
+from pipeline import sections
 from stages import layout, params
 from stages.runner import PROGRESS_ENV
 
@@ -174,7 +175,7 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
     """The whole loop: dataset, pretrain, every round of params.yaml, report. Returns the report path."""
     logger = get_run_logger()
     base = Path(root)
-    checked = params.load_all(base / "params.yaml")  # every section validated before anything runs
+    checked = sections.load_all(base / "params.yaml")  # every section validated before anything runs
     rounds = list(checked.rounds)
     overall = create_progress_artifact(0.0, key="cfdg-run-progress", description="rounds completed")
     for target in ("dataset", "pretrain"):

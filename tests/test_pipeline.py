@@ -10,6 +10,7 @@ import yaml
 from pipeline_project import ROOT, clone, dvc, env, finished_project, forget, ran_stages, sh, tree_digests
 
 from cfdg.errors import ConfigError
+from pipeline import sections
 from pipeline.preset import apply_preset
 from stages import params
 
@@ -37,14 +38,14 @@ def test_preset_merges_keeps_comments_and_writes_rounds_table(tmp_path):
     assert params.rounds(raw) == {k: k - 1 for k in range(1, tiny["rounds"] + 1)}
     apply_preset(ROOT / "configs" / "tiny.yaml", path, rounds=4)
     assert params.rounds(params.read_params(path)) == {1: 0, 2: 1, 3: 2, 4: 3}
-    params.load_all(path)
+    sections.load_all(path)
 
 
 @pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
 def test_paper_presets_validate(tmp_path, algo):
     path = _params_copy(tmp_path)
     apply_preset(ROOT / "configs" / "paper" / f"{algo}.yaml", path)
-    p = params.load_all(path)
+    p = sections.load_all(path)
     assert p.sections["agent"].algo == algo
     assert p.sections["diffusion"].width == 1024 and p.sections["diffusion"].depth == 6
     sampling = p.sections["sampling"]

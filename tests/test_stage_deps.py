@@ -103,3 +103,11 @@ def test_a_missing_dep_is_caught():
     deps = [p for p in loaded if p != "cfdg/store.py"]
     assert "cfdg/store.py" in loaded
     assert [p for p in loaded if not any(_covers(d, p) for d in deps)] == ["cfdg/store.py"]
+
+
+def test_agents_and_diffusion_never_import_each_other():
+    """They meet only in the stores the stages pass between them (ARCHITECTURE.md)."""
+    for module in ("cfdg.agents.train", "cfdg.agents.replay"):
+        assert not [p for p in _loaded(module) if p.startswith("cfdg/diffusion/")], module
+    for module in ("cfdg.diffusion.train", "cfdg.diffusion.sample"):
+        assert not [p for p in _loaded(module) if p.startswith("cfdg/agents/")], module

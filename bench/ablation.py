@@ -277,7 +277,8 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
 
     import cfdg.diffusion.train as train
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig, fit_diffusion
+    from cfdg.diffusion.config import DiffusionConfig
+    from cfdg.diffusion.train import fit_diffusion
     from cfdg.store import Transitions
 
     overrides = BASE | dict(cand.fit)
@@ -324,7 +325,7 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
 
 def draw(model: Any, n: int, seed: int, s: Sampler, batch: int = 4096) -> Any:
     """n online-labelled samples, chunked and seeded per chunk as materialise does (the library's sampler)."""
-    from cfdg.diffusion import SamplingConfig
+    from cfdg.diffusion.config import SamplingConfig
     from cfdg.diffusion.normaliser import from_vectors
     from cfdg.diffusion.sample import chunk_seed, sample_vectors
     from cfdg.store import Transitions

@@ -33,10 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cfdg.config import from_mapping
 from cfdg.device import select_device
-from cfdg.diffusion import DiffusionConfig, SamplingConfig, fit_diffusion
+from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
 from cfdg.diffusion.denoiser import LABEL_NULL, count_flops_per_row
 from cfdg.diffusion.edm import karras_sigmas, preconditioning
 from cfdg.diffusion.sample import sample, sample_vectors
+from cfdg.diffusion.train import fit_diffusion
 from cfdg.quality import js_divergences
 from cfdg.store import Transitions
 

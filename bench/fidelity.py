@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import ablation as A
+from bench import ablation
 
 MATCH = ("next_state_rel_error", "js_state_fresh", "js_transition_fresh")
 COLS = [
@@ -36,15 +36,15 @@ COLS = [
     ("js_state_fresh", "state JS (fresh)"),
     ("js_transition_fresh", "trans. JS (fresh)"),
 ]
-REFERENCE = A.Sampler(w=A.CURVE_W, steps=128).tag  # the 128-step stochastic sampler
+REFERENCE = ablation.Sampler(w=ablation.CURVE_W, steps=128).tag  # the 128-step stochastic sampler
 
 
 def curve_records(recs: list[dict]) -> dict[str, list[dict]]:
     """sampler tag → records of the CFDG baseline model on round CURVE_ROUND (w sweep and solver curves)."""
-    names = {c.name for c in A.CURVES}
+    names = {c.name for c in ablation.CURVES}
     out: dict[str, list[dict]] = {}
     for r in recs:
-        if r["candidate"] in names and r["variant"] == "cfdg" and r["round"] == A.CURVE_ROUND:
+        if r["candidate"] in names and r["variant"] == "cfdg" and r["round"] == ablation.CURVE_ROUND:
             out.setdefault(r["sampler"], []).append(r)
     for tag in out:  # the same (seed, sampler) from two candidates fits the same model: keep one
         seen: dict[int, dict] = {}
@@ -67,7 +67,7 @@ def fast_preset(curves: dict[str, list[dict]]) -> str | None:
         return None
     ok = []
     for tag, rs in curves.items():
-        if rs[0]["w"] != A.CURVE_W or len(rs) < 2:
+        if rs[0]["w"] != ablation.CURVE_W or len(rs) < 2:
             continue
         within = True
         for key in MATCH:
@@ -83,7 +83,7 @@ def fast_preset(curves: dict[str, list[dict]]) -> str | None:
 def markdown(curves: dict[str, list[dict]]) -> str:
     def key(tag: str) -> tuple:
         r = curves[tag][0]
-        return (r["w"] != A.CURVE_W, r["solver"], r["stochastic"], r["precision"], r["w"], r["steps"])
+        return (r["w"] != ablation.CURVE_W, r["solver"], r["stochastic"], r["precision"], r["w"], r["steps"])
 
     lines = [
         "| sampler | w | steps | network calls | seeds | " + " | ".join(h for _, h in COLS) + " |",
@@ -91,7 +91,7 @@ def markdown(curves: dict[str, list[dict]]) -> str:
     ]
     for tag in sorted(curves, key=key):
         rs = curves[tag]
-        cells = [A._fmt([r.get(c) for r in rs]) for c, _ in COLS]
+        cells = [ablation._fmt([r.get(c) for r in rs]) for c, _ in COLS]
         r = rs[0]
         lines.append(f"| {tag} | {r['w']:g} | {r['steps']} | {r['nfe']} | {len(rs)} | " + " | ".join(cells) + " |")
     best = fast_preset(curves)
@@ -121,8 +121,8 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
     )
     for j, (k, label) in enumerate(keys):
         ax = axes[0, j]
-        ws_here = [w for w in ws if A.Sampler(w=w).tag in curves]
-        ms = [stats(curves[A.Sampler(w=w).tag], k) for w in ws_here]
+        ws_here = [w for w in ws if ablation.Sampler(w=w).tag in curves]
+        ms = [stats(curves[ablation.Sampler(w=w).tag], k) for w in ws_here]
         if ms:
             ax.errorbar(ws_here, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3)
         ax.set_xlabel("guidance w (stochastic Heun, 32 steps)")
@@ -139,7 +139,7 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
                 for rs in curves.values()
                 if rs[0]["solver"] == solver
                 and rs[0]["stochastic"] == stoch
-                and rs[0]["w"] == A.CURVE_W
+                and rs[0]["w"] == ablation.CURVE_W
                 and rs[0].get("precision", "fp32") == "fp32"
             )
             if pts:
@@ -152,12 +152,12 @@ def plot(curves: dict[str, list[dict]], path: Path) -> None:
                     label=name,
                 )
         ax.set_xscale("log", base=2)
-        ax.set_xlabel(f"network calls per sample (w = {A.CURVE_W:g})")
+        ax.set_xlabel(f"network calls per sample (w = {ablation.CURVE_W:g})")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(
-        f"CFDG model (batches 80% online), round {A.CURVE_ROUND} data of the default run (mean ± std, 3 seeds)"
+        f"CFDG model (batches 80% online), round {ablation.CURVE_ROUND} data of the default run (mean ± std, 3 seeds)"
     )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,10 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--png", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "run":
-        names = [c.name for c in A.CURVES]
-        A.run(a.data, a.out, names, ["cfdg"], a.seeds, a.workers, a.deadline, references=False)
+        names = [c.name for c in ablation.CURVES]
+        ablation.run(a.data, a.out, names, ["cfdg"], a.seeds, a.workers, a.deadline, references=False)
         return 0
-    curves = curve_records(A.read_records(a.results))
+    curves = curve_records(ablation.read_records(a.results))
     md = markdown(curves)
     print(md)
     if a.md:

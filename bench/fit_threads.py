@@ -12,7 +12,8 @@ import os
 import numpy as np
 
 from cfdg.config import from_mapping
-from cfdg.diffusion import DiffusionConfig, fit_diffusion
+from cfdg.diffusion.config import DiffusionConfig
+from cfdg.diffusion.train import fit_diffusion
 from tests.conftest import make_transitions
 
 

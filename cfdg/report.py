@@ -49,8 +49,23 @@ def _save(fig, out_png: str | Path) -> Path:
     return atomic_write_bytes(out_png, buf.getvalue())
 
 
-def learning_curve_png(curves: Mapping[str, Sequence[CurvePoint]], out_png: str | Path, title: str = "") -> Path:
-    """Normalised score vs environment steps, one line (± std band) per named curve."""
+# The D4RL scale: 0 = random policy, 100 = expert. The y-axis always shows it, so that a
+# run near one score does not stretch evaluation noise over the whole picture.
+D4RL_SCALE = (0.0, 100.0)
+
+
+def score_limits(curves: Mapping[str, Sequence[CurvePoint]], margin: float = 5.0) -> tuple[float, float]:
+    """y-limits holding the D4RL scale and every point's ± std band (widened past it only when a point is)."""
+    lows = [p.score - p.std for pts in curves.values() for p in pts]
+    highs = [p.score + p.std for pts in curves.values() for p in pts]
+    bottom = D4RL_SCALE[0] if min(lows) >= D4RL_SCALE[0] else min(lows) - margin
+    top = D4RL_SCALE[1] if max(highs) <= D4RL_SCALE[1] else max(highs) + margin
+    return bottom, top
+
+
+def learning_curve_figure(curves: Mapping[str, Sequence[CurvePoint]], title: str = ""):
+    """The learning-curve figure: one line (± std band) per curve on the D4RL scale, and each
+    curve's pretrained score (its point at 0 online steps) as a dashed reference line."""
     if not curves or not any(curves.values()):
         raise ValueError("learning_curve_png: no points to plot")
     fig = _figure()
@@ -63,13 +78,21 @@ def learning_curve_png(curves: Mapping[str, Sequence[CurvePoint]], out_png: str 
         hi = [p.score + p.std for p in pts]
         (line,) = ax.plot(x, y, marker="o", label=name)
         ax.fill_between(x, lo, hi, alpha=0.2, color=line.get_color())
+        if pts and pts[0].env_steps == 0:
+            ax.axhline(pts[0].score, color=line.get_color(), lw=0.8, ls="--", label=f"{name} pretrained")
+    ax.set_ylim(*score_limits(curves))
     ax.set_xlabel("environment steps (online)")
     ax.set_ylabel("D4RL normalised score")
     ax.set_title(title or "Learning curve")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    return _save(fig, out_png)
+    return fig
+
+
+def learning_curve_png(curves: Mapping[str, Sequence[CurvePoint]], out_png: str | Path, title: str = "") -> Path:
+    """Normalised score vs environment steps as a PNG (see `learning_curve_figure`)."""
+    return _save(learning_curve_figure(curves, title), out_png)
 
 
 def _estimate(value: Any, estimator: str) -> float | None:

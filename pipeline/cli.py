@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (environment defaults before prefect is imported)
 from cfdg.cli import add_library_commands, dispatch, new_parser
+from pipeline import sections
 from pipeline.preset import apply_preset
-from stages import params
 from stages.report import table_main
 
 LOCAL_API = "http://127.0.0.1:4200/api"
@@ -93,7 +93,7 @@ def _cmd_preset(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    p = params.load_all(args.params)
+    p = sections.load_all(args.params)
     print(f"{args.params}: valid; seed {p.seed}, dataset source {p.source!r}, {len(p.rounds)} round(s)")
     return 0
 

@@ -13,6 +13,7 @@ import base64
 import codecs
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,14 +23,15 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
-    create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.states import Completed, State
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
+from pipeline import sections
 from stages import layout, params
 from stages.runner import PROGRESS_ENV
 
@@ -97,14 +99,27 @@ def dvc_repro(root: Path, target: str, log: Any = None, redraw_every_s: float = 
 
 
 @task(name="dvc-repro", task_run_name="{target}", retries=1, retry_delay_seconds=2)
-def repro(target: str, root: str = ".") -> list[str]:
-    """`dvc repro <target>`: runs the stage (and anything stale upstream); returns the stages it ran."""
+def repro(target: str, root: str = ".") -> list[str] | State:
+    """`dvc repro <target>`: runs the stage (and anything stale upstream); returns the stages it ran.
+
+    When DVC ran nothing (every input unchanged) the task ends in a Completed state named
+    "Skipped", so the UI tells a stage DVC skipped from one that ran.
+    """
     logger = get_run_logger()
     code, lines = dvc_repro(Path(root), target, logger.info)
     if code != 0:
         tail = "\n".join(lines[-15:])
         raise StageFailed(f"dvc repro {target} failed with exit code {code}:\n{tail}")
-    return ran_stages(lines)
+    ran = ran_stages(lines)
+    if not ran:
+        return Completed(name="Skipped", message=f"{target}: up to date, DVC ran nothing", data=ran)
+    return ran
+
+
+def run_stage(target: str, root: str, retries: int) -> list[str]:
+    """The `repro` task for `target`: the stages DVC ran ([] when it skipped them); raises if it failed."""
+    state = repro.with_options(retries=retries)(target, root, return_state=True)
+    return state.result()
 
 
 def ran_stages(lines: list[str]) -> list[str]:
@@ -141,10 +156,20 @@ def round_row(root: Path, k: int) -> dict[str, Any]:
     return row
 
 
-def _png_artifact(path: Path, key: str, description: str) -> None:
-    if path.is_file():
-        url = "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
-        create_image_artifact(image_url=url, key=key, description=f"{description} ({path})")
+_IMAGE_LINK = re.compile(r"!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+\.png)\)")
+
+
+def inline_images(markdown: str, folder: Path) -> str:
+    """`markdown` with its relative PNG links replaced by data URIs, so the images render in the
+    Prefect UI, which cannot follow a link relative to the report on this machine's disk."""
+
+    def embed(m: re.Match[str]) -> str:
+        path = folder / m["src"]
+        if not path.is_file():
+            return m[0]
+        return f"![{m['alt']}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return _IMAGE_LINK.sub(embed, markdown)
 
 
 @flow(name="cfdg-round", flow_run_name="round-{k}", log_prints=True)
@@ -160,7 +185,7 @@ def cfdg_round(k: int, root: str = ".", retries: int = 1) -> dict[str, Any]:
     )
     ran: list[str] = []
     for i, stage in enumerate(ROUND_STAGES):
-        done = repro.with_options(retries=retries)(f"{stage}@{k}", root)
+        done = run_stage(f"{stage}@{k}", root, retries)
         logger.info("%s@%d: %s", stage, k, f"ran {done}" if done else "up to date")
         ran += done
         update_progress_artifact(progress, 100.0 * (i + 1) / len(ROUND_STAGES))
@@ -174,26 +199,23 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
     """The whole loop: dataset, pretrain, every round of params.yaml, report. Returns the report path."""
     logger = get_run_logger()
     base = Path(root)
-    checked = params.load_all(base / "params.yaml")  # every section validated before anything runs
+    checked = sections.load_all(base / "params.yaml")  # every section validated before anything runs
     rounds = list(checked.rounds)
     overall = create_progress_artifact(0.0, key="cfdg-run-progress", description="rounds completed")
     for target in ("dataset", "pretrain"):
-        repro.with_options(retries=retries)(target, root)
+        run_stage(target, root, retries)
     rows = [round_row(base, 0)]
     for i, k in enumerate(rounds):
         row = cfdg_round(k, root, retries)
         rows.append({key: value for key, value in row.items() if key != "ran"})
         update_progress_artifact(overall, 100.0 * (i + 1) / len(rounds))
         create_table_artifact(rows, key="cfdg-round-metrics", description="metrics of the rounds so far")
-    repro.with_options(retries=retries)("report", root)
+    run_stage("report", root, retries)
     report_dir = base / layout.REPORT_DIR
-    _png_artifact(report_dir / "learning_curve.png", "cfdg-learning-curve", "learning curve")
-    _png_artifact(report_dir / "quality.png", "cfdg-quality", "JS divergences per round")
-    _png_artifact(report_dir / "ground_truth.png", "cfdg-ground-truth", "fidelity, fresh-data alignment, memorisation")
-    _png_artifact(report_dir / "tsne.png", "cfdg-tsne", "t-SNE of the last round")
     report_md = report_dir / "report.md"
-    if report_md.is_file():
-        create_markdown_artifact(report_md.read_text(), key="cfdg-report", description=str(report_md.resolve()))
+    if report_md.is_file():  # one artifact with the pictures inside, not a base64 URL per picture
+        text = inline_images(report_md.read_text(), report_dir)
+        create_markdown_artifact(text, key="cfdg-report", description=str(report_md.resolve()))
     logger.info("report: %s", report_md.resolve())
     return str(report_md.resolve())
 

@@ -38,7 +38,7 @@ import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect
 from cfdg.errors import CfdgError, ConfigError
 from cfdg.io import atomic_write_json, atomic_write_text
 from pipeline.study_spec import Cell, Study, load_study, slug
-from stages import params as P
+from stages import params as params_yaml
 
 STUDIES_DIR = Path("studies")
 ROUND_STAGES = ("rollout", "fit", "materialise")
@@ -124,7 +124,7 @@ def prepare_workspace(root: Path, ws: Path, commit: str, cache: Path, params_yam
 
 def targets(cell: Cell) -> list[str]:
     """The cell's stages in order, one `dvc repro` each: dataset, pretrain, the rounds, report."""
-    rounds = P.rounds(cell.params, "params.yaml")
+    rounds = params_yaml.rounds(cell.params, "params.yaml")
     return ["dataset", "pretrain", *(f"{s}@{k}" for k in rounds for s in ROUND_STAGES), "report"]
 
 

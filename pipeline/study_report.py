@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cfdg import report as R
+from cfdg import report as cfdg_report
 from cfdg.io import atomic_write_json, atomic_write_text
 from stages import layout
 
@@ -107,7 +107,7 @@ def collect(plan: Any) -> list[dict[str, Any]]:
 
 
 def _vname(v: str) -> str:
-    return R.VARIANT_NAMES.get(v, v)
+    return cfdg_report.VARIANT_NAMES.get(v, v)
 
 
 def _variants(records: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -123,7 +123,7 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
         for r in main
     ]
     lines = [
-        R.table1_markdown(summaries),
+        cfdg_report.table1_markdown(summaries),
         "",
         "Pretrained → after the last round (D4RL-normalised, mean ± std over seeds):",
         "",
@@ -272,7 +272,7 @@ def curves_png(records: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
         return None
     cols = min(3, len(panels))
     nrows = math.ceil(len(panels) / cols)
-    fig = R._figure(5.0 * cols, 3.6 * nrows)
+    fig = cfdg_report._figure(5.0 * cols, 3.6 * nrows)
     for i, (d, a) in enumerate(panels):
         ax = fig.add_subplot(nrows, cols, i + 1)
         rs = [r for r in records if r["dataset"] == d and r["algo"] == a]
@@ -295,7 +295,7 @@ def curves_png(records: Sequence[Mapping[str, Any]], out: Path) -> Path | None:
         ax.grid(alpha=0.3)
         ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    return R._save(fig, out)
+    return cfdg_report._save(fig, out)
 
 
 def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from typing import Any
 import yaml
 
 from cfdg.errors import ConfigError
-from stages import params as P
+from pipeline import sections
+from stages import params as params_yaml
 
 AXES = ("dataset", "algo", "variant", "seed")
 # What a plain axis value sets: `algo: [iql, pex]` means agent.algo.
@@ -95,11 +96,11 @@ def deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> dict[str, Any]:
 
 def _known_keys(section: str) -> set[str] | None:
     """Keys a params section accepts (None: a scalar top-level key such as `seed`)."""
-    if section not in P.SECTIONS:
+    if section not in params_yaml.SECTIONS:
         return None
-    keys = {f.name for f in dataclasses.fields(P.config_class(section)) if f.init}
+    keys = {f.name for f in dataclasses.fields(sections.config_class(section)) if f.init}
     if section == "dataset":
-        keys.add(P.DATASET_SOURCE_KEY)
+        keys.add(params_yaml.DATASET_SOURCE_KEY)
     return keys
 
 
@@ -108,8 +109,9 @@ def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
     for section, value in overrides.items():
         if section == "preset":
             continue
-        if section not in P.TOP_LEVEL:
-            raise ConfigError(f"{where}: {section!r} is not a params.yaml section; known: {list(P.TOP_LEVEL)}")
+        if section not in params_yaml.TOP_LEVEL:
+            known = list(params_yaml.TOP_LEVEL)
+            raise ConfigError(f"{where}: {section!r} is not a params.yaml section; known: {known}")
         if section == "rounds":
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{where}.rounds: must be the number of rounds (an integer >= 1), got {value!r}")
@@ -156,7 +158,7 @@ class _Resolver:
             params = self.apply(params, self.preset(layer["preset"], where), f"{where}.preset")
         rest = {k: v for k, v in layer.items() if k != "preset"}
         if "rounds" in rest:
-            params["rounds"] = P.rounds_table(int(rest.pop("rounds")))
+            params["rounds"] = params_yaml.rounds_table(int(rest.pop("rounds")))
         return deep_merge(params, rest)
 
 
@@ -241,7 +243,7 @@ def load_study(path: str | Path, root: str | Path = ".", validate: bool = True, 
     if "axes" not in doc and "grids" not in doc:
         raise ConfigError(f"{where}: needs `axes` (or `grids`, a list of grids with their axes)")
     name = slug(doc.get("name") or file.stem)
-    base = P.read_params(root / P.PARAMS_FILE)
+    base = params_yaml.read_params(root / params_yaml.PARAMS_FILE)
     res = _Resolver(root, path)
     common = res.apply(copy.deepcopy(base), _layer(doc, where), where)
 
@@ -335,18 +337,14 @@ def validate_cells(cells: Sequence[Cell], where: str, check_files: bool = True) 
     """Every cell's params.yaml through `pipeline check`'s validation. `check_files=False` skips
     checking that a D4RL source file is present (to plan a GPU study on a machine without them)."""
     checked: dict[str, ConfigError | None] = {}
-    checked_source = getattr(P, "checked_source", None)
+    checked_source = getattr(params_yaml, "checked_source", None)
     with tempfile.TemporaryDirectory(prefix="cfdg-study-") as tmp:
         path = Path(tmp) / "params.yaml"
         for c in cells:
             path.write_text(c.params_yaml)
             try:
-                raw = P.read_params(path)
-                P.seed(raw, path)
-                P.rounds(raw, path)
-                for name in P.SECTIONS:
-                    P.section(raw, name, path)
-                source = P.dataset_source(raw, path)
+                raw = params_yaml.read_params(path)
+                source = sections.validate(raw, path).source
                 if check_files and checked_source is not None:
                     if source not in checked:
                         try:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import store
+from cfdg.datasets.build import DatasetConfig, build_dataset
+from cfdg.sources import import_source, source_path
 from stages import layout, params
 from stages.jsonfiles import write_json
 from stages.metrics import write_metrics
@@ -22,13 +24,9 @@ from stages.runner import progress_enabled, run_main
 def make_dataset(source: str, cfg: Any, out_store: Path, out_card: Path, progress: bool = True) -> dict[str, Any]:
     """Write the offline store and its card; returns the dataset metrics."""
     if source == "build":
-        from cfdg.datasets.build import build_dataset
-
         card = dict(build_dataset(cfg, out_store, out_card, progress=progress))
         inputs: dict[str, Path] = {}
     else:
-        from cfdg.sources import import_source, source_path
-
         import_source(source, out_store, seed=int(getattr(cfg, "seed", 0)))
         attrs = store.read_attrs(out_store)
         card = {"source": source, "env_id": attrs["env_id"], "rows": attrs["counts"]["rows"], "imported": True}
@@ -49,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
         raw = params.read_params(args.params)
         source = params.dataset_source(raw, args.params)
-        cfg = params.section(raw, "dataset", args.params)
+        cfg = params.section(raw, "dataset", DatasetConfig, args.params)
         metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled())
         write_metrics(layout.DATASET_DIR / "metrics.json", metrics)
 

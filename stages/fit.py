@@ -13,6 +13,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion, save_diffusion
+from cfdg.diffusion.config import DiffusionConfig
+from cfdg.diffusion.placeholder import save_no_model
+from cfdg.diffusion.train import fit_diffusion
 from cfdg.store import read_store
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -39,13 +43,9 @@ def fit_stage(
     out_model.parent.mkdir(parents=True, exist_ok=True)
     inputs = {"offline": offline, "online": online}
     if cfg.variant == "none":
-        from cfdg.diffusion.checkpoint import save_no_model
-
         save_no_model(out_model)
         metrics: dict[str, Any] = {}
     else:
-        from cfdg.diffusion import checkpoint_variant, fit_diffusion, load_diffusion, save_diffusion
-
         init = None
         if cfg.warm_start and prev_model is not None and checkpoint_variant(prev_model) != "none":
             init = load_diffusion(prev_model, device=cfg.device)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = params.read_params(args.params)
         k = args.round
         out_dir = layout.round_dir(k)
-        cfg = params.section(raw, "diffusion", args.params)
+        cfg = params.section(raw, "diffusion", DiffusionConfig, args.params)
         metrics = fit_stage(
             layout.OFFLINE,
             out_dir / layout.ONLINE,

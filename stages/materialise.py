@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from cfdg import store
+from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion
+from cfdg.diffusion.config import SamplingConfig
+from cfdg.diffusion.sample import sample_to_store
+from cfdg.envs import GYM_IDS, env_name
 from cfdg.errors import CfdgError
+from cfdg.fidelity import simulator_fidelity
+from cfdg.quality import episode_ids, js_divergences, memorisation_ratio
 from cfdg.store import StoreMeta
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -44,8 +50,6 @@ def materialise_stage(
 
     `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
     """
-    from cfdg.diffusion.checkpoint import checkpoint_variant
-
     variant = checkpoint_variant(model)
     inputs = {"diffusion": model, "offline": offline, "online": online}
     carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
@@ -64,8 +68,6 @@ def materialise_stage(
     if variant == "none":
         store.write_store(out_store, empty_transitions(*store_dims(online), labels=True), meta)
     else:
-        from cfdg.diffusion import load_diffusion, sample_to_store
-
         sample_to_store(
             load_diffusion(model),
             out_store,
@@ -87,8 +89,6 @@ def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.Qu
     that must score ≈ 0, the real online and offline rows. Memorisation compares the online-labelled
     rows with the round's online rows, leaving whole episodes out for the reference (no fit hold-out).
     """
-    from cfdg.quality import js_divergences
-
     real_online, _ = store.read_store(online)
     real_offline, _ = store.read_store(offline)
     generated, _ = store.read_store(synthetic)
@@ -125,10 +125,6 @@ def ground_truth(
     cfg: params.QualityParams,
 ) -> dict[str, Any]:
     """{"fidelity": {...}, "memorisation": {...}} where measurable (a MuJoCo env, rows present)."""
-    from cfdg.envs import GYM_IDS, env_name
-    from cfdg.fidelity import simulator_fidelity
-    from cfdg.quality import episode_ids, memorisation_ratio
-
     out: dict[str, Any] = {}
     if cfg.fidelity_rows == 0:
         return out
@@ -157,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             out_dir / layout.DIFFUSION,
             layout.OFFLINE,
             out_dir / layout.ONLINE,
-            params.section(raw, "sampling", args.params),
-            params.section(raw, "quality", args.params),
+            params.section(raw, "sampling", SamplingConfig, args.params),
+            params.section(raw, "quality", params.QualityParams, args.params),
             params.seed(raw, args.params),
             k,
             out_dir / layout.SYNTHETIC,

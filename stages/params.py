@@ -1,9 +1,9 @@
 """params.yaml: read it once, validate each section into the dataclass its component owns.
 
 Each stage reads only the sections that dvc.yaml declares for it, so DVC's record of which
-parameters a stage used is the truth. `load_all` validates every section at once (the flow
-does this before running anything), so a typo fails in a second, not after an hour of
-pretraining. Every error names the file and the key, e.g. `params.yaml:diffusion.width`.
+parameters a stage used is the truth. `pipeline.sections.load_all` validates every section at
+once (the flow does this before running anything), so a typo fails in a second, not after an
+hour of pretraining. Every error names the file and the key, e.g. `params.yaml:diffusion.width`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -19,6 +19,7 @@ from cfdg.config import check, from_mapping
 from cfdg.errors import ConfigError
 
 PARAMS_FILE = Path("params.yaml")
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,7 @@ class ReportParams:
         check(self.tsne_max_per_group >= 10, "report.tsne_max_per_group", "must be >= 10")
 
 
-# The sections, in params.yaml order; `config_class` says which dataclass validates each.
+# The sections, in params.yaml order; pipeline/sections.py says which dataclass validates each.
 SECTIONS = ("dataset", "agent", "pretrain", "rollout", "diffusion", "sampling", "quality", "report")
 TOP_LEVEL = ("seed", "rounds", *SECTIONS)
 DATASET_SOURCE_KEY = "source"  # pipeline-level key inside `dataset:`; the rest is DatasetConfig
@@ -74,48 +75,17 @@ def _where(path: str | Path, key: str) -> str:
     return f"{Path(path).name}:{key}"
 
 
-def config_class(name: str) -> type:
-    """The dataclass of section `name`. Imported on demand: a stage loads only its own components."""
-    match name:
-        case "dataset":
-            from cfdg.datasets.build import DatasetConfig
+def section(params: Mapping[str, Any], name: str, config: type[T], path: str | Path = PARAMS_FILE) -> T:
+    """Section `name` as its typed `config`; missing keys keep the dataclass defaults.
 
-            return DatasetConfig
-        case "agent":
-            from cfdg.agents.config import AgentConfig
-
-            return AgentConfig
-        case "pretrain":
-            from cfdg.agents.config import PretrainConfig
-
-            return PretrainConfig
-        case "rollout":
-            from cfdg.agents.config import RolloutConfig
-
-            return RolloutConfig
-        case "diffusion":
-            from cfdg.diffusion.config import DiffusionConfig
-
-            return DiffusionConfig
-        case "sampling":
-            from cfdg.diffusion.config import SamplingConfig
-
-            return SamplingConfig
-        case "quality":
-            return QualityParams
-        case "report":
-            return ReportParams
-    raise ConfigError(f"params: unknown section {name!r}; known: {list(SECTIONS)}")
-
-
-def section(params: Mapping[str, Any], name: str, path: str | Path = PARAMS_FILE) -> Any:
-    """Section `name` as its typed config; missing keys keep the dataclass defaults."""
+    The stage names the dataclass itself, so its imports say which components it loads (and
+    dvc.yaml's deps can list exactly those)."""
     raw = params.get(name) or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{_where(path, name)}: must be a mapping, got {raw!r}")
     if name == "dataset":
         raw = {k: v for k, v in raw.items() if k != DATASET_SOURCE_KEY}
-    return from_mapping(config_class(name), raw, _where(path, name))
+    return from_mapping(config, raw, _where(path, name))
 
 
 def seed(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> int:
@@ -165,23 +135,3 @@ def rounds_table(n: int) -> dict[str, dict[str, int]]:
     if n < 1:
         raise ConfigError(f"rounds: need at least 1 round, got {n}")
     return {str(k): {"prev": k - 1} for k in range(1, n + 1)}
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-    """Every section validated; what `cfdg check` prints."""
-
-    seed: int
-    source: str
-    rounds: dict[int, int]
-    sections: dict[str, Any]
-
-
-def load_all(path: str | Path = PARAMS_FILE) -> Params:
-    params = read_params(path)
-    return Params(
-        seed=seed(params, path),
-        source=dataset_source(params, path),
-        rounds=rounds(params, path),
-        sections={name: section(params, name, path) for name in SECTIONS},
-    )

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import store
+from cfdg.agents.config import AgentConfig, PretrainConfig
+from cfdg.agents.train import pretrain
+from cfdg.diffusion.placeholder import save_no_model
 from cfdg.store import StoreMeta
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -25,8 +28,6 @@ def pretrain_stage(
     offline: Path, agent_cfg: Any, cfg: Any, seed: int, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
     """Pretrain on `offline`, write `out_dir/{agent.pt, online.zarr, synthetic.zarr, diffusion.pt}`; returns metrics."""
-    from cfdg.agents.train import pretrain
-
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = dict(pretrain(offline, agent_cfg, cfg, out_dir / layout.AGENT, seed=seed, progress=progress))
     attrs = store.read_attrs(offline)
@@ -35,8 +36,6 @@ def pretrain_stage(
     for kind, name in (("online", layout.ONLINE), ("synthetic", layout.SYNTHETIC)):
         meta = StoreMeta(kind=kind, env_id=attrs["env_id"], source=attrs["source"], round=0, seed=seed, inputs=inputs)
         store.write_store(out_dir / name, empty_transitions(obs_dim, act_dim, kind == "synthetic"), meta)
-    from cfdg.diffusion.checkpoint import save_no_model
-
     save_no_model(out_dir / layout.DIFFUSION)
     recorded = {"seed": seed, "agent": config_dict(agent_cfg), "pretrain": config_dict(cfg)}
     write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, recorded))
@@ -49,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = layout.round_dir(0)
         metrics = pretrain_stage(
             layout.OFFLINE,
-            params.section(raw, "agent", args.params),
-            params.section(raw, "pretrain", args.params),
+            params.section(raw, "agent", AgentConfig, args.params),
+            params.section(raw, "pretrain", PretrainConfig, args.params),
             params.seed(raw, args.params),
             out_dir,
             progress_enabled(),

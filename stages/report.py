@@ -21,6 +21,8 @@ import numpy as np
 from cfdg import report, store
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
+from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
+from cfdg.tsne import tsne_plot
 from stages import layout, params
 from stages.jsonfiles import write_json
 from stages.provenance import derive_seed, provenance
@@ -73,8 +75,6 @@ def fresh_alignment(
     round k's online-labelled samples, and the memorisation ratio with the fresh rows as the held-out
     reference. This is what the agent's next data will look like; only the report can measure it.
     """
-    from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
-
     out: dict[int, dict[str, Any]] = {}
     ordered = sorted(rounds)
     for k, later in itertools.pairwise(ordered):
@@ -110,8 +110,6 @@ def make_report(
     quality_cfg: params.QualityParams | None = None,
 ) -> dict:
     """Write the report files into `out_dir`; returns the run summary (summary.json)."""
-    from cfdg.tsne import tsne_plot
-
     out_dir.mkdir(parents=True, exist_ok=True)
     last = max(rounds)
     points = [curve_point(_read_json(rounds_dir / "0" / "metrics.json"), rounds_dir / "0" / "metrics.json")]
@@ -260,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
         raw = params.read_params(args.params)
         rounds = list(params.rounds(raw, args.params))
-        cfg = params.section(raw, "report", args.params)
-        quality = params.section(raw, "quality", args.params)
+        cfg = params.section(raw, "report", params.ReportParams, args.params)
+        quality = params.section(raw, "quality", params.QualityParams, args.params)
         make_report(layout.ROUNDS_DIR, layout.OFFLINE, rounds, cfg, layout.REPORT_DIR, quality)
 
     return run_main("report", body, argv)

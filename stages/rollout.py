@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import store
+from cfdg.agents.config import RolloutConfig
+from cfdg.agents.train import run_round
 from cfdg.errors import ConfigError
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -27,8 +29,6 @@ def _or_none(path: Path) -> Path | None:
 def rollout_stage(
     prev_dir: Path, offline: Path, k: int, cfg: Any, out_dir: Path, progress: bool = True
 ) -> dict[str, Any]:
-    from cfdg.agents.train import run_round
-
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = {
         "agent": prev_dir / layout.AGENT,
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         if prev is None:
             raise ConfigError(f"{args.params}: round {k} is not in the rounds table")
         out_dir = layout.round_dir(k)
-        cfg = params.section(raw, "rollout", args.params)
+        cfg = params.section(raw, "rollout", RolloutConfig, args.params)
         metrics = rollout_stage(layout.round_dir(prev), layout.OFFLINE, k, cfg, out_dir, progress_enabled())
         write_metrics(out_dir / "rollout.json", metrics)
 

@@ -16,27 +16,14 @@ import pytest
 import torch
 
 from cfdg.config import from_mapping
-from cfdg.diffusion import (
-    LABEL_NULL,
-    Denoiser,
-    DiffusionConfig,
-    Normaliser,
-    SamplingConfig,
-    check_dims,
-    checkpoint_variant,
-    fit_diffusion,
-    from_vectors,
-    label_pattern,
-    load_diffusion,
-    sample,
-    sample_to_store,
-    save_diffusion,
-    save_no_model,
-    to_vectors,
-    write_empty_synthetic,
-)
+from cfdg.diffusion.checkpoint import check_dims, checkpoint_variant, load_diffusion, save_diffusion
+from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
+from cfdg.diffusion.denoiser import LABEL_NULL, Denoiser
 from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weight, preconditioning
-from cfdg.diffusion.train import batch_indices, effective_train_steps, online_share, row_weights
+from cfdg.diffusion.normaliser import Normaliser, from_vectors, to_vectors
+from cfdg.diffusion.placeholder import save_no_model
+from cfdg.diffusion.sample import label_pattern, sample, sample_to_store, write_empty_synthetic
+from cfdg.diffusion.train import batch_indices, effective_train_steps, fit_diffusion, online_share, row_weights
 from cfdg.errors import CheckpointError, ConfigError, StoreError
 from cfdg.io import digest
 from cfdg.quality import js_divergences

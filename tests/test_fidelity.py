@@ -392,21 +392,21 @@ GT_FRESH = {
 def test_ground_truth_rows_table_and_plot(tmp_path):
     from matplotlib.image import imread
 
-    from cfdg import report as R
+    from cfdg import report
 
-    rows = R.ground_truth_rows(GT_QUALITY, GT_FRESH)
-    assert [(r["round"], r["data"]) for r in rows] == [(k, d) for k in (1, 2) for d in R.GROUND_TRUTH_DATA]
+    rows = report.ground_truth_rows(GT_QUALITY, GT_FRESH)
+    assert [(r["round"], r["data"]) for r in rows] == [(k, d) for k in (1, 2) for d in report.GROUND_TRUTH_DATA]
     by = {(r["round"], r["data"]): r for r in rows}
     assert by[(1, "generated")]["js_state_round"] == 0.4 and by[(1, "generated")]["js_state_fresh"] == 0.45
     assert by[(1, "online")]["js_state_round"] is None and by[(1, "online")]["js_state_fresh"] == 0.1
     assert by[(1, "generated")]["memorisation_fresh"] == 1.1 and by[(1, "generated")]["next_state_rel_error"] is None
     assert by[(2, "generated")]["memorisation_round"] == 0.9 and by[(2, "generated")]["js_state_fresh"] is None
     assert by[(2, "offline")]["next_state_rel_error"] == 2e-9 and by[(2, "generated_all")]["js_state_round"] == 0.35
-    md = R.ground_truth_markdown(rows)
+    md = report.ground_truth_markdown(rows)
     assert "| 2 | Generated (online-labelled) | 0.30 | – | – | 0.200 | 0.020 | 1.000 | 98% | 0.90 / – |" in md
     assert "| 2 | Real online (round buffer) | – | – | – | 1e-09 |" in md
-    a = R.ground_truth_png(rows, tmp_path / "a.png")
-    b = R.ground_truth_png(rows, tmp_path / "b.png")
+    a = report.ground_truth_png(rows, tmp_path / "a.png")
+    b = report.ground_truth_png(rows, tmp_path / "b.png")
     assert a.read_bytes() == b.read_bytes() and imread(a).std() > 0.01
     none_variant = [{"round": 1, "rows": {"generated": 0}, "offline_vs_online": _js(0.5)}]
-    assert [r["data"] for r in R.ground_truth_rows(none_variant)] == ["offline", "online"]
+    assert [r["data"] for r in report.ground_truth_rows(none_variant)] == ["offline", "online"]

@@ -10,6 +10,7 @@ import yaml
 from pipeline_project import ROOT, clone, dvc, env, finished_project, forget, ran_stages, sh, tree_digests
 
 from cfdg.errors import ConfigError
+from pipeline import sections
 from pipeline.preset import apply_preset
 from stages import params
 
@@ -37,14 +38,14 @@ def test_preset_merges_keeps_comments_and_writes_rounds_table(tmp_path):
     assert params.rounds(raw) == {k: k - 1 for k in range(1, tiny["rounds"] + 1)}
     apply_preset(ROOT / "configs" / "tiny.yaml", path, rounds=4)
     assert params.rounds(params.read_params(path)) == {1: 0, 2: 1, 3: 2, 4: 3}
-    params.load_all(path)
+    sections.load_all(path)
 
 
 @pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
 def test_paper_presets_validate(tmp_path, algo):
     path = _params_copy(tmp_path)
     apply_preset(ROOT / "configs" / "paper" / f"{algo}.yaml", path)
-    p = params.load_all(path)
+    p = sections.load_all(path)
     assert p.sections["agent"].algo == algo
     assert p.sections["diffusion"].width == 1024 and p.sections["diffusion"].depth == 6
     sampling = p.sections["sampling"]
@@ -80,9 +81,11 @@ def test_check_command_names_the_bad_key(tmp_path):
 @pytest.mark.slow
 def test_failed_round_is_retried_and_matches_an_uninterrupted_run(finished, tmp_path, monkeypatch):
     from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.testing.utilities import prefect_test_harness
 
-    from pipeline.flows import cfdg_round
+    from pipeline.flows import ROUND_STAGES, cfdg_round
 
     # fit@2 onwards never ran (the stages before are reused to keep the test short).
     repo = clone(finished, tmp_path / "p")
@@ -103,6 +106,14 @@ def test_failed_round_is_retried_and_matches_an_uninterrupted_run(finished, tmp_
         assert row["ran"] == ["fit@2", "materialise@2"]
         assert Artifact.get("round-2-progress").data == 100.0
         assert Artifact.get("round-2-metrics") is not None
+        # Run again: DVC skips every stage, and the UI shows them as Skipped, not as ordinary runs.
+        again = cfdg_round(2, root=str(repo), retries=0, return_state=True)
+        assert again.result()["ran"] == []
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[again.state_details.flow_run_id]))
+            )
+        assert sorted((r.name, r.state.name) for r in runs) == [(f"{s}@2", "Skipped") for s in sorted(ROUND_STAGES)]
 
     assert ran_stages(dvc(repo, "repro").stdout) == ["report"]
     assert tree_digests(art) == tree_digests(ref)  # byte-identical to the uninterrupted run
@@ -167,3 +178,17 @@ def test_stage_output_is_split_on_progress_redraws():
         ("", False),
         ("né done", False),
     ]
+
+
+def test_report_artifact_embeds_its_pictures(tmp_path):
+    """Relative image links break in the Prefect UI; the artifact carries the PNG bytes instead."""
+    import base64
+
+    from pipeline.flows import inline_images
+
+    png = b"\x89PNG fake"
+    (tmp_path / "learning_curve.png").write_bytes(png)
+    text = "# Report\n![learning curve](learning_curve.png)\n![gone](missing.png)\n"
+    out = inline_images(text, tmp_path)
+    assert f"![learning curve](data:image/png;base64,{base64.b64encode(png).decode()})" in out
+    assert "![gone](missing.png)" in out and out.startswith("# Report\n")

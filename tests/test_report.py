@@ -52,6 +52,18 @@ def test_learning_curve_png_is_deterministic(tmp_path):
         report.learning_curve_png({}, tmp_path / "c.png")
 
 
+def test_learning_curve_keeps_the_d4rl_scale_and_marks_the_pretrained_score():
+    """Scores near 1 with a 0.3 spread stay a flat line on 0..100, not a zig-zag filling the plot."""
+    point = report.CurvePoint
+    pts = [point(0, 1.2, 0.0, 0), point(300, 0.9, 0.3, 1), point(600, 1.4, 0.2, 2)]
+    ax = report.learning_curve_figure({"IQL-CFDG": pts}).axes[0]
+    assert ax.get_ylim() == (0.0, 100.0)
+    refs = [line for line in ax.get_lines() if line.get_label() == "IQL-CFDG pretrained"]
+    assert len(refs) == 1 and list(refs[0].get_ydata()) == [1.2, 1.2]
+    # a point beyond the scale widens the axis past it instead of clipping the point
+    assert report.score_limits({"x": [point(0, 110.0, 4.0), point(1, -3.0)]}) == (-8.0, 119.0)
+
+
 def test_quality_rows_flatten_in_round_order_and_mark_missing_generated():
     rows = report.quality_rows(QUALITY)
     assert [(r["round"], r["divergence"]) for r in rows] == [(k, d) for k in (1, 2) for d in report.DIVERGENCES]

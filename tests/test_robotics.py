@@ -353,15 +353,15 @@ def test_apl_is_refused_on_antmaze_and_adroit(tmp_path):
 def test_domain_presets_validate(tmp_path, presets, algo, checks):
     import shutil
 
+    from pipeline import sections
     from pipeline.preset import apply_preset
-    from stages import params
     from tests.pipeline_project import ROOT
 
     path = tmp_path / "params.yaml"
     shutil.copy(ROOT / "params.yaml", path)
     for name in presets:
         apply_preset(ROOT / "configs" / f"{name}.yaml", path)
-    agent = params.load_all(path).sections["agent"]
+    agent = sections.load_all(path).sections["agent"]
     assert agent.algo == algo and all(getattr(agent, k) == v for k, v in checks.items())
 
 

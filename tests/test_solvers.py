@@ -98,7 +98,10 @@ def test_dpmpp2m_with_guidance_makes_one_batched_network_call_per_step(w):
 def test_library_sampler_dispatches_dpmpp2m_and_agrees_with_heun_on_a_fitted_model():
     """`sampling.solver: dpmpp2m` through cfdg.diffusion.sample: same ODE as deterministic Heun, fewer calls."""
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig, SamplingConfig, fit_diffusion, sample, to_vectors
+    from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
+    from cfdg.diffusion.normaliser import to_vectors
+    from cfdg.diffusion.sample import sample
+    from cfdg.diffusion.train import fit_diffusion
     from cfdg.fake_data import make_transitions
 
     offline, online = make_transitions(600, seed=1), make_transitions(300, seed=2)

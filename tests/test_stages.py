@@ -12,6 +12,7 @@ from pipeline_project import ROOT, clone, dvc, finished_project, forget, ran_sta
 
 from cfdg.errors import ConfigError
 from cfdg.io import digest
+from pipeline import sections
 from stages import params, provenance, runner
 
 ROUND_STAGES = ("rollout", "fit", "materialise")
@@ -32,10 +33,11 @@ def _write(tmp_path, text: str):
 
 
 def test_default_and_preset_params_validate():
-    p = params.load_all(ROOT / "params.yaml")
+    p = sections.load_all(ROOT / "params.yaml")
     assert p.source == "build" and list(p.rounds) == list(range(1, len(p.rounds) + 1))
+    assert tuple(sections.CONFIG_CLASSES) == params.SECTIONS == tuple(p.sections)
     for name in params.SECTIONS:
-        assert p.sections[name] is not None
+        assert isinstance(p.sections[name], sections.config_class(name))
 
 
 def test_bad_value_names_the_key(tmp_path):
@@ -43,11 +45,11 @@ def test_bad_value_names_the_key(tmp_path):
     raw["quality"]["max_rows"] = "many"
     path = _write(tmp_path, yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"params.yaml:quality.max_rows: must be an integer"):
-        params.load_all(path)
+        sections.load_all(path)
     raw["quality"] = {"max_rowz": 5}
     path = _write(tmp_path, yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"params.yaml:quality: unknown key\(s\) \['max_rowz'\]"):
-        params.load_all(path)
+        sections.load_all(path)
 
 
 def test_bad_top_level_seed_and_source(tmp_path):
@@ -55,15 +57,15 @@ def test_bad_top_level_seed_and_source(tmp_path):
     with pytest.raises(ConfigError, match="unknown top-level key"):
         params.read_params(_write(tmp_path, yaml.safe_dump({**base, "difusion": {}})))
     with pytest.raises(ConfigError, match=r"params.yaml:seed: must be a non-negative integer"):
-        params.load_all(_write(tmp_path, yaml.safe_dump({**base, "seed": -1})))
+        sections.load_all(_write(tmp_path, yaml.safe_dump({**base, "seed": -1})))
     with pytest.raises(ConfigError, match=r"params.yaml:dataset.source"):
-        params.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "source": ""}})))
+        sections.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "source": ""}})))
     with pytest.raises(ConfigError, match=r"params.yaml:dataset.torch_threads: must be an integer"):
-        params.load_all(
+        sections.load_all(
             _write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "torch_threads": "two"}}))
         )
     with pytest.raises(ConfigError, match=r"dataset: unknown key\(s\) \['sauce'\]"):
-        params.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "sauce": "x"}})))
+        sections.load_all(_write(tmp_path, yaml.safe_dump({**base, "dataset": {**base["dataset"], "sauce": "x"}})))
     with pytest.raises(ConfigError, match="not found"):
         params.read_params(tmp_path / "nope.yaml")
 
@@ -291,7 +293,7 @@ def test_users_d4rl_file_is_imported_instead_of_building(finished, tmp_path):
 def test_fit_and_materialise_other_variants(finished, tmp_path, variant):
     """`none` writes an empty synthetic store (the base algorithm); `synther` and `joint` label every row online."""
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig, SamplingConfig
+    from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
     from cfdg.store import read_store
     from stages.fit import fit_stage
     from stages.materialise import materialise_stage
@@ -330,7 +332,8 @@ def test_rounds_read_the_previous_model_and_store():
 @pytest.mark.slow
 def test_warm_started_fit_continues_from_round_k_minus_1(finished, tmp_path):
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig, checkpoint_variant
+    from cfdg.diffusion.checkpoint import checkpoint_variant
+    from cfdg.diffusion.config import DiffusionConfig
     from stages.fit import fit_stage
 
     raw = params.read_params(finished / "params.yaml")

@@ -25,8 +25,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
+from torch.nn import functional
 
 from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
@@ -113,7 +113,7 @@ class TanhGaussianPolicy(nn.Module):
             return torch.tanh(mean) * self.max_action, torch.zeros(mean.shape[:-1], device=mean.device)
         u = mean + log_std.exp() * eps  # reparameterised pre-tanh sample
         normal = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-        squash = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))  # log |d tanh(u)/du|
+        squash = 2.0 * (math.log(2.0) - u - functional.softplus(-2.0 * u))  # log |d tanh(u)/du|
         return torch.tanh(u) * self.max_action, (normal - squash).sum(-1)
 
 
@@ -310,7 +310,7 @@ class CalQL(Agent):
         u = torch.atanh(a)
         eps = (u - mean) * torch.exp(-log_std)
         normal = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
-        return (normal - 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
+        return (normal - 2.0 * (math.log(2.0) - u - functional.softplus(-2.0 * u))).sum(-1)
 
     # --- acting ------------------------------------------------------------------------------------
     def start_online(self) -> None:

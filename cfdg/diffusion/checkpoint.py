@@ -21,12 +21,9 @@ from cfdg.device import select_device
 from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
 from cfdg.diffusion.normaliser import Normaliser
+from cfdg.diffusion.placeholder import FORMAT, VERSION
 from cfdg.errors import CfdgError, CheckpointError
 from cfdg.io import atomic_torch_save, read_checkpoint
-
-FORMAT = "cfdg-diffusion"
-# 2: the config holds fitting parameters only (sampling moved to params `sampling:`).
-VERSION = 3
 
 
 def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
@@ -43,11 +40,6 @@ def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
         "optimizer": _to_cpu(model.optimizer_state),
     }
     return atomic_torch_save(path, ckpt)
-
-
-def save_no_model(path: str | os.PathLike) -> Path:
-    """The `none` variant's placeholder: the DAG keeps its shape, materialise knows to write no rows."""
-    return atomic_torch_save(path, {"format": FORMAT, "version": VERSION, "variant": "none"})
 
 
 def checkpoint_variant(path: str | os.PathLike) -> str:

@@ -47,6 +47,8 @@ def materialise_stage(
     from cfdg.diffusion.checkpoint import checkpoint_variant
 
     variant = checkpoint_variant(model)
+    for real in (offline, online):  # a damaged input fails here, before any output is written
+        store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
     carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
     if carried:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 # Testing hook: `CFDG_KILL_AT=<stage id>:<point>` makes that stage SIGKILL itself at the point, as a
-# power cut or an OOM kill would (points: `start`, `end` of a stage, `temp`: a complete temporary
-# output not yet renamed into place). The stage runner exports the running stage's id.
+# power cut or an OOM kill would (points: `start`, `end` of a stage; `temp-dir` / `temp-file`: the
+# stage's first complete temporary directory (store) / file, not yet renamed into place). The stage
+# runner exports the running stage's id.
 KILL_ENV = "CFDG_KILL_AT"
 STAGE_ENV = "CFDG_STAGE_ID"
 
@@ -70,7 +71,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        kill_point("temp")
+        kill_point("temp-dir")
         replace_path(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -97,6 +98,7 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     tmp = _temp_sibling(path)
     try:
         yield tmp
+        kill_point("temp-file")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

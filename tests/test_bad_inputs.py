@@ -279,6 +279,11 @@ def _export_exists(tmp: Path, _: Path) -> tuple[list[str], str]:
     return ["store", "export", str(store), "--out", str(tmp / "x.hdf5")], "x.hdf5: already exists"
 
 
+def _build_card_exists(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "h.zarr.card.json").write_text("{}")
+    return ["dataset", "build", "--out", str(tmp / "h.zarr")], "h.zarr.card.json: already exists"
+
+
 def _d4rl_name_missing(tmp: Path, _: Path) -> tuple[list[str], str]:
     os.environ["D4RL_DATASET_DIR"] = str(tmp)  # restored by the runner
     return imp("hopper-medium-v2", tmp / "out.zarr"), "hopper-medium-v2"
@@ -376,6 +381,7 @@ CATALOGUE: dict[str, Case] = {
     "out-existing-file": Case(_out_exists_file),
     "out-under-a-file": Case(_out_under_file),
     "export-out-exists": Case(_export_exists),
+    "build-card-exists": Case(_build_card_exists),
     # Zarr stores through `cfdg store validate|info|export`
     "zarr-missing-chunk-validate": store_case("validate", _rm("rewards/c/1"), "array 'rewards' chunk c/1 is missing"),
     "zarr-missing-chunk-info": store_case("info", _rm("rewards/c/1"), "array 'rewards' chunk c/1 is missing"),

@@ -55,13 +55,12 @@ def _build(args: argparse.Namespace) -> int:
     from cfdg.config import from_mapping
     from cfdg.datasets.build import DatasetConfig, build_dataset
 
-    check_out(args.out, args.force, "dir")
-    if args.card:
-        check_out(args.card, args.force, "file", "--card")
-    mapping = {"env": args.env, "kind": args.kind, "seed": args.seed, **_overrides(args.set)}
-    cfg = from_mapping(DatasetConfig, mapping, "dataset")
     out = Path(args.out)
     card_path = Path(args.card) if args.card else out.with_name(out.name + ".card.json")
+    check_out(out, args.force, "dir")
+    check_out(card_path, args.force, "file", "--card")
+    mapping = {"env": args.env, "kind": args.kind, "seed": args.seed, **_overrides(args.set)}
+    cfg = from_mapping(DatasetConfig, mapping, "dataset")
     card = build_dataset(cfg, out, card_path, progress=not args.no_progress)
     ret = card["returns"]
     print(f"store: {out}")

@@ -133,8 +133,13 @@ def stage_project(tmp: Path, diffusion: Path | None = None) -> Path:
     """The inputs of round 1's fit and materialise stages, as a tiny project would hold them."""
     shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
     shutil.copytree(ROOT / "configs", tmp / "configs")
-    subprocess.run([sys.executable, "-m", "pipeline", "preset", "configs/tiny.yaml"], cwd=tmp, check=True,
-                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "preset", "configs/tiny.yaml"],
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     shutil.rmtree(tmp / "configs")
     art = tmp / "artifacts"
     good_store(art / "dataset", "offline.zarr")
@@ -420,8 +425,9 @@ CATALOGUE: dict[str, Case] = {
     "zarr-kind-bogus": store_case("info", lambda s: set_attr(s, "kind", "bogus"), "attribute 'kind' is 'bogus'"),
     "zarr-manifest-short": store_case(
         "validate",
-        lambda s: set_attr(s, MANIFEST, {**json.loads((s / "zarr.json").read_text())["attributes"][MANIFEST],
-                                         "rewards": {}}),
+        lambda s: set_attr(
+            s, MANIFEST, {**json.loads((s / "zarr.json").read_text())["attributes"][MANIFEST], "rewards": {}}
+        ),
         "array 'rewards' has shape [100] (4 chunks)",
     ),
     "zarr-nan-rows": store_case("validate", _nan_rows, "array 'rewards' has 1 non-finite"),
@@ -440,9 +446,7 @@ CATALOGUE: dict[str, Case] = {
     "params-seed": params_case(params_text(seed=-1), "params.yaml:seed"),
     "params-width-type": params_case(params_text(diffusion={"width": "wide"}), "params.yaml:diffusion.width"),
     "params-source-missing": params_case(_source(lambda t: "nowhere/hopper.hdf5"), "nowhere/hopper.hdf5"),
-    "params-source-dir": params_case(
-        _source(lambda t: (t / "d").mkdir() or "d"), "d: is a directory"
-    ),
+    "params-source-dir": params_case(_source(lambda t: (t / "d").mkdir() or "d"), "d: is a directory"),
     "params-source-text": params_case(
         _source(lambda t: (t / "x.hdf5").write_text("x") and "x.hdf5"), "x.hdf5: not a readable HDF5 file"
     ),

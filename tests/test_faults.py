@@ -38,7 +38,12 @@ def test_killed_repro_recovers_byte_identical(kills, tmp_path, tmp_path_factory)
     reference = finished_project(tmp_path_factory)
     repo = make_project(tmp_path / "project")
     assert {point.split(":")[0].split("@")[0] for point in kills} >= {
-        "dataset", "pretrain", "rollout", "fit", "materialise", "report"
+        "dataset",
+        "pretrain",
+        "rollout",
+        "fit",
+        "materialise",
+        "report",
     }
     left_behind = []
     for point in kills:

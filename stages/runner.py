@@ -1,6 +1,7 @@
 """The command-line runner every stage shares: `python -m stages.<name> [--round k]`.
 
-It honours the testing hook `CFDG_FAIL_STAGE`, turns a CfdgError into one stderr line and exit
+It honours the testing hooks `CFDG_FAIL_STAGE` (fail on start) and `CFDG_KILL_AT` (SIGKILL at a
+named point, cfdg.io.kill_point), turns a CfdgError into one stderr line and exit
 code 2, and leaves no half-written output behind (the library writes atomically).
 """
 

@@ -12,7 +12,7 @@ import sys
 
 from cfdg import __version__
 from cfdg.commands import agent, dataset, quality, store
-from cfdg.errors import CfdgError
+from cfdg.errors import CfdgError, one_line
 
 DESCRIPTION = "Classifier-Free Diffusion Generation for offline-to-online RL."
 
@@ -42,7 +42,7 @@ def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     try:
         return int(args.func(args) or 0)
     except CfdgError as e:
-        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog}: error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

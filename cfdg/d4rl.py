@@ -54,20 +54,55 @@ def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
         bad = ~np.isfinite(a)
         row = int(np.argwhere(bad)[0][0])
         raise DatasetError(f"{path}: key '{key}' has {int(bad.sum())} NaN/inf value(s), first at row {row}")
+    if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
+        big = np.abs(a) > np.finfo(np.float32).max  # would become inf in the float32 store
+        if big.any():
+            row = int(np.argwhere(big)[0][0])
+            raise DatasetError(
+                f"{path}: key '{key}' has {int(big.sum())} value(s) beyond float32 range, first at row {row}"
+            )
     if key in FLAGS and a.size and not np.isin(a, (0, 1)).all():
         raise DatasetError(f"{path}: key '{key}' must hold only 0/1 (or bool) values")
     return a
 
 
-def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
-    """Every known key as a checked array, plus the `metadata` group's attributes."""
+def _open(path: Path) -> h5py.File:
+    """The file opened read-only; one line naming it when it is missing, a directory or not HDF5."""
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a D4RL HDF5 file")
     if not path.is_file():
         raise DatasetError(f"{path}: file does not exist")
     try:
-        f = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except Exception as e:  # h5py raises OSError for non-HDF5 and truncated files
         raise DatasetError(f"{path}: not a readable HDF5 file ({type(e).__name__}: {e})") from e
-    with f:
+
+
+def inspect_d4rl(source: str | os.PathLike) -> Path:
+    """Check without reading the data that `source` resolves to an HDF5 file with D4RL's keys, ranks
+    and matching row counts (`cfdg check` runs this before any stage); returns the file's path."""
+    path = _resolve(source)
+    with _open(path) as f:
+        rows = {}
+        for key, rank in REQUIRED.items():
+            node = f.get(key)
+            if node is None:
+                raise DatasetError(f"{path}: missing key '{key}' (D4RL files hold {sorted(REQUIRED)})")
+            if not isinstance(node, h5py.Dataset):
+                raise DatasetError(f"{path}: key '{key}' is a group, expected an array")
+            shape = node.shape or ()
+            squeezed = len(shape) - 1 if rank == 1 and len(shape) == 2 and shape[1] == 1 else len(shape)
+            if squeezed != rank or node.dtype.kind not in "biuf":
+                raise DatasetError(f"{path}: key '{key}' is {node.dtype} {shape}, expected a numeric rank-{rank} array")
+            rows[key] = shape[0]
+        if len(set(rows.values())) > 1:
+            raise DatasetError(f"{path}: keys have different row counts {rows}")
+    return path
+
+
+def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
+    """Every known key as a checked array, plus the `metadata` group's attributes."""
+    with _open(path) as f:
         arrays: dict[str, np.ndarray] = {}
         for key, rank in {**REQUIRED, **OPTIONAL}.items():
             if key not in f:
@@ -171,7 +206,7 @@ def find_d4rl_file(name: str) -> Path:
 
 def _resolve(source: str | os.PathLike) -> Path:
     s = str(source)
-    if isinstance(source, os.PathLike) or s.endswith((".hdf5", ".h5")) or os.sep in s or Path(s).is_file():
+    if isinstance(source, os.PathLike) or s.endswith((".hdf5", ".h5")) or os.sep in s or Path(s).exists():
         return Path(source)
     return find_d4rl_file(s)
 
@@ -181,7 +216,10 @@ def _env_of(path: Path, source: str, meta: dict[str, object], env: str | None) -
     if env is not None:
         return env_name(env)
     if "env_id" in meta:
-        return env_name(str(meta["env_id"]))
+        try:
+            return env_name(str(meta["env_id"]))
+        except CfdgError as e:
+            raise DatasetError(f"{path}: metadata env_id {meta['env_id']!r}: {e}") from e
     for guess in (source, path.stem):
         for key in (Path(guess).name.replace("_", "-"), Path(guess).name.split("-")[0].split("_")[0]):
             try:  # the whole name first: AntMaze names carry the maze (antmaze-large-play-v2)

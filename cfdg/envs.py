@@ -337,9 +337,28 @@ def restore_episode_state(env: gym.Env, state: dict[str, Any] | None) -> None:
 ACT_DIMS: dict[str, int] = {"antmaze": 8, "pen": 24, "door": 28, "hammer": 26, "relocate": 30}
 
 
+# Locomotion row widths of gymnasium MuJoCo v5 (obs, action); Ant's obs is 105 wide with contact
+# forces (v5's default) or 27 without, and D4RL's ant (111) is refused: the online env cannot yield it.
+LOCOMOTION_DIMS: dict[str, tuple[tuple[int, ...], int]] = {
+    "hopper": ((11,), 3),
+    "halfcheetah": ((17,), 6),
+    "walker2d": ((17,), 6),
+    "ant": ((105, 27), 8),
+}
+
+
 def check_layout(env: str, obs_dim: int, act_dim: int, where: object) -> None:
     """A dataset must be laid out as the online env of its env name; one line naming both when not."""
     fam = family(env)
+    if fam in LOCOMOTION_DIMS:
+        obs_ok, act_ok = LOCOMOTION_DIMS[fam]
+        if obs_dim not in obs_ok or act_dim != act_ok:
+            wide = " or ".join(str(o) for o in obs_ok)
+            raise DatasetError(
+                f"{where}: rows are {obs_dim} (obs) / {act_dim} (action) wide but env '{env_name(env)}' "
+                f"({GYM_IDS[fam]}) yields {wide} / {act_ok}; the dataset is not a {fam} dataset"
+            )
+        return
     if fam not in OBS_DIMS:
         return
     want = (OBS_DIMS[fam], ACT_DIMS[fam])

@@ -1,5 +1,7 @@
 """Error types. Each names the file, key or value at fault so a researcher can act on one line."""
 
+MAX_LINE = 400
+
 
 class CfdgError(Exception):
     """Base class: the CLI turns these into one line on stderr and exit code 2."""
@@ -19,3 +21,12 @@ class ConfigError(CfdgError):
 
 class CheckpointError(CfdgError):
     """A checkpoint is unreadable or belongs to another model, env or algorithm."""
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message as one line (whitespace runs folded), cut at MAX_LINE characters.
+
+    Messages quote library errors and user values, which can hold newlines; the CLI promises one line.
+    """
+    text = " ".join(str(error).split())
+    return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."

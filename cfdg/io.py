@@ -13,13 +13,52 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Testing hook: `CFDG_KILL_AT=<stage id>:<point>` makes that stage SIGKILL itself at the point, as a
+# power cut or an OOM kill would (points: `start`, `end` of a stage; `temp-dir` / `temp-file`: the
+# stage's first complete temporary directory (store) / file, not yet renamed into place). The stage
+# runner exports the running stage's id.
+KILL_ENV = "CFDG_KILL_AT"
+STAGE_ENV = "CFDG_STAGE_ID"
+
+
+def kill_point(point: str) -> None:
+    """SIGKILL this process when CFDG_KILL_AT names the running stage and `point` (tests only)."""
+    wanted = {w.strip() for w in os.environ.get(KILL_ENV, "").split(",") if w.strip()}
+    stage = os.environ.get(STAGE_ENV)
+    if stage and f"{stage}:{point}" in wanted:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
 
 def _temp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove `.NAME.tmp-*` siblings of `path` that a killed write left; returns what it removed.
+
+    Only the writer of `path` calls this, and one output has one writer at a time, so any such
+    temp belongs to a write that died.
+    """
+    removed = []
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+            removed.append(stale)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 @contextlib.contextmanager
@@ -27,14 +66,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = _temp_sibling(path)
     tmp.mkdir()
     try:
         yield tmp
+        kill_point("temp-dir")
+        replace_path(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    replace_path(tmp, path)
 
 
 def replace_path(src: Path, dst: Path) -> None:
@@ -53,9 +94,11 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path that replaces `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = _temp_sibling(path)
     try:
         yield tmp
+        kill_point("temp-file")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -94,12 +137,21 @@ def read_checkpoint(path: str | os.PathLike, what: str) -> Any:
     from cfdg.errors import CheckpointError
 
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, expected a {what} checkpoint file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} checkpoint does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable {what} checkpoint ({type(e).__name__}: {e})") from e
+        with warnings.catch_warnings():  # torch warns about pickle protocols before failing
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch's messages span lines and advise weights_only=False, which we never do
+        if "Weights only load failed" in str(e):
+            reason = "it holds pickled Python objects, not only tensors; refused, checkpoints load weights-only"
+        else:
+            first = " ".join(str(e).split())[:160]
+            reason = f"not a torch checkpoint: {type(e).__name__}" + (f": {first}" if first else "")
+        raise CheckpointError(f"{path}: not a readable {what} checkpoint ({reason})") from e
 
 
 def digest(path: str | os.PathLike) -> str:

@@ -28,3 +28,17 @@ def import_source(source: str, out: str | os.PathLike, seed: int = 0, env: str |
     from cfdg.d4rl import import_d4rl
 
     return import_d4rl(source, out, seed=seed, env=env)
+
+
+def check_source(source: str, root: str | os.PathLike = ".") -> Path | None:
+    """Refuse now a `dataset.source` the dataset stage would fail on (missing, a directory that is not a
+    Minari dataset, not HDF5, wrong keys); relative paths are taken from `root`, the project root."""
+    if source == "build":
+        return None
+    local = Path(source) if Path(source).is_absolute() else Path(root) / source
+    found = str(local) if local.exists() else source
+    if is_minari_source(found):
+        return find_minari_dataset(found)
+    from cfdg.d4rl import inspect_d4rl
+
+    return inspect_d4rl(found)

@@ -10,8 +10,11 @@ chunk files byte-identical and DVC's cache dedupes them across rounds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +41,9 @@ ARRAYS: dict[str, tuple[np.dtype, int]] = {
     "timeouts": (np.dtype(np.bool_), 1),
 }
 LABELS = ("labels", np.dtype(np.uint8))
+# Group attribute: array name -> {chunk key ("c/0/0") -> sha256 of the chunk file}. Zarr reads a
+# missing chunk as fill_value (zeros), so without this list a lost chunk would read as data.
+MANIFEST = "chunk_sha256"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +86,9 @@ class Transitions:
             raise StoreError(f"{where}: missing array(s) {missing}")
         cast = {}
         for name, (dtype, _) in ARRAYS.items():
-            cast[name] = np.asarray(arrays[name]).astype(dtype, copy=False)
+            with np.errstate(over="ignore", invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # out-of-range values become inf: refused below
+                cast[name] = np.asarray(arrays[name]).astype(dtype, copy=False)
         labels = arrays.get("labels")
         if labels is not None:
             labels = np.asarray(labels)
@@ -118,6 +126,9 @@ def validate_arrays(arrays: Mapping[str, np.ndarray], where: str) -> None:
                 row = int(np.argwhere(bad)[0][0])
                 count = int(bad.sum())
                 raise StoreError(f"{where}: array '{name}' has {count} non-finite value(s), first at row {row}")
+    for name in ("observations", "actions"):
+        if arrays[name].shape[1] == 0:
+            raise StoreError(f"{where}: array '{name}' has width 0; rows need at least one value")
     if arrays["next_observations"].shape[1] != arrays["observations"].shape[1]:
         raise StoreError(
             f"{where}: array 'next_observations' has width {arrays['next_observations'].shape[1]}, "
@@ -175,7 +186,10 @@ class StoreWriter:
         for name, (dtype, rank) in names.items():
             shape = (0, widths[name]) if rank == 2 else (0,)
             chunks = (chunk_rows, widths[name]) if rank == 2 else (chunk_rows,)
-            self._arrays[name] = self._group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            # Every chunk is written, even all-zero ones, so "a chunk file is missing" always means lost data.
+            self._arrays[name] = self._group.create_array(
+                name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0, config={"write_empty_chunks": True}
+            )
         self.rows = 0
         self._counts = {"offline": 0, "online": 0}
         self._closed = False
@@ -204,6 +218,7 @@ class StoreWriter:
         if self.with_labels:
             counts.update(self._counts)
         attrs = {"schema_version": SCHEMA_VERSION, **meta, "counts": counts, "chunk_rows": self.chunk_rows}
+        attrs[MANIFEST] = {name: _chunk_digests(self._tmp / name) for name in self._arrays}
         # Round-trip through JSON so non-JSON params fail here, not in a reader.
         self._group.attrs.update(json.loads(json.dumps(attrs, sort_keys=True, allow_nan=False)))
         self._closed = True
@@ -239,46 +254,155 @@ def write_store(
     return Path(path)
 
 
+def _chunk_digests(array_dir: Path) -> dict[str, str]:
+    """sha256 of every chunk file of one array, keyed like Zarr's chunk keys ("c/3/0")."""
+    root = array_dir / "c"
+    if not root.is_dir():
+        return {}
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(array_dir).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def expected_chunks(shape: tuple[int, ...], chunks: tuple[int, ...]) -> list[str]:
+    """The chunk keys a Zarr v3 array of `shape` in `chunks` blocks has ("c/i/j", default encoding)."""
+    grid = [math.ceil(s / c) for s, c in zip(shape, chunks, strict=True)]
+    if not grid or min(grid) == 0:
+        return []
+    keys = []
+    for flat in range(math.prod(grid)):
+        index = []
+        for g in reversed(grid):
+            flat, i = divmod(flat, g)
+            index.append(str(i))
+        keys.append("c/" + "/".join(reversed(index)))
+    return keys
+
+
 def _open_group(path: Path) -> zarr.Group:
     if not path.exists():
         raise StoreError(f"{path}: store does not exist")
+    if not path.is_dir():
+        raise StoreError(f"{path}: is a file; a store is a .zarr directory")
     try:
         return zarr.open_group(str(path), mode="r")
     except Exception as e:  # zarr raises several types for broken metadata
-        raise StoreError(f"{path}: not a readable Zarr group ({type(e).__name__}: {e})") from e
+        raise StoreError(f"{path}: not a readable Zarr group ({type(e).__name__}: {_short(e)})") from e
+
+
+def _short(e: BaseException) -> str:
+    """An exception's message on one line (library messages often span several), at most 200 characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _names(attrs: Mapping[str, Any]) -> list[str]:
+    return list(ARRAYS) + (["labels"] if attrs["kind"] == "synthetic" else [])
+
+
+def _contract(name: str) -> tuple[np.dtype, int]:
+    return ARRAYS[name] if name in ARRAYS else (LABELS[1], 1)
+
+
+def _array(path: Path, group: zarr.Group, name: str) -> zarr.Array:
+    """Array `name`, its metadata checked against the contract (dtype, rank); errors name store and array."""
+    try:
+        arr = group[name]
+    except KeyError:
+        raise StoreError(f"{path}: missing array '{name}'") from None
+    except Exception as e:
+        raise StoreError(f"{path}: array '{name}' has unreadable metadata ({type(e).__name__}: {_short(e)})") from e
+    if not isinstance(arr, zarr.Array):
+        raise StoreError(f"{path}: '{name}' is a group, expected an array")
+    dtype, rank = _contract(name)
+    if arr.dtype != dtype:
+        raise StoreError(f"{path}: array '{name}' has dtype {arr.dtype} in its metadata, expected {dtype}")
+    if arr.ndim != rank:
+        raise StoreError(f"{path}: array '{name}' has rank {arr.ndim} (shape {arr.shape}), expected {rank}")
+    return arr
+
+
+def check_chunks(path: str | os.PathLike, deep: bool = False) -> dict[str, zarr.Array]:
+    """Check every array's layout and that each chunk file it needs exists (with `deep`, its sha256 too).
+
+    A Zarr reader fills a missing chunk with zeros; this is what stops lost data from reading as
+    data. Stores written before the manifest existed are checked against the shape alone.
+    """
+    path = Path(path)
+    attrs = read_attrs(path)
+    group = _open_group(path)
+    manifest = attrs.get(MANIFEST)
+    if manifest is not None and not isinstance(manifest, Mapping):
+        raise StoreError(f"{path}: attribute '{MANIFEST}' must be a mapping, got {type(manifest).__name__}")
+    arrays = {name: _array(path, group, name) for name in _names(attrs)}
+    rows = arrays["rewards"].shape[0]
+    for name, arr in arrays.items():
+        if arr.shape[0] != rows:
+            raise StoreError(f"{path}: array '{name}' has {arr.shape[0]} rows, 'rewards' has {rows}")
+        expected = expected_chunks(arr.shape, arr.chunks)
+        recorded = manifest.get(name) if manifest is not None else None
+        if manifest is not None and (not isinstance(recorded, Mapping) or sorted(recorded) != sorted(expected)):
+            count = len(recorded) if isinstance(recorded, Mapping) else recorded
+            raise StoreError(
+                f"{path}: array '{name}' has shape {list(arr.shape)} ({len(expected)} chunks) but attribute "
+                f"'{MANIFEST}' records {count!r}"
+            )
+        for key in expected:
+            chunk = path / name / key
+            if not chunk.is_file():
+                hint = "" if manifest is not None else " (store predates chunk manifests: rewrite it)"
+                raise StoreError(f"{path}: array '{name}' chunk {key} is missing{hint}")
+            if deep and recorded is not None:
+                if hashlib.sha256(chunk.read_bytes()).hexdigest() != recorded[key]:
+                    raise StoreError(f"{path}: array '{name}' chunk {key} does not match its recorded sha256")
+    return arrays
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """Group attributes after checking the schema version and kind."""
+    """Group attributes after checking the schema version, kind and the types of the provenance keys."""
     path = Path(path)
     attrs = dict(_open_group(path).attrs)
     version = attrs.get("schema_version")
     if version != SCHEMA_VERSION:
         raise StoreError(f"{path}: schema_version is {version!r}, this cfdg reads {SCHEMA_VERSION}")
-    for key in ("kind", "env_id", "source", "round", "seed", "params", "inputs", "code_version", "counts"):
+    types = {"kind": str, "env_id": str, "source": str, "round": int, "seed": int, "params": Mapping}
+    types.update(inputs=Mapping, code_version=str, counts=Mapping)
+    for key, tp in types.items():
         if key not in attrs:
             raise StoreError(f"{path}: attribute '{key}' is missing")
+        value = attrs[key]
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise StoreError(f"{path}: attribute '{key}' is {value!r}, expected a {getattr(tp, '__name__', tp)}")
     if attrs["kind"] not in KINDS:
         raise StoreError(f"{path}: attribute 'kind' is {attrs['kind']!r}, expected one of {KINDS}")
+    counts = attrs["counts"]
+    wanted = ("rows", "offline", "online") if attrs["kind"] == "synthetic" else ("rows",)
+    for key in wanted:
+        if not _int(counts.get(key)) or counts[key] < 0:
+            raise StoreError(f"{path}: attribute counts.{key} is {counts.get(key)!r}, expected a row count")
     return attrs
 
 
-def read_store(path: str | os.PathLike) -> tuple[Transitions, dict[str, Any]]:
-    """Load and fully validate a store: (transitions, attributes)."""
+def _read_block(path: Path, arrays: Mapping[str, zarr.Array], rows: slice | None = None) -> dict[str, np.ndarray]:
+    out = {}
+    for name, arr in arrays.items():
+        try:
+            out[name] = arr[...] if rows is None else arr[rows]
+        except Exception as e:  # a truncated or corrupted chunk fails to decode
+            raise StoreError(f"{path}: array '{name}' cannot be read ({type(e).__name__}: {_short(e)})") from e
+    return out
+
+
+def read_store(path: str | os.PathLike, deep: bool = False) -> tuple[Transitions, dict[str, Any]]:
+    """Load and fully validate a store: (transitions, attributes). `deep` also checks chunk digests."""
     path = Path(path)
     attrs = read_attrs(path)
-    group = _open_group(path)
-    names = list(ARRAYS) + (["labels"] if attrs["kind"] == "synthetic" else [])
-    arrays = {}
-    for name in names:
-        try:
-            arrays[name] = group[name][...]
-        except KeyError:
-            raise StoreError(f"{path}: missing array '{name}'") from None
-        except Exception as e:
-            raise StoreError(f"{path}: array '{name}' cannot be read ({type(e).__name__}: {e})") from e
+    arrays = _read_block(path, check_chunks(path, deep))
     validate_arrays(arrays, str(path))
-    rows = attrs["counts"].get("rows")
+    rows = attrs["counts"]["rows"]
     if rows != arrays["rewards"].shape[0]:
         raise StoreError(f"{path}: attribute counts.rows is {rows}, arrays hold {arrays['rewards'].shape[0]} rows")
     return Transitions(**arrays), attrs
@@ -288,11 +412,12 @@ def iter_store(path: str | os.PathLike, batch_rows: int = DEFAULT_CHUNK_ROWS) ->
     """Stream a store in row blocks (export of stores larger than memory)."""
     path = Path(path)
     attrs = read_attrs(path)
-    group = _open_group(path)
-    names = list(ARRAYS) + (["labels"] if attrs["kind"] == "synthetic" else [])
-    n = group["rewards"].shape[0]
+    arrays = check_chunks(path)
+    n = arrays["rewards"].shape[0]
+    if attrs["counts"]["rows"] != n:
+        raise StoreError(f"{path}: attribute counts.rows is {attrs['counts']['rows']}, arrays hold {n} rows")
     for start in range(0, n, batch_rows):
-        block = {name: group[name][start : start + batch_rows] for name in names}
+        block = _read_block(path, arrays, slice(start, start + batch_rows))
         validate_arrays(block, f"{path} rows {start}:{start + batch_rows}")
         yield Transitions(**block)
 
@@ -309,11 +434,12 @@ def append_store(src: str | os.PathLike, new: Transitions, dst: str | os.PathLik
 
 
 def info(path: str | os.PathLike) -> dict[str, Any]:
-    """A summary for `cfdg store info`: attributes plus array shapes and dtypes."""
+    """A summary for `cfdg store info`: attributes plus array shapes and dtypes (layout and chunks checked)."""
     path = Path(path)
     attrs = read_attrs(path)
-    group = _open_group(path)
-    arrays = {}
-    for name, arr in group.arrays():
-        arrays[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks)}
-    return {"path": str(path), "attrs": attrs, "arrays": dict(sorted(arrays.items()))}
+    arrays = {
+        name: {"shape": list(arr.shape), "dtype": str(arr.dtype), "chunks": list(arr.chunks)}
+        for name, arr in check_chunks(path).items()
+    }
+    shown = {k: v for k, v in attrs.items() if k != MANIFEST}
+    return {"path": str(path), "attrs": shown, "arrays": dict(sorted(arrays.items()))}

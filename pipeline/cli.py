@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (environment defaults before prefect is imported)
 from cfdg.cli import add_library_commands, dispatch, new_parser
+from cfdg.errors import CfdgError, ConfigError
 from pipeline import sections
 from pipeline.preset import apply_preset
 from stages.report import table_main
@@ -40,6 +41,7 @@ RERUN_HINT = (
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    checked_params(Path(args.root) / "params.yaml")  # a bad param is one line, before Prefect starts
     from pipeline.flows import StageFailed, cfdg_run
 
     try:
@@ -53,6 +55,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_round(args: argparse.Namespace) -> int:
+    path = Path(args.root) / "params.yaml"
+    table = checked_params(path).rounds
+    if args.k not in table:
+        raise ConfigError(f"{path}:rounds: round {args.k} is not in the table (rounds {list(table)})")
     from pipeline.flows import StageFailed, cfdg_round
 
     try:
@@ -67,6 +73,8 @@ def _cmd_round(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("PREFECT_API_URL", args.api_url)
+    check_server(os.environ["PREFECT_API_URL"])
+    checked_params(Path(args.root) / "params.yaml")
     from prefect import serve
 
     from pipeline.flows import deployments
@@ -78,6 +86,25 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     )
     serve(*deployments(root))
     return 0
+
+
+class ServerError(CfdgError):
+    """No Prefect server answers at the API URL."""
+
+
+def check_server(api_url: str, timeout: float = 3.0) -> None:
+    """One line, not Prefect's connection traceback, when nothing answers at `api_url`."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ServerError(
+            f"no Prefect server at {api_url} ({reason}); start `cfdg server` first (or set PREFECT_API_URL)"
+        ) from None
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
@@ -92,8 +119,20 @@ def _cmd_preset(args: argparse.Namespace) -> int:
     return 0
 
 
+def checked_params(path: str | Path) -> sections.Params:
+    """Every section of params.yaml and `dataset.source` validated: what check, run and round do first."""
+    from cfdg.sources import check_source
+
+    p = sections.load_all(path)
+    try:
+        check_source(p.source, Path(path).parent)
+    except CfdgError as e:
+        raise ConfigError(f"{Path(path).name}:dataset.source: {e}") from None
+    return p
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
-    p = sections.load_all(args.params)
+    p = checked_params(args.params)
     print(f"{args.params}: valid; seed {p.seed}, dataset source {p.source!r}, {len(p.rounds)} round(s)")
     return 0
 

@@ -51,6 +51,8 @@ def materialise_stage(
     `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
     """
     variant = checkpoint_variant(model)
+    for real in (offline, online):  # a damaged input fails here, before any output is written
+        store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
     carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
     if carried:

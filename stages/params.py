@@ -62,7 +62,12 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{path}{at}: not valid YAML ({problem})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
     unknown = sorted(set(data) - set(TOP_LEVEL))
@@ -85,7 +90,11 @@ def section(params: Mapping[str, Any], name: str, config: type[T], path: str | P
         raise ConfigError(f"{_where(path, name)}: must be a mapping, got {raw!r}")
     if name == "dataset":
         raw = {k: v for k, v in raw.items() if k != DATASET_SOURCE_KEY}
-    return from_mapping(config, raw, _where(path, name))
+    try:
+        return from_mapping(config, raw, _where(path, name))
+    except ConfigError as e:  # range checks in __post_init__ name `section.key` without the file
+        prefix = f"{Path(path).name}:"
+        raise ConfigError(str(e) if str(e).startswith(prefix) else f"{prefix}{e}") from None
 
 
 def seed(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> int:
@@ -119,9 +128,12 @@ def rounds(params: Mapping[str, Any], path: str | Path = PARAMS_FILE) -> dict[in
             k = int(key)
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: key {key!r} is not a round number") from None
+        if isinstance(key, bool) or str(k) != str(key) or k < 1:  # "01" would name stage rollout@01, dir rounds/01
+            raise ConfigError(f"{where}: key {key!r} must be a round number written plainly, like '{abs(k) or 1}'")
         if not isinstance(item, Mapping) or set(item) != {"prev"}:
             raise ConfigError(f"{where}.{key}: must be {{prev: {k - 1}}}, got {item!r}")
-        if item["prev"] != k - 1:
+        prev = item["prev"]
+        if isinstance(prev, bool) or not isinstance(prev, int) or prev != k - 1:
             raise ConfigError(f"{where}.{key}.prev: must be {k - 1} (the previous round), got {item['prev']!r}")
         table[k] = k - 1
     expected = list(range(1, len(table) + 1))

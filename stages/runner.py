@@ -1,6 +1,7 @@
 """The command-line runner every stage shares: `python -m stages.<name> [--round k]`.
 
-It honours the testing hook `CFDG_FAIL_STAGE`, turns a CfdgError into one stderr line and exit
+It honours the testing hooks `CFDG_FAIL_STAGE` (fail on start) and `CFDG_KILL_AT` (SIGKILL at a
+named point, cfdg.io.kill_point), turns a CfdgError into one stderr line and exit
 code 2, and leaves no half-written output behind (the library writes atomically).
 """
 
@@ -12,7 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from cfdg.errors import CfdgError
+from cfdg.errors import CfdgError, one_line
+from cfdg.io import STAGE_ENV, kill_point
 
 # Testing hook: a comma-separated list of stage ids (`fit@2`, `pretrain`) that fail on start,
 # as a crash would, so tests and users can rehearse a failed round and its retry.
@@ -52,10 +54,13 @@ def run_main(
         parser.add_argument("--round", type=int, required=True, help="round number k >= 1")
     args = parser.parse_args(argv)
     sid = stage_id(name, getattr(args, "round", None))
+    os.environ[STAGE_ENV] = sid  # for the kill hook (cfdg.io.kill_point) deep in the library
     try:
         fail_if_injected(sid)
+        kill_point("start")
         body(args)
+        kill_point("end")
     except CfdgError as e:
-        print(f"stage {sid}: error: {e}", file=sys.stderr)
+        print(f"stage {sid}: error: {one_line(e)}", file=sys.stderr)
         return 2
     return 0

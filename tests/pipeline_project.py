@@ -28,7 +28,8 @@ FIRST_RUN_OUTPUT: dict[str, str] = {}
 
 def env(repo: Path, **extra: str) -> dict[str, str]:
     e = dict(os.environ)
-    e.pop("CFDG_FAIL_STAGE", None)  # never inherit the testing hook
+    e.pop("CFDG_FAIL_STAGE", None)  # never inherit the testing hooks
+    e.pop("CFDG_KILL_AT", None)
     e.update(GIT_ENV)
     e.update(PYTHONPATH=str(repo), CFDG_PROGRESS="0", DVC_NO_ANALYTICS="1", DO_NOT_TRACK="1")
     # Tiny networks: one thread each is faster than two threads fighting over 2 shared cores.

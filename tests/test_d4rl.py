@@ -26,6 +26,14 @@ def d4rl_arrays() -> dict[str, np.ndarray]:
     }
 
 
+def hopper_arrays() -> dict[str, np.ndarray]:
+    """d4rl_arrays() widened to hopper's 11 (obs) / 3 (action) columns, so an import passes the env check."""
+    a = d4rl_arrays()
+    a["observations"] = np.repeat(a["observations"], [6, 5], axis=1)
+    a["actions"] = np.repeat(a["actions"], 3, axis=1)
+    return a
+
+
 def write_h5(path: Path, arrays: dict[str, np.ndarray], extras: bool = True) -> Path:
     with h5py.File(path, "w") as f:
         for k, v in arrays.items():
@@ -139,7 +147,7 @@ def test_find_d4rl_file_defaults_to_home(tmp_path, monkeypatch):
 
 def test_import_by_name_writes_offline_store_with_provenance(tmp_path, monkeypatch):
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path))
-    f = write_h5(tmp_path / "hopper_medium_replay-v2.hdf5", d4rl_arrays())
+    f = write_h5(tmp_path / "hopper_medium_replay-v2.hdf5", hopper_arrays())
     out = import_d4rl("hopper-medium-replay-v2", tmp_path / "s.zarr", seed=3)
     data, attrs = read_store(out)
     assert len(data) == 5
@@ -177,7 +185,7 @@ def test_export_of_synthetic_store_keeps_labels(tmp_path):
 
 def test_cli_store_export_and_dataset_import(tmp_path, capsys):
     meta = StoreMeta(kind="offline", env_id="hopper", source="t")
-    store = write_store(tmp_path / "a.zarr", make_transitions(50), meta)
+    store = write_store(tmp_path / "a.zarr", make_transitions(50, obs_dim=11, act_dim=3), meta)
     h5 = tmp_path / "a.hdf5"
     assert main(["store", "export", str(store), "--format", "d4rl", "--out", str(h5)]) == 0
     assert h5.is_file()

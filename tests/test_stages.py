@@ -78,6 +78,9 @@ def test_bad_top_level_seed_and_source(tmp_path):
         ({"one": {"prev": 0}}, r"key 'one' is not a round number"),
         ({}, r"non-empty mapping"),
         ({"1": {"prev": 0, "x": 1}}, r"rounds.1: must be \{prev: 0\}"),
+        ({"01": {"prev": 0}}, r"key '01' must be a round number written plainly"),
+        ({"1": {"prev": False}}, r"rounds.1.prev: must be 0"),
+        ({"1": {"prev": 0.0}}, r"rounds.1.prev: must be 0"),
     ],
 )
 def test_rounds_table_is_checked(table, message):

@@ -154,3 +154,63 @@ def test_cli_info_and_validate(tmp_path, transitions, meta, capsys):
     assert main(["store", "validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'rewards'" in err[0] and "s.zarr" in err[0]
+
+
+# --- integrity (issue 10) -------------------------------------------------------------------------
+
+
+def test_every_chunk_is_recorded_and_a_lost_one_never_reads_as_zeros(tmp_path, meta):
+    data = make_transitions(100)
+    data = Transitions(**{**data.arrays(), "terminals": np.zeros(100, bool)})  # all-zero chunks: written too
+    path = write_store(tmp_path / "s.zarr", data, meta, chunk_rows=32)
+    manifest = store.read_attrs(path)[store.MANIFEST]
+    assert sorted(manifest["terminals"]) == ["c/0", "c/1", "c/2", "c/3"]
+    assert sorted(manifest["observations"]) == ["c/0/0", "c/1/0", "c/2/0", "c/3/0"]
+    read_store(path, deep=True)
+    (path / "terminals" / "c" / "2").unlink()
+    with pytest.raises(StoreError, match=r"s.zarr: array 'terminals' chunk c/2 is missing"):
+        read_store(path)
+    with pytest.raises(StoreError, match="chunk c/2 is missing"):
+        list(store.iter_store(path))
+
+
+def test_store_without_manifest_is_checked_against_its_shape(tmp_path, meta):
+    path = write_store(tmp_path / "s.zarr", make_transitions(50), meta, chunk_rows=16)
+    doc = json.loads((path / "zarr.json").read_text())
+    del doc["attributes"][store.MANIFEST]
+    (path / "zarr.json").write_text(json.dumps(doc))
+    assert len(read_store(path, deep=True)[0]) == 50  # all chunks there: readable as before
+    (path / "rewards" / "c" / "3").unlink()
+    with pytest.raises(StoreError, match=r"chunk c/3 is missing \(store predates chunk manifests"):
+        read_store(path)
+
+
+def test_expected_chunk_keys():
+    assert store.expected_chunks((0, 5), (16, 5)) == []
+    assert store.expected_chunks((33,), (16,)) == ["c/0", "c/1", "c/2"]
+    assert store.expected_chunks((3, 4), (2, 3)) == ["c/0/0", "c/0/1", "c/1/0", "c/1/1"]
+
+
+def test_next_write_removes_a_killed_writes_temporaries(tmp_path, meta):
+    stale_dir = tmp_path / ".s.zarr.tmp-deadbeef"
+    stale_dir.mkdir()
+    (stale_dir / "zarr.json").write_text("{}")
+    other = tmp_path / ".t.zarr.tmp-deadbeef"  # another output's temp: not ours to remove
+    other.mkdir()
+    write_store(tmp_path / "s.zarr", make_transitions(10), meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".t.zarr.tmp-deadbeef", "s.zarr"]
+
+
+def test_import_replaces_an_existing_store_only_with_force(tmp_path, meta):
+    src = write_store(tmp_path / "a.zarr", make_transitions(40, obs_dim=11, act_dim=3), meta)
+    h5 = tmp_path / "hopper.hdf5"
+    assert main(["store", "export", str(src), "--out", str(h5)]) == 0
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert main(["dataset", "import", str(h5), "--out", str(out)]) == 2
+    assert (out / "mine.txt").read_text() == "keep"
+    assert main(["dataset", "import", str(h5), "--out", str(out), "--force"]) == 0
+    assert len(read_store(out)[0]) == 40 and not (out / "mine.txt").exists()
+    assert main(["store", "validate", "--deep", str(out)]) == 0
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []

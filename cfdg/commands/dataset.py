@@ -6,6 +6,7 @@ import argparse
 
 import yaml
 
+from cfdg.commands.outputs import add_force, check_out
 from cfdg.errors import ConfigError
 
 
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any DatasetConfig field")
     q.add_argument("--no-progress", action="store_true")
+    add_force(q)
     q.set_defaults(func=_build)
 
     q = dsub.add_parser("import", help="convert a D4RL HDF5 file or a local Minari dataset to a store")
@@ -32,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True)
     q.add_argument("--env", help="env when the name does not tell it")
     q.add_argument("--seed", type=int, default=0)
+    add_force(q)
     q.set_defaults(func=_import)
 
 
@@ -52,10 +55,12 @@ def _build(args: argparse.Namespace) -> int:
     from cfdg.config import from_mapping
     from cfdg.datasets.build import DatasetConfig, build_dataset
 
-    mapping = {"env": args.env, "kind": args.kind, "seed": args.seed, **_overrides(args.set)}
-    cfg = from_mapping(DatasetConfig, mapping, "dataset")
     out = Path(args.out)
     card_path = Path(args.card) if args.card else out.with_name(out.name + ".card.json")
+    check_out(out, args.force, "dir")
+    check_out(card_path, args.force, "file", "--card")
+    mapping = {"env": args.env, "kind": args.kind, "seed": args.seed, **_overrides(args.set)}
+    cfg = from_mapping(DatasetConfig, mapping, "dataset")
     card = build_dataset(cfg, out, card_path, progress=not args.no_progress)
     ret = card["returns"]
     print(f"store: {out}")
@@ -72,6 +77,7 @@ def _import(args: argparse.Namespace) -> int:
     from cfdg.sources import import_source
     from cfdg.store import read_attrs
 
+    check_out(args.out, args.force, "dir")
     out = import_source(args.source, args.out, seed=args.seed, env=args.env)
     attrs = read_attrs(out)
     print(f"store: {out} ({attrs['counts']['rows']} transitions, env {attrs['env_id']}, from {attrs['source']})")

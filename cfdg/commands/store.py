@@ -6,6 +6,7 @@ import argparse
 import json
 
 from cfdg import store
+from cfdg.commands.outputs import add_force, check_out
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,12 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = ssub.add_parser("validate", help="exit 0 when valid; exit 2 with one line naming the problem")
     q.add_argument("path")
+    q.add_argument("--deep", action="store_true", help="also check every chunk file against its recorded sha256")
     q.set_defaults(func=_validate)
 
     q = ssub.add_parser("export", help="export a store to D4RL HDF5 (or Minari)")
     q.add_argument("path")
     q.add_argument("--format", choices=["d4rl", "minari"], default="d4rl")
     q.add_argument("--out", required=True, help="output file (.hdf5) or Minari dataset directory")
+    add_force(q)
     q.set_defaults(func=_export)
 
 
@@ -33,12 +36,17 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    data, attrs = store.read_store(args.path)
-    print(f"{args.path}: valid {attrs['kind']} store, {len(data)} rows, obs_dim {data.obs_dim}, act_dim {data.act_dim}")
+    data, attrs = store.read_store(args.path, deep=args.deep)
+    checked = "chunk digests checked" if store.MANIFEST in attrs else "no chunk digests recorded"
+    checked = f", {checked}" if args.deep else ""
+    dims = f"obs_dim {data.obs_dim}, act_dim {data.act_dim}"
+    print(f"{args.path}: valid {attrs['kind']} store, {len(data)} rows, {dims}{checked}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    check_out(args.out, args.force, "file" if args.format == "d4rl" else "dir")
+    store.read_attrs(args.path)  # a broken store fails before anything is written
     if args.format == "d4rl":
         from cfdg.d4rl import export_d4rl
 

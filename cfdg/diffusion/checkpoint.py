@@ -81,6 +81,8 @@ def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = 
         obs_dim, act_dim = int(ckpt["obs_dim"]), int(ckpt["act_dim"])
         dev = select_device(cfg.device)
         net = build_denoiser(cfg, obs_dim, act_dim, seed=0)
+        for key in ("weights", "ema_weights"):
+            _check_shapes(path, key, net.state_dict(), ckpt[key], cfg)
         net.load_state_dict(ckpt["weights"])
         ema = copy.deepcopy(net)
         ema.load_state_dict(ckpt["ema_weights"])
@@ -111,6 +113,27 @@ def check_dims(model: DiffusionModel, obs_dim: int, act_dim: int) -> None:
     if (model.obs_dim, model.act_dim) != (obs_dim, act_dim):
         raise CheckpointError(
             f"diffusion checkpoint models obs/act dims {model.obs_dim}/{model.act_dim}, data has {obs_dim}/{act_dim}"
+        )
+
+
+def _check_shapes(path: Path, key: str, want: dict, got: object, cfg: DiffusionConfig) -> None:
+    """One line when the stored tensors do not fit the denoiser the stored config describes."""
+    if not isinstance(got, dict):
+        raise CheckpointError(f"{path}: '{key}' is a {type(got).__name__}, expected a state dict")
+    missing = sorted(set(want) - set(got))
+    extra = sorted(set(got) - set(want))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: '{key}' does not fit a width-{cfg.width} depth-{cfg.depth} denoiser "
+            f"({len(missing)} tensor(s) missing, e.g. {missing[:1]}; {len(extra)} unexpected, e.g. {extra[:1]})"
+        )
+    bad = [n for n, t in want.items() if not isinstance(got[n], torch.Tensor) or tuple(got[n].shape) != tuple(t.shape)]
+    if bad:
+        first = got[bad[0]]
+        shape = list(first.shape) if isinstance(first, torch.Tensor) else type(first).__name__
+        raise CheckpointError(
+            f"{path}: '{key}' does not fit a width-{cfg.width} depth-{cfg.depth} denoiser: {len(bad)} tensor(s) "
+            f"of another shape, e.g. '{bad[0]}' is {shape}, the model needs {list(want[bad[0]].shape)}"
         )
 
 

@@ -1,0 +1,543 @@
+"""The bad-input catalogue (issue 10): real damaged HDF5 files, Zarr stores, params files and
+checkpoints given to the real commands. Every case must exit 2 with exactly one stderr line that
+names the culprit, print no traceback and no warning, and leave every file as it was (nothing
+written, nothing deleted).
+
+Commands run in-process through `pipeline.cli.main` (the `cfdg` command) or a stage's `main`
+(what `python -m stages.<name>` runs); `test_real_entry_points` repeats a few as subprocesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import socket
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from pipeline_project import ROOT
+
+from cfdg.fake_data import make_transitions
+from cfdg.store import MANIFEST, StoreMeta, write_store
+
+N_OBS, N_ACT = 11, 3  # hopper
+
+
+# --- good inputs, damaged copies ---------------------------------------------------------------
+
+
+def hopper_arrays(n: int = 60) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    timeouts = np.zeros(n, bool)
+    timeouts[[29, n - 1]] = True
+    return {
+        "observations": rng.normal(size=(n, N_OBS)).astype(np.float32),
+        "actions": rng.uniform(-1, 1, (n, N_ACT)).astype(np.float32),
+        "rewards": rng.normal(size=n).astype(np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": timeouts,
+    }
+
+
+def write_h5(path: Path, arrays: dict[str, np.ndarray], meta: dict | None = None) -> Path:
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            f.create_dataset(key, data=value)
+        if meta:
+            for key, value in meta.items():
+                f.require_group("metadata").attrs[key] = value
+    return path
+
+
+def h5_with(tmp: Path, name: str = "hopper-bad.hdf5", meta: dict | None = None, **changes) -> Path:
+    arrays = hopper_arrays()
+    for key, value in changes.items():
+        if value is None:
+            arrays.pop(key, None)
+        else:
+            arrays[key] = value(arrays) if callable(value) else value
+    return write_h5(tmp / name, arrays, meta)
+
+
+def good_store(tmp: Path, name: str = "s.zarr", kind: str = "offline") -> Path:
+    """100 hopper rows in chunks of 32: 4 chunk files per array."""
+    data = make_transitions(100, obs_dim=N_OBS, act_dim=N_ACT, labels=kind == "synthetic")
+    return write_store(tmp / name, data, StoreMeta(kind=kind, env_id="hopper", source="test"), chunk_rows=32)
+
+
+def edit_json(path: Path, change: Callable[[dict], None]) -> None:
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def set_attr(store: Path, key: str, value: object) -> None:
+    edit_json(store / "zarr.json", lambda d: d["attributes"].__setitem__(key, value))
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 2)])
+
+
+def params_text(**sections) -> str:
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw.update(sections)
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+def write_params(tmp: Path, text: str) -> Path:
+    (tmp / "params.yaml").write_text(text)
+    return tmp / "params.yaml"
+
+
+class Evil:
+    """A pickle that would create a file when unpickled: a weights-only load must never run it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def pickle_payload(path: Path) -> Path:
+    path.write_bytes(pickle.dumps({"format": "cfdg-agent/1", "x": Evil(path.parent / "PWNED")}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def diffusion_ckpt(tmp_path_factory) -> Path:
+    """A real diffusion checkpoint of a width-32 denoiser fitted for 2 steps on hopper-wide rows."""
+    from cfdg.config import from_mapping
+    from cfdg.diffusion import DiffusionConfig, fit_diffusion, save_diffusion
+
+    data = make_transitions(64, obs_dim=N_OBS, act_dim=N_ACT)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 1, "train_steps": 2, "batch_size": 16}, "d")
+    model, _ = fit_diffusion(data, data, cfg, seed=0, progress=False)
+    return save_diffusion(model, tmp_path_factory.mktemp("ckpt") / "diffusion.pt")
+
+
+def stage_project(tmp: Path, diffusion: Path | None = None) -> Path:
+    """The inputs of round 1's fit and materialise stages, as a tiny project would hold them."""
+    shutil.copy(ROOT / "params.yaml", tmp / "params.yaml")
+    shutil.copytree(ROOT / "configs", tmp / "configs")
+    subprocess.run(
+        [sys.executable, "-m", "pipeline", "preset", "configs/tiny.yaml"],
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    shutil.rmtree(tmp / "configs")
+    art = tmp / "artifacts"
+    good_store(art / "dataset", "offline.zarr")
+    good_store(art / "rounds" / "1", "online.zarr", kind="online")
+    good_store(art / "rounds" / "0", "synthetic.zarr", kind="synthetic")
+    if diffusion is not None:
+        shutil.copy(diffusion, art / "rounds" / "1" / "diffusion.pt")
+    return tmp
+
+
+# --- the catalogue ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """`setup(tmp, ckpt)` builds the damaged input and returns (argv, culprit); `stage` runs a stage's main."""
+
+    setup: Callable[[Path, Path], tuple[list[str], str]]
+    stage: str | None = None
+
+
+def imp(src: str | Path, out: Path, *extra: str) -> list[str]:
+    return ["dataset", "import", str(src), "--out", str(out), *extra]
+
+
+def h5_case(name: str = "hopper-bad.hdf5", meta: dict | None = None, extra: tuple = (), **changes) -> Case:
+    def setup(tmp: Path, _: Path) -> tuple[list[str], str]:
+        return imp(h5_with(tmp, name, meta, **changes), tmp / "out.zarr", *extra), name
+
+    return Case(setup)
+
+
+def store_case(command: str, damage: Callable[[Path], None], culprit: str, kind: str = "offline") -> Case:
+    def setup(tmp: Path, _: Path) -> tuple[list[str], str]:
+        store = good_store(tmp, kind=kind)
+        damage(store)
+        argv = ["store", command, str(store)]
+        if command == "export":
+            argv += ["--out", str(tmp / "x.hdf5")]
+        if command == "deep":
+            argv = ["store", "validate", "--deep", str(store)]
+        return argv, culprit
+
+    return Case(setup)
+
+
+def params_case(text: str | Callable[[Path], str], culprit: str, command: str = "check") -> Case:
+    def setup(tmp: Path, _: Path) -> tuple[list[str], str]:
+        path = write_params(tmp, text(tmp) if callable(text) else text)
+        argv = {"check": ["check", "--params", str(path)], "run": ["run", "--root", str(tmp)]}[command]
+        return argv, culprit
+
+    return Case(setup)
+
+
+def agent_ckpt_case(make: Callable[[Path], Path], culprit: str) -> Case:
+    def setup(tmp: Path, ckpt: Path) -> tuple[list[str], str]:
+        store = good_store(tmp, "off.zarr")
+        bad = make(tmp) if make is not None else ckpt
+        argv = ["agent", "round", str(bad), str(store), "--round", "1", "--out", str(tmp / "a.pt")]
+        return [*argv, "--out-online-store", str(tmp / "on.zarr")], culprit
+
+    return Case(setup)
+
+
+def stage_case(stage: str, damage: Callable[[Path, Path], None], culprit: str) -> Case:
+    def setup(tmp: Path, ckpt: Path) -> tuple[list[str], str]:
+        stage_project(tmp, ckpt)
+        damage(tmp, tmp / "artifacts" / "rounds" / "1")
+        return ["--round", "1"], culprit
+
+    return Case(setup, stage=stage)
+
+
+def _rm(rel: str) -> Callable[[Path], None]:
+    return lambda store: (store / rel).unlink()
+
+
+def _dtype64(store: Path) -> None:
+    edit_json(store / "rewards" / "zarr.json", lambda d: d.__setitem__("data_type", "float64"))
+
+
+def _legacy_missing(store: Path) -> None:
+    edit_json(store / "zarr.json", lambda d: d["attributes"].pop(MANIFEST))
+    (store / "rewards" / "c" / "1").unlink()
+
+
+def _flip_chunk(store: Path) -> None:
+    """Same length, other bytes: only the recorded digest can tell."""
+    chunk = store / "observations" / "c" / "2" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+
+
+def _nan_rows(store: Path) -> None:
+    import zarr
+
+    zarr.open_array(str(store / "rewards"), mode="r+")[3] = np.nan
+
+
+def _width(name: str) -> Callable[[dict], np.ndarray]:
+    return lambda a: np.zeros((len(a["rewards"]), 0), np.float32)
+
+
+def _truncated_h5(tmp: Path, _: Path) -> tuple[list[str], str]:
+    path = h5_with(tmp, "cut.hdf5")
+    truncate(path)
+    return imp(path, tmp / "out.zarr"), "cut.hdf5"
+
+
+def _text_h5(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "notes.hdf5").write_text("observations,actions\n1,2\n")
+    return imp(tmp / "notes.hdf5", tmp / "out.zarr"), "notes.hdf5"
+
+
+def _dir_source(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "hopper_data").mkdir()
+    (tmp / "hopper_data" / "keep.txt").write_text("x")
+    return imp(tmp / "hopper_data", tmp / "out.zarr"), "hopper_data: is a directory"
+
+
+def _out_exists_dir(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "mine").mkdir()
+    (tmp / "mine" / "precious.txt").write_text("do not delete")
+    return imp(h5_with(tmp, "hopper-ok.hdf5"), tmp / "mine"), "mine: already exists; pass --force"
+
+
+def _out_exists_file(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "taken.zarr").write_text("a file")
+    return imp(h5_with(tmp, "hopper-ok.hdf5"), tmp / "taken.zarr", "--force"), "taken.zarr: is an existing file"
+
+
+def _out_under_file(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "plain").write_text("a file")
+    return imp(h5_with(tmp, "hopper-ok.hdf5"), tmp / "plain" / "o.zarr"), "plain"
+
+
+def _export_exists(tmp: Path, _: Path) -> tuple[list[str], str]:
+    store = good_store(tmp)
+    (tmp / "x.hdf5").write_text("someone's file")
+    return ["store", "export", str(store), "--out", str(tmp / "x.hdf5")], "x.hdf5: already exists"
+
+
+def _build_card_exists(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "h.zarr.card.json").write_text("{}")
+    return ["dataset", "build", "--out", str(tmp / "h.zarr")], "h.zarr.card.json: already exists"
+
+
+def _d4rl_name_missing(tmp: Path, _: Path) -> tuple[list[str], str]:
+    os.environ["D4RL_DATASET_DIR"] = str(tmp)  # restored by the runner
+    return imp("hopper-medium-v2", tmp / "out.zarr"), "hopper-medium-v2"
+
+
+def _store_is_file(tmp: Path, _: Path) -> tuple[list[str], str]:
+    (tmp / "f.zarr").write_text("x")
+    return ["store", "validate", str(tmp / "f.zarr")], "f.zarr: is a file"
+
+
+def _store_missing(tmp: Path, _: Path) -> tuple[list[str], str]:
+    return ["store", "info", str(tmp / "none.zarr")], "none.zarr: store does not exist"
+
+
+def _source(make: Callable[[Path], str]) -> Callable[[Path], str]:
+    return lambda tmp: params_text(dataset={"source": make(tmp), "env": "hopper"})
+
+
+def _round7(tmp: Path, _: Path) -> tuple[list[str], str]:
+    write_params(tmp, params_text())
+    return ["round", "7", "--root", str(tmp)], "round 7 is not in the table"
+
+
+def _serve(tmp: Path, _: Path) -> tuple[list[str], str]:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    write_params(tmp, params_text())
+    return ["serve", "--root", str(tmp), "--api-url", f"http://127.0.0.1:{port}/api"], "start `cfdg server` first"
+
+
+def _ckpt_text(tmp: Path) -> Path:
+    (tmp / "agent.pt").write_text("agent weights go here\n")
+    return tmp / "agent.pt"
+
+
+def _ckpt_dir(tmp: Path) -> Path:
+    (tmp / "agent.pt").mkdir()
+    return tmp / "agent.pt"
+
+
+def _ckpt_truncated(tmp: Path) -> Path:
+    torch.save({"format": "cfdg-agent/1", "w": torch.zeros(1000)}, tmp / "agent.pt")
+    truncate(tmp / "agent.pt")
+    return tmp / "agent.pt"
+
+
+def _ckpt_wrong_format(tmp: Path) -> Path:
+    torch.save({"format": "something-else"}, tmp / "agent.pt")
+    return tmp / "agent.pt"
+
+
+def _other_width(_: Path, rnd: Path) -> None:
+    ckpt = torch.load(rnd / "diffusion.pt", weights_only=True)
+    ckpt["config"]["width"] = 64  # the weights stay width 32
+    torch.save(ckpt, rnd / "diffusion.pt")
+
+
+def _replace(content: bytes | None) -> Callable[[Path, Path], None]:
+    def damage(_: Path, rnd: Path) -> None:
+        (rnd / "diffusion.pt").unlink()
+        if content is None:
+            (rnd / "diffusion.pt").mkdir()
+        else:
+            (rnd / "diffusion.pt").write_bytes(content)
+
+    return damage
+
+
+CATALOGUE: dict[str, Case] = {
+    # D4RL HDF5 files through `cfdg dataset import`
+    "h5-missing-key": h5_case(rewards=None),
+    "h5-nan-obs": h5_case(observations=lambda a: np.where(np.arange(60)[:, None] == 5, np.nan, a["observations"])),
+    "h5-inf-reward": h5_case(rewards=lambda a: np.where(np.arange(60) == 7, np.inf, a["rewards"])),
+    "h5-reward-1e300": h5_case(rewards=lambda a: np.where(np.arange(60) == 7, 1e300, a["rewards"].astype(np.float64))),
+    "h5-terminal-2": h5_case(terminals=lambda a: np.full(60, 2, np.int8)),
+    "h5-rank3-obs": h5_case(observations=np.zeros((60, 11, 1), np.float32)),
+    "h5-string-actions": h5_case(actions=np.array([b"a"] * 60)),
+    "h5-rows-differ": h5_case(actions=lambda a: a["actions"][:50]),
+    "h5-one-row": h5_case(**{k: (lambda a, k=k: a[k][:1]) for k in hopper_arrays()}),
+    "h5-truncated": Case(_truncated_h5),
+    "h5-text-file": Case(_text_h5),
+    "h5-directory": Case(_dir_source),
+    "h5-missing-file": Case(lambda tmp, _: (imp(tmp / "gone.hdf5", tmp / "o.zarr"), "gone.hdf5")),
+    "h5-obs-group": h5_case(observations=None, name="grp.hdf5", meta={"observations": 1}),
+    "h5-other-env": h5_case(name="hop.hdf5", extra=("--env", "halfcheetah")),
+    "h5-zero-width-obs": h5_case(observations=_width("observations"), next_observations=None),
+    "h5-zero-width-actions": h5_case(actions=_width("actions")),
+    "h5-metadata-env": h5_case(name="data.hdf5", meta={"env_id": "nonsense-v9", "cfdg_version": "0"}),
+    "h5-no-env": h5_case(name="data.hdf5"),
+    "h5-next-obs-width": h5_case(next_observations=np.zeros((60, 4), np.float32), meta={"cfdg_version": "0"}),
+    "h5-all-timeouts": h5_case(timeouts=np.ones(60, bool)),
+    "h5-name-not-found": Case(_d4rl_name_missing),
+    "out-existing-dir": Case(_out_exists_dir),
+    "out-existing-file": Case(_out_exists_file),
+    "out-under-a-file": Case(_out_under_file),
+    "export-out-exists": Case(_export_exists),
+    "build-card-exists": Case(_build_card_exists),
+    # Zarr stores through `cfdg store validate|info|export`
+    "zarr-missing-chunk-validate": store_case("validate", _rm("rewards/c/1"), "array 'rewards' chunk c/1 is missing"),
+    "zarr-missing-chunk-info": store_case("info", _rm("rewards/c/1"), "array 'rewards' chunk c/1 is missing"),
+    "zarr-missing-chunk-export": store_case("export", _rm("rewards/c/1"), "array 'rewards' chunk c/1 is missing"),
+    "zarr-missing-2d-chunk": store_case("validate", _rm("observations/c/3/0"), "array 'observations' chunk c/3/0"),
+    "zarr-missing-bool-chunk": store_case("validate", _rm("terminals/c/0"), "array 'terminals' chunk c/0"),
+    "zarr-missing-label-chunk": store_case("validate", _rm("labels/c/2"), "array 'labels' chunk c/2", "synthetic"),
+    "zarr-legacy-missing-chunk": store_case("validate", _legacy_missing, "chunk c/1 is missing (store predates"),
+    "zarr-truncated-chunk-validate": store_case(
+        "validate", lambda s: truncate(s / "rewards" / "c" / "0"), "array 'rewards' cannot be read"
+    ),
+    "zarr-truncated-chunk-export": store_case(
+        "export", lambda s: truncate(s / "rewards" / "c" / "0"), "array 'rewards' cannot be read"
+    ),
+    "zarr-changed-chunk-deep": store_case("deep", _flip_chunk, "chunk c/2/0 does not match its recorded sha256"),
+    "zarr-float64-info": store_case("info", _dtype64, "array 'rewards' has dtype float64"),
+    "zarr-float64-export": store_case("export", _dtype64, "array 'rewards' has dtype float64"),
+    "zarr-garbage-array-json-info": store_case(
+        "info", lambda s: (s / "actions" / "zarr.json").write_text("{garbage"), "array 'actions'"
+    ),
+    "zarr-garbage-array-json-validate": store_case(
+        "validate", lambda s: (s / "actions" / "zarr.json").write_text("[1, 2"), "array 'actions'"
+    ),
+    "zarr-garbage-group-json": store_case(
+        "validate", lambda s: (s / "zarr.json").write_text("nope"), "not a readable Zarr group"
+    ),
+    "zarr-counts-5-validate": store_case("validate", lambda s: set_attr(s, "counts", 5), "attribute 'counts' is 5"),
+    "zarr-counts-5-export": store_case("export", lambda s: set_attr(s, "counts", 5), "attribute 'counts' is 5"),
+    "zarr-counts-rows-wrong": store_case(
+        "validate", lambda s: set_attr(s, "counts", {"rows": 7}), "attribute counts.rows is 7"
+    ),
+    "zarr-missing-array": store_case(
+        "validate", lambda s: shutil.rmtree(s / "observations"), "missing array 'observations'"
+    ),
+    "zarr-schema-2": store_case("info", lambda s: set_attr(s, "schema_version", 2), "schema_version is 2"),
+    "zarr-kind-bogus": store_case("info", lambda s: set_attr(s, "kind", "bogus"), "attribute 'kind' is 'bogus'"),
+    "zarr-manifest-short": store_case(
+        "validate",
+        lambda s: set_attr(
+            s, MANIFEST, {**json.loads((s / "zarr.json").read_text())["attributes"][MANIFEST], "rewards": {}}
+        ),
+        "array 'rewards' has shape [100] (4 chunks)",
+    ),
+    "zarr-nan-rows": store_case("validate", _nan_rows, "array 'rewards' has 1 non-finite"),
+    "zarr-store-is-file": Case(_store_is_file),
+    "zarr-store-missing": Case(_store_missing),
+    # params.yaml through `cfdg check` / `cfdg run`
+    "params-yaml-syntax": params_case("seed: 0\nrounds: {'1': {prev: 0}\n  bad: [\n", "params.yaml:"),
+    "params-range": params_case(params_text(quality={"max_rows": 1}), "params.yaml:quality.max_rows"),
+    "params-range-run": params_case(params_text(quality={"max_rows": 1}), "params.yaml:quality.max_rows", "run"),
+    "params-round-01": params_case(params_text(rounds={"01": {"prev": 0}}), "rounds: key '01'"),
+    "params-round-0": params_case(params_text(rounds={"0": {"prev": -1}}), "rounds: key '0'"),
+    "params-prev-false": params_case(params_text(rounds={"1": {"prev": False}}), "rounds.1.prev"),
+    "params-prev-float": params_case(params_text(rounds={"1": {"prev": 0.0}}), "rounds.1.prev"),
+    "params-prev-false-run": params_case(params_text(rounds={"1": {"prev": False}}), "rounds.1.prev", "run"),
+    "params-unknown-top": params_case(params_text(difusion={}), "unknown top-level key"),
+    "params-seed": params_case(params_text(seed=-1), "params.yaml:seed"),
+    "params-width-type": params_case(params_text(diffusion={"width": "wide"}), "params.yaml:diffusion.width"),
+    "params-source-missing": params_case(_source(lambda t: "nowhere/hopper.hdf5"), "nowhere/hopper.hdf5"),
+    "params-source-dir": params_case(_source(lambda t: (t / "d").mkdir() or "d"), "d: is a directory"),
+    "params-source-text": params_case(
+        _source(lambda t: (t / "x.hdf5").write_text("x") and "x.hdf5"), "x.hdf5: not a readable HDF5 file"
+    ),
+    "params-source-keys": params_case(
+        _source(lambda t: h5_with(t, "k.hdf5", actions=None).name), "k.hdf5: missing key 'actions'"
+    ),
+    "params-source-name": params_case(_source(lambda t: "hopper-medium-v7"), "hopper-medium-v7"),
+    "params-missing": Case(lambda tmp, _: (["check", "--params", str(tmp / "p.yaml")], "p.yaml: parameters file")),
+    "round-not-in-table": Case(_round7),
+    "serve-without-server": Case(_serve),
+    # checkpoints
+    "agent-ckpt-pickle": agent_ckpt_case(lambda t: pickle_payload(t / "agent.pt"), "agent.pt: not a readable agent"),
+    "agent-ckpt-text": agent_ckpt_case(_ckpt_text, "agent.pt: not a readable agent checkpoint"),
+    "agent-ckpt-dir": agent_ckpt_case(_ckpt_dir, "agent.pt: is a directory"),
+    "agent-ckpt-truncated": agent_ckpt_case(_ckpt_truncated, "agent.pt: not a readable agent checkpoint"),
+    "agent-ckpt-other-format": agent_ckpt_case(_ckpt_wrong_format, "agent.pt: not a cfdg agent checkpoint"),
+    "agent-ckpt-is-diffusion": agent_ckpt_case(None, "diffusion.pt: not a cfdg agent checkpoint"),
+    "diffusion-pickle": stage_case(
+        "materialise", lambda t, r: pickle_payload(r / "diffusion.pt") and None, "diffusion.pt: not a readable"
+    ),
+    "diffusion-text": stage_case("materialise", _replace(b"weights\n"), "diffusion.pt: not a readable diffusion"),
+    "diffusion-dir": stage_case("materialise", _replace(None), "diffusion.pt: is a directory"),
+    "diffusion-truncated": stage_case(
+        "materialise", lambda t, r: truncate(r / "diffusion.pt"), "diffusion.pt: not a readable diffusion"
+    ),
+    "diffusion-other-width": stage_case("materialise", _other_width, "does not fit a width-64 depth-1 denoiser"),
+    "fit-missing-online-chunk": stage_case(
+        "fit", lambda t, r: (r / "online.zarr" / "rewards" / "c" / "0").unlink(), "online.zarr: array 'rewards' chunk"
+    ),
+    "materialise-float64-online": stage_case(
+        "materialise", lambda t, r: _dtype64(r / "online.zarr"), "online.zarr: array 'rewards' has dtype float64"
+    ),
+}
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    out = {}
+    for root in roots:
+        for p in sorted(root.rglob("*")):
+            key = str(p)
+            out[key] = "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def run_case(case: Case, argv: list[str]) -> int:
+    if case.stage is None:
+        from pipeline.cli import main
+
+        return main(argv)
+    import importlib
+
+    return importlib.import_module(f"stages.{case.stage}").main(argv)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOGUE))
+def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, diffusion_ckpt, capsys, monkeypatch):
+    case = CATALOGUE[name]
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "no-d4rl"))
+    monkeypatch.setenv("CFDG_STAGE_ID", "")
+    monkeypatch.chdir(tmp_path)
+    argv, culprit = case.setup(tmp_path, diffusion_ckpt)
+    before = snapshot(tmp_path, diffusion_ckpt.parent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rc = run_case(case, argv)
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert rc == 2, f"exit {rc}; stderr: {err}"
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
+    assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    assert "Traceback" not in err and "Traceback" not in out
+    assert not [w for w in caught if not issubclass(w.category, DeprecationWarning)], [str(w.message) for w in caught]
+    assert snapshot(tmp_path, diffusion_ckpt.parent) == before, "a file was written, changed or deleted"
+    assert not (tmp_path / "PWNED").exists(), "a pickle payload ran"
+
+
+def test_catalogue_is_large_enough():
+    assert len(CATALOGUE) >= 60
+
+
+@pytest.mark.parametrize("name", ["h5-reward-1e300", "zarr-counts-5-export", "params-yaml-syntax", "diffusion-pickle"])
+def test_real_entry_points(name, tmp_path, diffusion_ckpt):
+    """The same cases through `python -m pipeline` / `python -m stages.X`: stderr is exactly one line."""
+    case = CATALOGUE[name]
+    argv, culprit = case.setup(tmp_path, diffusion_ckpt)
+    module = ["-m", "pipeline"] if case.stage is None else ["-m", f"stages.{case.stage}"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CFDG_FAIL_STAGE", None)
+    before = snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, *module, *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and culprit in proc.stderr, proc.stderr
+    assert snapshot(tmp_path) == before

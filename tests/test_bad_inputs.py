@@ -121,7 +121,9 @@ def pickle_payload(path: Path) -> Path:
 def diffusion_ckpt(tmp_path_factory) -> Path:
     """A real diffusion checkpoint of a width-32 denoiser fitted for 2 steps on hopper-wide rows."""
     from cfdg.config import from_mapping
-    from cfdg.diffusion import DiffusionConfig, fit_diffusion, save_diffusion
+    from cfdg.diffusion.checkpoint import save_diffusion
+    from cfdg.diffusion.config import DiffusionConfig
+    from cfdg.diffusion.train import fit_diffusion
 
     data = make_transitions(64, obs_dim=N_OBS, act_dim=N_ACT)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 1, "train_steps": 2, "batch_size": 16}, "d")

@@ -14,7 +14,7 @@ import numpy as np
 from cfdg.config import from_mapping
 from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.train import fit_diffusion
-from tests.conftest import make_transitions
+from cfdg.fake_data import make_transitions
 
 
 def main(repeats: int = 3, steps: int = 400) -> None:

@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cfdg.agents import AgentConfig, make_agent
 from cfdg.agents.apl import actor_loss
+from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import expectile_loss
 from cfdg.agents.networks import TwinQ
 from cfdg.agents.optim import soft_update
 from cfdg.agents.pex import choice_probs, choose
+from cfdg.agents.registry import make_agent
 from cfdg.agents.replay import ReplayBuffer, sample_uniform
 from cfdg.config import from_mapping
 from cfdg.errors import CheckpointError, ConfigError

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import envs
-from cfdg.agents import Agent, AgentConfig, make_agent
+from cfdg.agents.base import Agent
+from cfdg.agents.config import AgentConfig
+from cfdg.agents.registry import make_agent
 from cfdg.config import from_mapping, to_dict
 from cfdg.device import select_device
 from cfdg.errors import CheckpointError, ConfigError

@@ -24,7 +24,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cfdg.agents import AgentConfig, make_agent
+from cfdg.agents.config import AgentConfig
+from cfdg.agents.registry import make_agent
 from cfdg.agents.replay import BatchMixer, ReplayBuffer, sample_uniform
 from cfdg.device import select_device
 from cfdg.fake_data import make_transitions

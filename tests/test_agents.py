@@ -9,12 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from cfdg.agents import AgentConfig, make_agent
 from cfdg.agents.apl import actor_loss
+from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import expectile_loss
 from cfdg.agents.networks import TwinQ
 from cfdg.agents.optim import soft_update
 from cfdg.agents.pex import choice_probs, choose
+from cfdg.agents.registry import make_agent
 from cfdg.agents.replay import ReplayBuffer, sample_uniform
 from cfdg.config import from_mapping
 from cfdg.errors import CheckpointError, ConfigError
@@ -159,16 +160,38 @@ def test_iql_fits_fixed_batch_and_target_moves_slowly():
     assert 0 < moved < online_moved
 
 
-def test_iql_actor_lr_follows_cosine_offline_and_is_constant_online():
-    a = agent("iql")
+@pytest.mark.parametrize("algo", ["iql", "pex"])
+def test_iql_actor_lr_follows_cosine_offline_and_is_constant_online(algo):
+    a = agent(algo)
     a.offline_steps_total = 4
     lrs = []
     for b in batches(5):
-        lrs.append(a._actor_lr())
+        lrs.append([g["lr"] for g in a.optim.param_groups])  # the lrs the optimiser's next step uses
         a.update(b)
-    assert lrs[0] == pytest.approx(3e-4) and lrs[2] == pytest.approx(1.5e-4) and lrs[4] == pytest.approx(0.0)
+    assert [lr[2] for lr in lrs] == pytest.approx([3e-4, 2.5606601717798214e-4, 1.5e-4, 0.4393398282201788e-4, 0.0])
+    assert all(lr[:2] == [3e-4, 3e-4] for lr in lrs)  # critic and value: constant
     a.start_online()
-    assert a._actor_lr() == pytest.approx(3e-4)
+    for b in batches(2):
+        assert [g["lr"] for g in a.optim.param_groups] == [3e-4] * 3
+        a.update(b)
+
+
+def test_actor_lr_schedule_resumes_from_the_checkpoint():
+    a = agent("iql")
+    a.offline_steps_total = 6
+    for b in batches(3):
+        a.update(b)
+    b2 = agent("iql", seed=123)
+    b2.load_state_dict(a.state_dict())
+    assert b2.actor_sched.last_epoch == 3
+    for b in batches(2):
+        a.update(b)
+        b2.update(b)
+        assert a.optim.param_groups[2]["lr"] == b2.optim.param_groups[2]["lr"] < 3e-4
+    state = a.state_dict()
+    del state["actor_sched"]
+    with pytest.raises(CheckpointError, match="actor_sched"):
+        agent("iql").load_state_dict(state)
 
 
 def test_twin_q_is_two_independent_mlps():

@@ -10,8 +10,9 @@ import pytest
 import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
-from cfdg.agents import AgentConfig, make_agent
 from cfdg.agents.calql import TanhGaussianPolicy, cql_gap, episode_ends, mc_returns
+from cfdg.agents.config import AgentConfig
+from cfdg.agents.registry import make_agent
 from cfdg.config import from_mapping
 from cfdg.errors import ConfigError
 from cfdg.store import Transitions

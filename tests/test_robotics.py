@@ -18,8 +18,7 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 
 from cfdg import envs
-from cfdg.agents import AgentConfig
-from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.resume import capture_env, restore_env
 from cfdg.agents.train import pretrain, run_round
 from cfdg.cli import main

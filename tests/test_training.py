@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cfdg.agents import AgentConfig
 from cfdg.agents.checkpoint import load_checkpoint
-from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.train import pretrain, run_round
 from cfdg.config import from_mapping
 from cfdg.envs import make_env, normalized_score

@@ -1,22 +1,5 @@
-"""Offline-to-online agents (IQL, PEX, APL, Cal-QL) behind one small interface; `make_agent` picks one."""
+"""Offline-to-online agents (IQL, PEX, APL, Cal-QL) behind one small interface.
 
-from __future__ import annotations
-
-import torch
-
-from cfdg.agents.apl import APL
-from cfdg.agents.base import Agent
-from cfdg.agents.calql import CalQL
-from cfdg.agents.config import AgentConfig
-from cfdg.agents.iql import IQL
-from cfdg.agents.pex import PEX
-
-AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL, "calql": CalQL}
-
-
-def make_agent(cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> Agent:
-    """A fresh agent for `cfg.algo`; network init draws from torch's global RNG (seed it first)."""
-    return AGENTS[cfg.algo](cfg, obs_dim, act_dim, max_action, device)
-
-
-__all__ = ["AGENTS", "Agent", "AgentConfig", "make_agent"]
+Deliberately empty: import the module you need (`registry.make_agent`, `config.AgentConfig`,
+`networks`, ...), so the dataset stage, which borrows `networks` and `optim`, loads no agent.
+"""

@@ -31,7 +31,8 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 class Agent:
     """Shell shared by IQL, PEX and APL: device, observation normaliser, state (de)serialisation.
 
-    Subclasses list their modules in `_modules` and optimisers in `_optims`, and implement
+    Subclasses list their modules in `_modules`, optimisers in `_optims` and lr schedulers in
+    `_schedulers` (all checkpointed), and implement
     `update(batch) -> dict[str, Tensor]` (metrics stay on the device: no host sync) and
     `act(obs, mode, gen) -> np.ndarray`.
 
@@ -46,6 +47,7 @@ class Agent:
     online_buffer: ClassVar[int | None] = None
     _modules: tuple[str, ...] = ()
     _optims: tuple[str, ...] = ()
+    _schedulers: tuple[str, ...] = ()  # lr schedulers; loaded after the optimisers they drive
 
     def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim
@@ -84,8 +86,11 @@ class Agent:
         self.phase = "online"
 
     # --- state -----------------------------------------------------------------------------
+    def _stateful(self) -> tuple[str, ...]:
+        return self._modules + self._optims + self._schedulers
+
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in self._modules + self._optims}
+        state: dict[str, Any] = {name: getattr(self, name).state_dict() for name in self._stateful()}
         state.update(
             obs_mean=self.obs_mean.cpu(),
             obs_std=self.obs_std.cpu(),
@@ -98,7 +103,7 @@ class Agent:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["phase"] == "online" and self.phase != "online":
             self.start_online()  # builds the online-only parts (PEX) before weights are loaded
-        for name in self._modules + self._optims:
+        for name in self._stateful():
             if name not in state:
                 raise CheckpointError(f"checkpoint has no '{name}' for a {self.algo} agent")
             try:

@@ -1,7 +1,7 @@
 """The agent checkpoint format "cfdg-agent/1" (`atomic_torch_save`, read with weights_only=True).
 
 Keys: algo, env, obs_dim, act_dim, max_action, seed, agent_config (plain dict), agent (module +
-optimiser state dicts, obs normaliser, phase, grad_steps, offline_steps_total which fixes the
+optimiser and lr-scheduler state dicts, obs normaliser, phase, grad_steps, offline_steps_total which fixes the
 actor's cosine lr), counters (env_steps_total, online_rows, rounds), rng (`resume.capture_rng`),
 env_state (`resume.capture_env`; None after pretraining). The online buffers are not saved: they
 are rebuilt from the online store, where row i sits at slot i % capacity.
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import envs
-from cfdg.agents import Agent, AgentConfig, make_agent
+from cfdg.agents.base import Agent
+from cfdg.agents.config import AgentConfig
+from cfdg.agents.registry import make_agent
 from cfdg.config import from_mapping, to_dict
 from cfdg.device import select_device
 from cfdg.errors import CheckpointError, ConfigError

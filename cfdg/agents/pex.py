@@ -41,7 +41,7 @@ class PEX(IQL):
     algo = "pex"
 
     def start_online(self) -> None:
-        """Freeze the offline policy and add a freshly initialised one with its own optimiser."""
+        """Freeze the offline policy and add a freshly initialised one with its own optimiser and schedule."""
         if self.phase == "online":
             return
         self.offline_actor = frozen_copy(self.actor)
@@ -56,6 +56,7 @@ class PEX(IQL):
             self.device,
             self.cfg.fused_adam,
         )
+        self.actor_sched = self._new_sched()  # online: constant lr
         self._modules = (*IQL._modules, "offline_actor")
         self.phase = "online"
 

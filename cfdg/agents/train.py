@@ -21,10 +21,10 @@ import torch
 from tqdm.auto import tqdm
 
 from cfdg import envs
-from cfdg.agents import AgentConfig, make_agent
 from cfdg.agents.checkpoint import agent_from_checkpoint, load_checkpoint, save_checkpoint
-from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.evaluate import evaluate
+from cfdg.agents.registry import make_agent
 from cfdg.agents.replay import SOURCES, BatchMixer, ReplayBuffer, Synthetic, sample_uniform
 from cfdg.agents.resume import Rngs, capture_env, capture_rng, restore_env, restore_rng, seed_everything
 from cfdg.config import to_dict

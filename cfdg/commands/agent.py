@@ -75,8 +75,7 @@ def _emit(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from cfdg.agents import AgentConfig
-    from cfdg.agents.config import PretrainConfig
+    from cfdg.agents.config import AgentConfig, PretrainConfig
     from cfdg.agents.train import pretrain
     from cfdg.config import from_mapping
 

@@ -2,62 +2,28 @@
 
 D4RL's behaviour policies were SAC agents; TD3 (Fujimoto et al. 2018) is used here because
 its deterministic actor makes datasets reproducible bit for bit and its update is cheaper.
-The twin critics are one module with stacked weights, so both Q functions run in one batched
-matmul per layer, and the replay buffer lives on the training device as preallocated tensors:
-an update never copies data between host and device or waits on the host.
+Networks, Adam and Polyak averaging are the agents' (`networks.TwinQ`: both Q functions in one
+batched matmul per layer). The replay buffer and `evaluate` stay here: this buffer keeps rows in
+insertion order with their timeouts (the medium-replay dataset is its prefix) and samples with a
+generator on the training device; the agents' ring buffer keeps no timeouts and samples with a CPU
+generator, which would change datasets built on a GPU. The agents' `evaluate` needs an `Agent`
+and ignores `max_episode_steps`. Either way the buffer lives on the training device: an update
+never copies data between host and device or waits on the host.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import itertools
-import math
 from collections.abc import Callable
 
 import numpy as np
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
+from cfdg.agents.networks import DeterministicPolicy, TwinQ
+from cfdg.agents.optim import adam, frozen_copy, soft_update
 from cfdg.envs import make_env, normalized_score
-
-
-class EnsembleMLP(nn.Module):
-    """`n` independent ReLU MLPs evaluated together: [B, in] -> [n, B, out] via batched matmuls."""
-
-    def __init__(self, n: int, in_dim: int, hidden: int, out_dim: int, depth: int = 2) -> None:
-        super().__init__()
-        dims = [in_dim] + [hidden] * depth + [out_dim]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for fan_in, fan_out in itertools.pairwise(dims):
-            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation
-            self.weights.append(nn.Parameter(torch.empty(n, fan_in, fan_out).uniform_(-bound, bound)))
-            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
-        self.n = n
-
-    def forward(self, x: torch.Tensor, members: int | None = None) -> torch.Tensor:
-        """Outputs of the first `members` networks (all by default); [members, B, out]."""
-        n = self.n if members is None else members
-        h = x.unsqueeze(0).expand(n, -1, -1)
-        last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = torch.baddbmm(b[:n], h, w[:n])
-            if i < last:
-                h = torch.relu(h)
-        return h
-
-
-class Actor(nn.Module):
-    def __init__(self, obs_dim: int, act_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(obs_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, act_dim)
-        )
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.net(obs))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +85,13 @@ class TD3:
 
     def __init__(self, obs_dim: int, act_dim: int, p: TD3Params, device: torch.device) -> None:
         self.p, self.device = p, device
-        self.actor = Actor(obs_dim, act_dim, p.hidden).to(device)
-        self.critic = EnsembleMLP(2, obs_dim + act_dim, p.hidden, 1).to(device)
-        self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
-        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=p.lr, fused=True)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=p.lr, fused=True)
+        hidden = (p.hidden, p.hidden)
+        self.actor = DeterministicPolicy(obs_dim, act_dim, hidden, max_action=1.0).to(device)
+        self.critic = TwinQ(obs_dim, act_dim, hidden).to(device)
+        self.actor_target = frozen_copy(self.actor)
+        self.critic_target = frozen_copy(self.critic)
+        self.actor_opt = adam(self.actor.parameters(), p.lr, device, fused=True)
+        self.critic_opt = adam(self.critic.parameters(), p.lr, device, fused=True)
         self.updates = 0
 
     @torch.no_grad()
@@ -138,9 +105,9 @@ class TD3:
         with torch.no_grad():
             noise = (torch.randn_like(act) * p.policy_noise).clamp(-p.noise_clip, p.noise_clip)
             next_act = (self.actor_target(next_obs) + noise).clamp(-1.0, 1.0)
-            q_next = self.critic_target(torch.cat([next_obs, next_act], -1)).squeeze(-1).min(0).values
+            q_next = self.critic_target.min(next_obs, next_act)
             target = rew + p.gamma * (~term) * q_next
-        q = self.critic(torch.cat([obs, act], -1)).squeeze(-1)  # [2, B]
+        q = self.critic(obs, act)  # [2, B]
         critic_loss = (q - target).pow(2).mean(1).sum()
         self.critic_opt.zero_grad(set_to_none=True)
         critic_loss.backward()
@@ -149,14 +116,13 @@ class TD3:
         if self.updates % p.policy_delay:
             return
         self.critic.requires_grad_(False)
-        actor_loss = -self.critic(torch.cat([obs, self.actor(obs)], -1), members=1).mean()  # Q1 only, as TD3
+        actor_loss = -self.critic(obs, self.actor(obs))[0].mean()  # Q1 only, as TD3
         self.actor_opt.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_opt.step()
         self.critic.requires_grad_(True)
-        with torch.no_grad():
-            for net, tgt in ((self.actor, self.actor_target), (self.critic, self.critic_target)):
-                torch._foreach_lerp_(list(tgt.parameters()), list(net.parameters()), p.tau)
+        soft_update(self.actor_target, self.actor, p.tau)
+        soft_update(self.critic_target, self.critic, p.tau)
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: str, seed: int, episodes: int, max_steps: int) -> float:
@@ -179,9 +145,9 @@ class TrainResult:
     """What a training run leaves: the replay buffer up to the medium snapshot, both policies, the curve."""
 
     replay: dict[str, np.ndarray]
-    medium_actor: Actor
+    medium_actor: DeterministicPolicy
     medium_step: int
-    final_actor: Actor
+    final_actor: DeterministicPolicy
     curve: list[dict[str, float]]
 
 
@@ -215,7 +181,7 @@ def train_td3(
     buf = ReplayBuffer(total_steps, obs_dim, act_dim, device)
     medium_budget = total_steps if medium_budget is None else min(medium_budget, total_steps)
     curve: list[dict[str, float]] = []
-    medium: tuple[Actor, int, dict[str, np.ndarray]] | None = None
+    medium: tuple[DeterministicPolicy, int, dict[str, np.ndarray]] | None = None
 
     obs, _ = e.reset(seed=seed)
     ep_len, episode = 0, 0

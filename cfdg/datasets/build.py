@@ -29,8 +29,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from cfdg.agents.networks import DeterministicPolicy
 from cfdg.config import check, to_dict
-from cfdg.datasets.behaviour import Actor, TD3Params, train_td3
+from cfdg.datasets.behaviour import TD3Params, train_td3
 from cfdg.device import select_device, torch_threads
 from cfdg.envs import env_name, gym_id, is_robotics, make_env, normalized_score
 from cfdg.errors import ConfigError
@@ -102,7 +103,7 @@ PAPER_LIKE: dict[str, Any] = {
 
 def _collect(
     env: str,
-    actor: Actor | None,
+    actor: DeterministicPolicy | None,
     n: int,
     seed: int,
     cfg: DatasetConfig,

@@ -133,26 +133,19 @@ def _json(path: Path) -> dict[str, Any]:
 
 def round_row(root: Path, k: int) -> dict[str, Any]:
     """One row of the round-metrics table: score after the round and the JS divergences."""
+    from stages.metrics import quality_headline
     from stages.report import curve_point
 
-    d = root / layout.round_dir(k)
-    name = "metrics.json" if k == 0 else "rollout.json"
+    path = layout.score_metrics(k, root)
     row: dict[str, Any] = {"round": k}
     try:
-        p = curve_point(_json(d / name), d / name)
+        p = curve_point(_json(path), path)
         row.update(env_steps=p.env_steps, score=round(p.score, 2))
     except Exception:  # a round not yet run, or metrics without a score
         row.update(env_steps=None, score=None)
-    quality = _json(d / "quality.json")
-    for side in ("offline", "generated"):
-        for div in ("state", "action", "transition"):
-            value = (quality.get(f"{side}_vs_online") or {}).get(div) or {}
-            est = value.get("classifier") if isinstance(value, dict) else value
-            row[f"js_{side}_{div}"] = None if est is None else round(float(est), 3)
-    error = ((quality.get("fidelity") or {}).get("generated") or {}).get("next_state_rel_error")
-    row["next_state_rel_error"] = None if error is None else round(float(error), 4)
-    ratio = (quality.get("memorisation") or {}).get("ratio")
-    row["memorisation_ratio"] = None if ratio is None else round(float(ratio), 3)
+    digits = {"next_state_rel_error": 4}
+    for name, value in quality_headline(_json(layout.round_dir(k, root) / layout.QUALITY)).items():
+        row[name] = None if value is None else round(value, digits.get(name, 3))
     return row
 
 

@@ -1,7 +1,7 @@
 """A study's report: the paper's Tables 1, 2, 3 and 6 and aggregated learning curves.
 
-Everything is read from the cells' DVC metrics files (the same files `dvc metrics show` reads:
-rounds/0/metrics.json, rounds/k/rollout.json, rounds/k/quality.json) and, for the compute
+Everything is read from the cells' round files (the score from the metrics files `dvc metrics show`
+reads, rounds/0/metrics.json and rounds/k/rollout/metrics.json; quality from rounds/k/quality.json) and, for the compute
 table, from the cells' state files (wall time and peak memory of each stage, not DVC metrics
 because they differ run to run). Cells not finished yet are left out and counted.
 Mean ± std are over seeds (population std, as `pipeline table`).
@@ -59,15 +59,15 @@ def cell_results(ws: Path) -> dict[str, Any] | None:
     from stages.report import curve_point
 
     rounds_dir = ws / layout.ROUNDS_DIR
-    m0 = _json(rounds_dir / "0" / "metrics.json")
+    m0 = _json(rounds_dir / "0" / layout.score_file(0))
     if m0 is None:
         return None
-    curve = [curve_point(m0, rounds_dir / "0" / "metrics.json")]
+    curve = [curve_point(m0, rounds_dir / "0" / layout.score_file(0))]
     quality: dict[int, dict[str, float]] = {}
     k = 1
-    while (rounds_dir / str(k) / "rollout.json").is_file():
-        curve.append(curve_point(_json(rounds_dir / str(k) / "rollout.json"), rounds_dir / str(k) / "rollout.json"))
-        q = _json(rounds_dir / str(k) / "quality.json")
+    while (score := rounds_dir / str(k) / layout.score_file(k)).is_file():
+        curve.append(curve_point(_json(score), score))
+        q = _json(rounds_dir / str(k) / layout.QUALITY)
         if q is not None:
             quality[k] = flatten(q)
         k += 1

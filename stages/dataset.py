@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         source = params.dataset_source(raw, args.params)
         cfg = params.section(raw, "dataset", DatasetConfig, args.params)
         metrics = make_dataset(source, cfg, layout.OFFLINE, layout.CARD, progress_enabled())
-        write_metrics(layout.DATASET_DIR / "metrics.json", metrics)
+        write_metrics(layout.DATASET_DIR, metrics, "dataset-metrics")
 
     return run_main("dataset", body, argv)
 

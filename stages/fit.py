@@ -58,7 +58,7 @@ def fit_stage(
         save_diffusion(model, out_model)
     recorded = {"seed": seed, "diffusion": config_dict(cfg)}
     write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, recorded))
-    return {"round": k, "variant": cfg.variant, **dict(metrics)}
+    return {"round": k, **dict(metrics)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             progress_enabled(),
             prev_model=layout.round_dir(k - 1) / layout.DIFFUSION,
         )
-        write_metrics(out_dir / "fit.json", metrics)
+        write_metrics(layout.stage_metrics_dir(k, "fit"), metrics, f"{k}-fit")
 
     return run_main("fit", body, argv, rounds=True)
 

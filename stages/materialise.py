@@ -28,7 +28,7 @@ from cfdg.quality import episode_ids, js_divergences, memorisation_ratio
 from cfdg.store import StoreMeta
 from stages import layout, params
 from stages.jsonfiles import write_json
-from stages.metrics import write_metrics
+from stages.metrics import quality_headline, write_metrics
 from stages.provenance import config_dict, derive_seed, input_digests, provenance
 from stages.runner import progress_enabled, run_main
 from stages.stores import empty_transitions, store_dims
@@ -163,7 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             progress_enabled(),
             prev_synthetic=layout.round_dir(k - 1) / layout.SYNTHETIC,
         )
-        write_metrics(out_dir / "quality.json", quality)
+        # quality.json keeps every measurement (the report reads it); the metrics file the headline.
+        write_json(out_dir / layout.QUALITY, quality)
+        headline = {"round": k, **quality_headline(quality)}
+        write_metrics(layout.stage_metrics_dir(k, "materialise"), headline, f"{k}-quality", raw=quality)
 
     return run_main("materialise", body, argv, rounds=True)
 

@@ -18,7 +18,7 @@ from cfdg.diffusion.placeholder import save_no_model
 from cfdg.store import StoreMeta
 from stages import layout, params
 from stages.jsonfiles import write_json
-from stages.metrics import score_fields, write_metrics
+from stages.metrics import score_fields, text_fields, write_metrics
 from stages.provenance import config_dict, input_digests, provenance
 from stages.runner import progress_enabled, run_main
 from stages.stores import empty_transitions, store_dims
@@ -38,7 +38,8 @@ def pretrain_stage(
         store.write_store(out_dir / name, empty_transitions(obs_dim, act_dim, kind == "synthetic"), meta)
     save_no_model(out_dir / layout.DIFFUSION)
     recorded = {"seed": seed, "agent": config_dict(agent_cfg), "pretrain": config_dict(cfg)}
-    write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, recorded))
+    about = text_fields(metrics)
+    write_json(out_dir / "pretrain.provenance.json", provenance("pretrain", {"offline": offline}, recorded, about))
     return {"round": 0, **metrics, **score_fields(metrics, env_steps=0)}
 
 
@@ -54,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             out_dir,
             progress_enabled(),
         )
-        write_metrics(out_dir / "metrics.json", metrics)
+        curves = {"eval": (metrics.get("eval") or [], "step", "normalized_score")}
+        write_metrics(layout.stage_metrics_dir(0, "pretrain"), metrics, "0-metrics", curves=curves)
 
     return run_main("pretrain", body, argv)
 

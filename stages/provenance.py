@@ -23,14 +23,23 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return to_dict(cfg) if cfg is not None else {}
 
 
-def provenance(stage: str, inputs: Mapping[str, Path], params: Mapping[str, Any]) -> dict[str, Any]:
-    """What produced an output: each input's sha256, the parameters, the code version. No clock time."""
-    return {
+def provenance(
+    stage: str, inputs: Mapping[str, Path], params: Mapping[str, Any], about: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """What produced an output: each input's sha256, the parameters, the code version. No clock time.
+
+    `about` holds the text facts of the run (algo, env, ...): they describe it, unlike the metrics files,
+    which hold numbers only.
+    """
+    out = {
         "stage": stage,
         "inputs": {name: {"path": Path(p).as_posix(), "sha256": digest(p)} for name, p in sorted(inputs.items())},
         "params": plain(params),
         "code_version": code_version(),
     }
+    if about:
+        out["about"] = dict(sorted(about.items()))
+    return out
 
 
 def input_digests(inputs: Mapping[str, Path]) -> dict[str, str]:

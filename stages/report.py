@@ -25,6 +25,7 @@ from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
 from cfdg.tsne import tsne_plot
 from stages import layout, params
 from stages.jsonfiles import write_json
+from stages.metrics import write_metrics
 from stages.provenance import derive_seed, provenance
 from stages.runner import run_main
 
@@ -112,12 +113,11 @@ def make_report(
     """Write the report files into `out_dir`; returns the run summary (summary.json)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     last = max(rounds)
-    points = [curve_point(_read_json(rounds_dir / "0" / "metrics.json"), rounds_dir / "0" / "metrics.json")]
-    quality = []
-    for k in rounds:
-        path = rounds_dir / str(k) / "rollout.json"
+    points = []
+    for k in [0, *rounds]:
+        path = rounds_dir / str(k) / layout.score_file(k)
         points.append(curve_point(_read_json(path), path))
-        quality.append(_read_json(rounds_dir / str(k) / "quality.json"))
+    quality = [_read_json(rounds_dir / str(k) / layout.QUALITY) for k in rounds]
 
     pre = _read_json(rounds_dir / "0" / "pretrain.provenance.json")["params"]
     fit = _read_json(rounds_dir / str(last) / "fit.provenance.json")["params"]
@@ -173,12 +173,16 @@ def make_report(
         "final_score": points[-1].score,
         "final_score_std": points[-1].std,
     }
+    # summary.json is the run's record for Table 1 (`--table`), text included; its numbers are the metrics.
+    # Before report.md: dvclive's Live() deletes a report.md in its directory (its own report's name).
     write_json(out_dir / "summary.json", summary)
+    write_metrics(out_dir, {k: v for k, v in summary.items() if k != "seed"}, log_name=None)
     inputs = {
         "offline": offline,
         "online": rounds_dir / str(last) / layout.ONLINE,
         "synthetic": rounds_dir / str(last) / layout.SYNTHETIC,
-        **{f"round{k}-{name}": rounds_dir / str(k) / name for k in rounds for name in ("rollout.json", "quality.json")},
+        **{f"round{k}-rollout": rounds_dir / str(k) / layout.score_file(k) for k in rounds},
+        **{f"round{k}-quality": rounds_dir / str(k) / layout.QUALITY for k in rounds},
     }
     recorded = {
         "rounds": list(rounds),

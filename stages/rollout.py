@@ -16,7 +16,7 @@ from cfdg.agents.train import run_round
 from cfdg.errors import ConfigError
 from stages import layout, params
 from stages.jsonfiles import write_json
-from stages.metrics import score_fields, write_metrics
+from stages.metrics import score_fields, text_fields, write_metrics
 from stages.provenance import config_dict, provenance
 from stages.runner import progress_enabled, run_main
 
@@ -47,7 +47,9 @@ def rollout_stage(
         round_index=k,
         progress=progress,
     )
-    write_json(out_dir / "rollout.provenance.json", provenance(f"rollout@{k}", inputs, {"rollout": config_dict(cfg)}))
+    recorded = {"rollout": config_dict(cfg)}
+    about = text_fields(metrics)
+    write_json(out_dir / "rollout.provenance.json", provenance(f"rollout@{k}", inputs, recorded, about))
     return {**dict(metrics), "round": k, **score_fields(metrics, env_steps=metrics["env_steps_total"])}
 
 
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = layout.round_dir(k)
         cfg = params.section(raw, "rollout", RolloutConfig, args.params)
         metrics = rollout_stage(layout.round_dir(prev), layout.OFFLINE, k, cfg, out_dir, progress_enabled())
-        write_metrics(out_dir / "rollout.json", metrics)
+        curves = {"eval": (metrics.get("eval") or [], "env_step", "normalized_score")}
+        write_metrics(layout.stage_metrics_dir(k, "rollout"), metrics, f"{k}-rollout", curves=curves)
 
     return run_main("rollout", body, argv, rounds=True)
 

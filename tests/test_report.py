@@ -120,7 +120,7 @@ def test_report_of_a_real_run(finished, tmp_path):
     quality = json.loads((rep / "quality.json").read_text())
     assert len(quality) == 3 * 2 and all(r["generated"] is not None for r in quality)
     prov = json.loads((rep / "report.provenance.json").read_text())
-    assert prov["params"]["rounds"] == [1, 2] and "round2-quality.json" in prov["inputs"]
+    assert prov["params"]["rounds"] == [1, 2] and "round2-quality" in prov["inputs"]
     md = (rep / "report.md").read_text()
     for needle in ("learning_curve.png", "tsne.png", "| Round | Divergence |", "| Dataset | IQL CFDG |"):
         assert needle in md

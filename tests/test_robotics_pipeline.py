@@ -39,8 +39,9 @@ def test_cfdg_run_antmaze_d4rl_file_with_calql(tmp_path):
     summary = run_and_summary(repo)
     text = json.dumps(summary)
     assert "calql" in text and "antmaze-umaze" in text
-    rounds = json.loads((repo / "artifacts" / "rounds" / "1" / "rollout.json").read_text())
-    assert rounds["algo"] == "calql" and rounds["env"] == "antmaze-umaze"
+    rounds = json.loads((repo / "artifacts" / "rounds" / "1" / "rollout" / "metrics.json").read_text())
+    about = json.loads((repo / "artifacts" / "rounds" / "1" / "rollout.provenance.json").read_text())["about"]
+    assert about == {"algo": "calql", "env": "antmaze-umaze"}
     assert rounds["final_normalized_score"] in (0.0, 100.0)  # success rate × 100 over one episode
     assert (repo / "artifacts" / "rounds" / "1" / "synthetic.zarr").is_dir()
 
@@ -64,8 +65,9 @@ def test_cfdg_run_adroit_minari_dataset_with_iql(tmp_path):
     preset(repo, "adroit")
     set_params(repo, dataset={"source": "D4RL/door/human-v2"}, agent=TINY_AGENT)
     sh(repo, sys.executable, "-m", "pipeline", "run", "--retries", "0", MINARI_DATASETS_PATH=str(root))
-    rounds = json.loads((repo / "artifacts" / "rounds" / "1" / "rollout.json").read_text())
-    assert rounds["algo"] == "iql" and rounds["env"] == "door"
+    rounds = json.loads((repo / "artifacts" / "rounds" / "1" / "rollout" / "metrics.json").read_text())
+    about = json.loads((repo / "artifacts" / "rounds" / "1" / "rollout.provenance.json").read_text())["about"]
+    assert about == {"algo": "iql", "env": "door"}
     assert np.isfinite(rounds["final_normalized_score"])
     card = json.loads((repo / "artifacts" / "dataset" / "card.json").read_text())
     assert card["source"] == "D4RL/door/human-v2" and card["rows"] == 1200

@@ -196,11 +196,44 @@ def test_full_repro_writes_every_artifact_with_provenance(finished):
     assert synth["kind"] == "synthetic" and synth["round"] == last
     assert synth["inputs"]["diffusion"] == digest(art / "rounds" / str(last) / "diffusion.pt")
     metrics = dvc(finished, "metrics", "show", "--json").stdout
-    assert f"artifacts/rounds/{last}/quality.json" in metrics
+    assert f"artifacts/rounds/{last}/materialise/metrics.json" in metrics
     plots = json.loads(dvc(finished, "plots", "show", "--json").stdout)["data"]
     curve = plots["learning curve"][0]["content"]["data"]["values"]
     assert curve[0]["env_steps"] == 0 and len(curve) == len(rounds) + 1
     assert any(name.endswith("tsne.png") for name in plots)
+
+
+def _leaves(value, prefix=""):
+    """(dotted name, value) of every leaf of a nested metrics dict."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip("."), value
+
+
+@pytest.mark.slow
+def test_dvc_metrics_are_numbers_in_a_readable_table(finished):
+    """`dvc metrics show` is a table with one column per distinct metric name: numbers only (text is in
+    the provenance files), and few enough columns to read."""
+    shown = json.loads(dvc(finished, "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    columns: set[str] = set()
+    for path, entry in files.items():
+        assert "error" not in entry, (path, entry)
+        leaves = dict(_leaves(entry["data"]))
+        assert leaves, f"{path}: no metrics"
+        texts = {k: v for k, v in leaves.items() if not isinstance(v, int | float) or isinstance(v, bool)}
+        assert not texts, f"{path}: not numbers: {texts}"
+        columns |= set(leaves)
+    rounds = params.rounds(params.read_params(finished / "params.yaml"))
+    assert len(files) == 2 + 3 * len(rounds) + 1  # dataset, pretrain, rollout/fit/materialise per round, report
+    assert len(columns) <= 40, sorted(columns)
+    about = json.loads((finished / "artifacts" / "rounds" / "1" / "rollout.provenance.json").read_text())["about"]
+    assert about == {"algo": "iql", "env": "hopper"}
+    plots = json.loads(dvc(finished, "plots", "show", "--json").stdout)["data"]
+    curve = plots["artifacts/rounds/1/rollout/plots/custom/eval.json"][0]["content"]["data"]["values"]
+    assert curve and all(isinstance(p["normalized_score"], float) for p in curve)
 
 
 @pytest.mark.slow

@@ -227,7 +227,7 @@ def test_report_tables_and_curves(tiny_study):
     assert f"{mean:.1f} ± {abs(scores[0] - scores[1]) / 2:.1f} (n=2)" in table1
     for s in (0, 1):
         cell = tiny_study["project"] / "studies" / "tiny" / "cells" / f"hopper-mr-iql-cfdg-s{s}"
-        rollout = json.loads((cell / "artifacts" / "rounds" / "1" / "rollout.json").read_text())
+        rollout = json.loads((cell / "artifacts" / "rounds" / "1" / "rollout" / "metrics.json").read_text())
         assert rollout["normalized_score"] == pytest.approx(scores[s])
 
 

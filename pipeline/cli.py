@@ -72,9 +72,10 @@ def _cmd_round(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    os.environ.setdefault("PREFECT_API_URL", args.api_url)
-    check_server(os.environ["PREFECT_API_URL"])
+    url = os.environ.get("PREFECT_API_URL", args.api_url)
+    check_server(url)
     checked_params(Path(args.root) / "params.yaml")
+    os.environ["PREFECT_API_URL"] = url  # only once the server answers: a refused serve leaves the env as it was
     from prefect import serve
 
     from pipeline.flows import deployments

@@ -506,7 +506,10 @@ def run_case(case: Case, argv: list[str]) -> int:
 @pytest.mark.parametrize("name", sorted(CATALOGUE))
 def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, diffusion_ckpt, capsys, monkeypatch):
     case = CATALOGUE[name]
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    # set, then delete: monkeypatch then restores the variable's absence after the test, so nothing a
+    # case writes into os.environ leaks into later tests' subprocesses
+    monkeypatch.setenv("PREFECT_API_URL", "unset")
+    monkeypatch.delenv("PREFECT_API_URL")
     monkeypatch.setenv("D4RL_DATASET_DIR", str(tmp_path / "no-d4rl"))
     monkeypatch.setenv("CFDG_STAGE_ID", "")
     monkeypatch.chdir(tmp_path)
@@ -515,6 +518,7 @@ def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, diffusion_ckp
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         rc = run_case(case, argv)
+    assert "PREFECT_API_URL" not in os.environ, "a refused command left PREFECT_API_URL behind for later processes"
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert rc == 2, f"exit {rc}; stderr: {err}"

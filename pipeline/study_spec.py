@@ -336,8 +336,10 @@ def _check_duplicates(cells: Sequence[Cell], where: str) -> None:
 def validate_cells(cells: Sequence[Cell], where: str, check_files: bool = True) -> None:
     """Every cell's params.yaml through `pipeline check`'s validation. `check_files=False` skips
     checking that a D4RL source file is present (to plan a GPU study on a machine without them)."""
+    from cfdg.errors import CfdgError
+    from cfdg.sources import check_source
+
     checked: dict[str, ConfigError | None] = {}
-    checked_source = getattr(params_yaml, "checked_source", None)
     with tempfile.TemporaryDirectory(prefix="cfdg-study-") as tmp:
         path = Path(tmp) / "params.yaml"
         for c in cells:
@@ -345,13 +347,13 @@ def validate_cells(cells: Sequence[Cell], where: str, check_files: bool = True) 
             try:
                 raw = params_yaml.read_params(path)
                 source = sections.validate(raw, path).source
-                if check_files and checked_source is not None:
+                if check_files:
                     if source not in checked:
                         try:
-                            checked_source(raw, path)
+                            check_source(source)
                             checked[source] = None
-                        except ConfigError as e:
-                            checked[source] = e
+                        except CfdgError as e:
+                            checked[source] = ConfigError(f"dataset.source: {e}")
                     if checked[source] is not None:
                         raise checked[source]
             except ConfigError as e:

@@ -102,6 +102,10 @@ BASE = "preset: configs/tiny.yaml\naxes:\n  algo: [iql]\n  seed: [0]\n"
         (BASE.replace("algo: [iql]", "algo: [iql, dqn]"), "cell hopper-medium-replay-dqn-cfdg-s0"),
         (BASE + "params: {pretrain: {steps: -3}}\n", "pretrain.steps"),
         (BASE + "parallel: 3\n", "unknown key 'parallel'"),
+        (
+            BASE.replace("axes:\n", "axes:\n  dataset: [no-such-dataset-v2]\n"),
+            "dataset.source: D4RL dataset 'no-such-dataset-v2' not found",
+        ),
     ],
 )
 def test_bad_study_file_is_one_line_naming_it(tmp_path, text, message):

@@ -274,7 +274,6 @@ COMBOS: list[Candidate] = [
 
 def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, prev: Any | None) -> tuple[Any, dict]:
     """Fit round k's model for `variant` with the candidate's changes; returns (model, fit metrics)."""
-
     import cfdg.diffusion.train as train
     from cfdg.config import from_mapping
     from cfdg.diffusion.config import DiffusionConfig
@@ -294,7 +293,6 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
     offline, online = data.offline, data.online[k - 1]
     if variant == "synther":
         offline = None
-    union = online if offline is None else Transitions.concat([offline, online])
 
     build = train.build_denoiser
 
@@ -307,7 +305,8 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
     if cand.norm != "data":
         from cfdg.diffusion.normaliser import Normaliser, to_vectors
 
-        fixed = Normaliser.fit(to_vectors(data.online[k - 1] if cand.norm == "online" else union))
+        union = online if offline is None else Transitions.concat([offline, online])
+        fixed = Normaliser.fit(to_vectors(online if cand.norm == "online" else union))
 
         class FixedNormaliser(Normaliser):
             @classmethod

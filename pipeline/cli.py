@@ -26,6 +26,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 import pipeline  # noqa: F401  (environment defaults before prefect is imported)
 from cfdg.cli import add_library_commands, dispatch, new_parser
 from cfdg.errors import CfdgError, ConfigError
@@ -134,6 +136,10 @@ def checked_params(path: str | Path) -> sections.Params:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     p = checked_params(args.params)
+    if args.resolved:
+        flat = sections.resolved(p)
+        print(yaml.safe_dump(flat, sort_keys=False, allow_unicode=True, default_flow_style=None), end="")
+        return 0
     print(f"{args.params}: valid; seed {p.seed}, dataset source {p.source!r}, {len(p.rounds)} round(s)")
     return 0
 
@@ -173,6 +179,7 @@ def register_loop(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("check", help="validate params.yaml")
     p.add_argument("--params", default="params.yaml")
+    p.add_argument("--resolved", action="store_true", help="print every effective setting, defaults included, as YAML")
     p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("table", help="Table 1 (base vs CFDG, mean ± std over seeds) from runs' summary.json")

@@ -46,6 +46,23 @@ def _merge(dst: Any, src: Mapping[str, Any]) -> None:
             comments.items.setdefault(new_last, [None, None, None, None])[2] = blank
 
 
+REPLACE_KEY = "replace_sections"
+
+
+def replaced_sections(preset: Mapping[str, Any], where: str) -> set[str]:
+    """Sections the preset replaces whole (`replace_sections: true`): every params section it names.
+
+    A paper preset replaces its sections so that its outcome never depends on what params.yaml
+    held before (a key it omits takes the dataclass default, not the embedded CPU run's value).
+    """
+    flag = preset.get(REPLACE_KEY, False)
+    if not isinstance(flag, bool):
+        raise ConfigError(f"{where}:{REPLACE_KEY}: must be true or false, got {flag!r}")
+    if not flag:
+        return set()
+    return {k for k, v in preset.items() if k in params.SECTIONS and isinstance(v, Mapping)}
+
+
 def apply_preset(preset: str | Path, target: str | Path = "params.yaml", rounds: int | None = None) -> Path:
     """Merge `preset` into `target` (a params.yaml); `rounds: N` (in the preset or given) becomes the rounds table."""
     preset, target = Path(preset), Path(target)
@@ -55,6 +72,8 @@ def apply_preset(preset: str | Path, target: str | Path = "params.yaml", rounds:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{preset}: must be a mapping of params.yaml sections")
     data = dict(data)
+    replace = replaced_sections(data, str(preset))
+    data.pop(REPLACE_KEY, None)
     n = rounds if rounds is not None else data.pop("rounds", None)
     data.pop("rounds", None)
     if n is not None:
@@ -64,6 +83,9 @@ def apply_preset(preset: str | Path, target: str | Path = "params.yaml", rounds:
     ry = YAML()
     ry.preserve_quotes = True
     doc = ry.load(target.read_text())
+    for name in replace:
+        if name in doc:
+            doc[name] = CommentedMap()
     _merge(doc, data)
     if "rounds" in data:
         table = CommentedMap()

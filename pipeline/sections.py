@@ -60,3 +60,15 @@ def validate(raw: dict[str, Any], path: str | Path = params.PARAMS_FILE) -> Para
 
 def load_all(path: str | Path = params.PARAMS_FILE) -> Params:
     return validate(params.read_params(path), path)
+
+
+def resolved(p: Params) -> dict[str, Any]:
+    """Every effective setting, defaults included, as flat `section.key -> value` (`cfdg check --resolved`)."""
+    from cfdg.config import to_dict
+
+    flat: dict[str, Any] = {"seed": p.seed}
+    for name, cfg in p.sections.items():
+        for key, value in to_dict(cfg).items():
+            flat[f"{name}.{key}"] = value
+    flat["rounds"] = len(p.rounds)
+    return flat

@@ -14,7 +14,10 @@ Workspaces and results live in `studies/<name>/` of the project:
 
     studies/<name>/cells/<cell>/        the cell's workspace (git worktree)
     studies/<name>/cells/<cell>.json    its state: done or not, per-stage wall time and peak memory
-    studies/<name>/report/              Tables 1, 2, 3, the compute table, curves (study_report.py)
+
+A finished cell's results (no artifacts) are exported to `results/<name>/cells/<cell>.json`
+(pipeline/study_results.py) for committing; the report is built from those files alone, in
+`results/<name>/report/`, and a later run skips every cell whose results are there.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import yaml
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
 from cfdg.errors import CfdgError, ConfigError
 from cfdg.io import atomic_write_json, atomic_write_text
+from pipeline.study_results import committed, export_cell
 from pipeline.study_spec import Cell, Study, load_study, slug
 from stages import params as params_yaml
 
@@ -405,7 +409,27 @@ class Plan:
         return cls(root, study, commit, study_dir(root, study), keys, shared)
 
     def pending(self) -> list[Cell]:
-        return [c for c in self.study.cells if not is_done(self.sdir, c, self.commit)]
+        """Cells with neither committed results for their params nor a finished workspace at this commit."""
+        return [
+            c
+            for c in self.study.cells
+            if committed(self.root, self.study.name, c) is None and not is_done(self.sdir, c, self.commit)
+        ]
+
+    def export(self, cell: Cell) -> Path | None:
+        """Write `results/<study>/cells/<cell>.json` from the cell's finished workspace (if it is finished)."""
+        if not is_done(self.sdir, cell, self.commit):
+            return None
+        state = read_state(state_path(self.sdir, cell))
+        return export_cell(self.root, self.study.name, cell, cell_dir(self.sdir, cell), state)
+
+    def export_finished(self) -> list[Path]:
+        """Export every cell finished in its workspace whose results are not yet there."""
+        return [
+            p
+            for c in self.study.cells
+            if committed(self.root, self.study.name, c) is None and (p := self.export(c)) is not None
+        ]
 
 
 def default_parallel() -> int:
@@ -470,7 +494,8 @@ def run_study(
             try:
                 fut.result()
                 done += 1
-                logger.info("cell %s: done", c.name)
+                exported = plan.export(c)
+                logger.info("cell %s: done; results in %s", c.name, exported)
             except Exception as e:  # one cell's failure loses nothing of the others
                 failed[c.name] = str(e).splitlines()[0]
                 logger.error("cell %s failed: %s", c.name, failed[c.name])

@@ -263,5 +263,6 @@ def run_on_pool(
                     "flow_run": str(run_id),
                 }
                 atomic_write_json(state_path(plan.sdir, cell), state)
+                plan.export(cell)
     report = write_report(plan)
     return {"cells": len(plan.study.cells), "skipped": skipped, "failed": failed, "report": str(report), "runs": runs}

@@ -1,15 +1,14 @@
 """A study's report: the paper's Tables 1, 2, 3 and 6 and aggregated learning curves.
 
-Everything is read from the cells' round files (the score from the metrics files `dvc metrics show`
-reads, rounds/0/metrics.json and rounds/k/rollout/metrics.json; quality from rounds/k/quality.json) and, for the compute
-table, from the cells' state files (wall time and peak memory of each stage, not DVC metrics
-because they differ run to run). Cells not finished yet are left out and counted.
+Everything is read from the committed results files `results/<study>/cells/<cell>.json`
+(pipeline/study_results.py: the learning curve from the cells' metrics files, quality from
+rounds/k/quality.json, and the stage timings of the cells' state files), so a fresh clone with no
+workspace rebuilds the report. Cells not finished yet are left out and counted.
 Mean ± std are over seeds (population std, as `pipeline table`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,17 +17,10 @@ from typing import Any
 
 from cfdg import report as cfdg_report
 from cfdg.io import atomic_write_json, atomic_write_text
-from stages import layout
+from pipeline.study_results import committed, report_record, results_dir
 
 ORDER = {"none": 0, "synther": 1, "joint": 2, "cfdg": 3}
 DIVERGENCES = ("state", "action", "transition")
-
-
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
@@ -43,66 +35,15 @@ def _fmt(xs: Sequence[float], digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
-    """Numeric leaves of nested metrics as dotted keys."""
-    out: dict[str, float] = {}
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(obj, int | float) and not isinstance(obj, bool):
-        out[prefix[:-1]] = float(obj)
-    return out
-
-
-def cell_results(ws: Path) -> dict[str, Any] | None:
-    """Learning curve, final score and per-round quality of one finished cell, from its metrics files."""
-    from stages.report import curve_point
-
-    rounds_dir = ws / layout.ROUNDS_DIR
-    m0 = _json(rounds_dir / "0" / layout.score_file(0))
-    if m0 is None:
-        return None
-    curve = [curve_point(m0, rounds_dir / "0" / layout.score_file(0))]
-    quality: dict[int, dict[str, float]] = {}
-    k = 1
-    while (score := rounds_dir / str(k) / layout.score_file(k)).is_file():
-        curve.append(curve_point(_json(score), score))
-        q = _json(rounds_dir / str(k) / layout.QUALITY)
-        if q is not None:
-            quality[k] = flatten(q)
-        k += 1
-    return {
-        "curve": [(p.env_steps, p.score) for p in curve],
-        "pretrain_score": curve[0].score,
-        "final_score": curve[-1].score,
-        "quality": quality,
-    }
-
-
 def collect(plan: Any) -> list[dict[str, Any]]:
-    """One record per finished cell: its axes, results and stage costs."""
-    from pipeline.study import cell_dir, is_done, read_state, state_path
-
+    """One record per cell with committed results (`results/<study>/cells/`), exporting finished
+    workspaces first: the tables need nothing but those files."""
+    plan.export_finished()
     records = []
     for c in plan.study.cells:
-        if not is_done(plan.sdir, c, plan.commit):
-            continue
-        res = cell_results(cell_dir(plan.sdir, c))
-        if res is None:
-            continue
-        records.append(
-            {
-                "cell": c.name,
-                "grid": c.grid,
-                "dataset": c.dataset,
-                "algo": c.algo,
-                "variant": c.variant,
-                "ablation": c.ablation,
-                "seed": c.seed,
-                **res,
-                "stages": read_state(state_path(plan.sdir, c)).get("stages", {}),
-            }
-        )
+        rec = committed(plan.root, plan.study.name, c)
+        if rec is not None:
+            records.append(report_record(rec))
     return records
 
 
@@ -141,6 +82,73 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
         change = [f - p for f, p in zip(fin, pre, strict=True)]
         lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {_fmt(pre)} | {_fmt(fin)} | {_fmt(change)} | {len(rs)} |")
     return "\n".join(lines) + "\n"
+
+
+def t_interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval of the mean (sample std, n − 1 degrees of freedom)."""
+    from scipy import stats
+
+    n = len(xs)
+    m = sum(xs) / n
+    if n < 2:
+        return m, float("nan"), float("nan")
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return m, m - half, m + half
+
+
+def paired_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Each variant against the base (`none`) on the same seeds: the paired difference of final
+    scores with its 95% t-interval, so a reader sees whether a difference is noise; and whether the
+    base agent itself moved (final − pretrained ≥ 5 points and > 2 × the std of that change)."""
+    main = [r for r in records if not r["ablation"]]
+    by: dict[tuple[str, str], dict[str, dict[int, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
+    for r in main:
+        by[(r["dataset"], r["algo"])][r["variant"]][r["seed"]] = r
+    if not by:
+        return "No finished cells without ablation.\n"
+    lines = [
+        "| Dataset | Algorithm | Comparison | Seeds | Mean difference | 95% interval | Verdict |",
+        "|---|---|---|---:|---:|---|---|",
+    ]
+    moves: list[str] = []
+    for (d, a), variants in sorted(by.items()):
+        base = variants.get("none", {})
+        if len(base) >= 2:
+            change = [base[s]["final_score"] - base[s]["pretrain_score"] for s in sorted(base)]
+            m = sum(change) / len(change)
+            sd1 = math.sqrt(sum((x - m) ** 2 for x in change) / (len(change) - 1))
+            moved = abs(m) >= 5 and abs(m) > 2 * sd1
+            moves.append(
+                f"- {d} / {a.upper()}: base agent final − pretrained = {m:+.1f} (std {sd1:.1f}, n {len(change)}): "
+                + ("moved (≥ 5 points and > 2 std)." if moved else "did not measurably move (needs ≥ 5 and > 2 std).")
+            )
+        for v in _variants([{"variant": v} for v in variants]):
+            if v == "none":
+                continue
+            seeds = sorted(set(base) & set(variants[v]))
+            if len(seeds) < 2:
+                continue
+            diffs = [variants[v][s]["final_score"] - base[s]["final_score"] for s in seeds]
+            m, lo, hi = t_interval(diffs)
+            verdict = (
+                "better than base" if lo > 0 else "worse than base" if hi < 0 else "no difference (interval holds 0)"
+            )
+            lines.append(
+                f"| {d} | {a.upper()} | {_vname(v)} − {_vname('none')} | {len(seeds)} | {m:+.1f} | "
+                f"[{lo:+.1f}, {hi:+.1f}] | {verdict} |"
+            )
+        if "synther" in variants and "cfdg" in variants:
+            seeds = sorted(set(variants["synther"]) & set(variants["cfdg"]))
+            if len(seeds) >= 2:
+                diffs = [variants["cfdg"][s]["final_score"] - variants["synther"][s]["final_score"] for s in seeds]
+                m, lo, hi = t_interval(diffs)
+                verdict = "CFDG better" if lo > 0 else "CFDG worse" if hi < 0 else "no difference (interval holds 0)"
+                lines.append(
+                    f"| {d} | {a.upper()} | {_vname('cfdg')} − {_vname('synther')} | {len(seeds)} | {m:+.1f} | "
+                    f"[{lo:+.1f}, {hi:+.1f}] | {verdict} |"
+                )
+    return "\n".join([*lines, "", *moves]) + "\n"
 
 
 def table2(records: Sequence[Mapping[str, Any]]) -> str:
@@ -307,13 +315,14 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def write_report(plan: Any) -> Path:
-    """Write studies/<name>/report/: report.md, table1/2/3.md, compute.md, curves.png, results.json."""
-    out = plan.sdir / "report"
+    """Write results/<name>/report/: report.md, table1/2/3.md, compute.md, curves.png, results.json."""
+    out = results_dir(plan.root, plan.study.name) / "report"
     out.mkdir(parents=True, exist_ok=True)
     records = collect(plan)
     parts = {
         "table1": table1(records),
         "table2": table2(records),
+        "paired": paired_table(records),
         "table3": table3(records),
         "compute": compute_table(records),
     }
@@ -332,6 +341,9 @@ def write_report(plan: Any) -> Path:
         "## Table 1: final score, base vs augmentations (mean ± std over seeds)",
         "",
         parts["table1"],
+        "## Paired differences over seeds (final score, D4RL-normalised; 95% t-interval)",
+        "",
+        parts["paired"],
         "## Learning curves (mean ± std over seeds)",
         "",
         "![curves](curves.png)" if png else "(none yet)",

@@ -27,6 +27,7 @@ import yaml
 
 from cfdg.errors import ConfigError
 from pipeline import sections
+from pipeline.preset import REPLACE_KEY, replaced_sections
 from stages import params as params_yaml
 
 AXES = ("dataset", "algo", "variant", "seed")
@@ -107,7 +108,7 @@ def _known_keys(section: str) -> set[str] | None:
 def check_overrides(overrides: Mapping[str, Any], where: str) -> None:
     """Every key of an override layer must exist in params.yaml's schema; name the first that does not."""
     for section, value in overrides.items():
-        if section == "preset":
+        if section in ("preset", REPLACE_KEY):
             continue
         if section not in params_yaml.TOP_LEVEL:
             known = list(params_yaml.TOP_LEVEL)
@@ -156,7 +157,9 @@ class _Resolver:
         check_overrides(layer, where)
         if "preset" in layer:
             params = self.apply(params, self.preset(layer["preset"], where), f"{where}.preset")
-        rest = {k: v for k, v in layer.items() if k != "preset"}
+        rest = {k: v for k, v in layer.items() if k not in ("preset", REPLACE_KEY)}
+        for name in replaced_sections(layer, where):
+            params[name] = {}
         if "rounds" in rest:
             params["rounds"] = params_yaml.rounds_table(int(rest.pop("rounds")))
         return deep_merge(params, rest)

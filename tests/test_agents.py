@@ -110,21 +110,35 @@ def test_pex_act_picks_candidate_with_much_higher_q():
 # --- APL -------------------------------------------------------------------------------------
 
 
-def test_apl_actor_loss_has_bc_term_only_offline():
+def test_apl_actor_loss_is_q_normalised_on_both_sides_bc_only_offline():
+    """APL0 (td3_bc_gc.py): −(α / mean|Q|)·mean Q on every batch; λ switches only the BC term."""
     pi = torch.tensor([[0.1, 0.2], [0.3, -0.1], [0.0, 0.5]], requires_grad=True)
     c = torch.tensor([2.0, -1.0])
     q = pi @ c + torch.tensor([3.0, -5.0, 4.0])  # a critic linear in the action
     data_actions = torch.full((3, 2), 0.5)
+    lam = 2.5 / q.abs().mean().item()  # α / mean|Q|
     online, bc_on = actor_loss(q, pi, data_actions, 0.0, 2.5)
-    assert online.item() == pytest.approx(-q.mean().item()) and bc_on.item() == 0.0
+    assert online.item() == pytest.approx(-lam * q.mean().item(), rel=1e-6) and bc_on.item() == 0.0
     grad_on = torch.autograd.grad(online, pi, retain_graph=True)[0]
-    torch.testing.assert_close(grad_on, (-c / 3).expand(3, 2))  # pure TD3: no pull towards data actions
+    torch.testing.assert_close(grad_on, (-lam * c / 3).expand(3, 2))  # no pull towards data actions
     offline, bc_off = actor_loss(q, pi, data_actions, 1.0, 2.5)
-    lam = 2.5 / q.abs().mean().item()  # λ = α / mean|Q|
     assert bc_off.item() == pytest.approx(((pi.detach() - 0.5) ** 2).mean().item())
     assert offline.item() == pytest.approx(-lam * q.mean().item() + bc_off.item(), rel=1e-6)
     grad_off = torch.autograd.grad(offline, pi)[0]
     torch.testing.assert_close(grad_off, -lam * c / 3 + 2 * (pi.detach() - 0.5) / 6)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_apl_actor_gradient_does_not_grow_with_the_scale_of_q(lam):
+    """Q in the hundreds must not give online actor gradients 100x the offline ones."""
+    pi = torch.tensor([[0.1, 0.2], [0.3, -0.1], [0.0, 0.5]], requires_grad=True)
+    c = torch.tensor([2.0, -1.0])
+    grads = []
+    for scale in (1.0, 300.0):
+        q = scale * (pi @ c + torch.tensor([3.0, 5.0, 4.0]))
+        loss, _ = actor_loss(q, pi, torch.zeros(3, 2), lam, 2.5)
+        grads.append(torch.autograd.grad(loss, pi)[0])
+    torch.testing.assert_close(grads[0], grads[1])
 
 
 def test_apl_update_uses_batch_lambda():

@@ -1,10 +1,12 @@
 """Adaptive Policy Learning (Zheng et al., 2023), readable top to bottom.
 
-One TD3 agent whose actor loss depends on where the batch came from (λ, paper eq. 3):
-  online batch  (λ = 0): TD3,      L_π = −mean Q(s, π(s));
-  offline batch (λ = 1): TD3+BC,   L_π = −(α / mean|Q|)·mean Q(s, π(s)) + MSE(π(s), a).
-The critic is plain TD3 (clipped double Q, target policy smoothing); the actor and all targets
-move every `policy_delay` critic steps. Offline pretraining is TD3+BC (every batch λ = 1).
+One TD3 agent whose actor loss depends on where the batch came from (λ, paper eq. 3), as APL0
+(`agents/td3_bc_gc.py`, the code the paper ran) writes it:
+  L_π = −(α / mean|Q|)·mean Q(s, π(s)) + λ·MSE(π(s), a),   λ = 0 online, 1 offline.
+Q is normalised on both sides, so online and offline actor gradients have the same scale and
+share Adam's moments sensibly; only the behaviour-cloning term switches. The critic is plain TD3
+(clipped double Q, target policy smoothing); the actor and all targets move every
+`policy_delay` critic steps. Offline pretraining is TD3+BC (every batch λ = 1).
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ from cfdg.agents.optim import adam, frozen_copy, soft_update
 def actor_loss(
     q: torch.Tensor, pi: torch.Tensor, actions: torch.Tensor, lam: float, alpha: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, bc_term): TD3 when lam == 0, TD3+BC (λ = α / mean|Q|) when lam == 1."""
+    """(loss, bc_term): −(α / mean|Q|)·mean Q, plus the BC term MSE(π(s), a) when lam == 1."""
+    scale = alpha / q.abs().mean().detach()
     if lam:
-        scale = alpha / q.abs().mean().detach()
         bc = mse_loss(pi, actions)
         return -scale * q.mean() + bc, bc
-    return -q.mean(), torch.zeros((), device=q.device)
+    return -scale * q.mean(), torch.zeros((), device=q.device)
 
 
 class APL(Agent):

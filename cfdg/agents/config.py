@@ -119,6 +119,10 @@ class PretrainConfig:
 class RolloutConfig:
     steps: int = 100_000  # env steps per round
     utd: int = 1  # gradient steps per env step
+    # Explore/train cycles: after every `train_every` env steps, utd·train_every gradient steps.
+    # 1 interleaves one env step with utd updates (PEX repo); APL0 (off_on_interleave.py) runs
+    # 1000 env steps, then 10,000 updates: train_every 1000, utd 10.
+    train_every: int = 1
     warmup_steps: int = 5_000  # online rows needed before gradient steps start (PEX: 5000)
     random_steps: int = 0  # first online env steps taken with uniform random actions
     eval_every: int = 0  # env steps; 0: evaluate only at the end of the round
@@ -139,6 +143,7 @@ class RolloutConfig:
         check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
         check(self.steps >= 1, f"{w}.steps", f"must be >= 1, got {self.steps}")
         check(self.utd >= 1, f"{w}.utd", f"must be >= 1, got {self.utd}")
+        check(self.train_every >= 1, f"{w}.train_every", f"must be >= 1, got {self.train_every}")
         check(self.warmup_steps >= 1, f"{w}.warmup_steps", f"must be >= 1, got {self.warmup_steps}")
         check(self.random_steps >= 0, f"{w}.random_steps", f"must be >= 0, got {self.random_steps}")
         check(self.eval_every >= 0, f"{w}.eval_every", f"must be >= 0, got {self.eval_every}")

@@ -102,8 +102,9 @@ class IQL(Agent):
             v_loss = expectile_loss(adv, c.iql_tau)
             qs = self.critic(obs, act).float()
             q_loss = (qs - q_target).pow(2).mean(dim=1).mean()
-            exp_adv = torch.exp(c.iql_beta * adv.detach()).clamp(max=c.exp_adv_max)
-            actor_loss = (exp_adv * -self.actor.log_prob(obs, act).float()).mean()
+            awr_act, awr_adv = self.awr_targets(obs, act, adv, v)
+            exp_adv = torch.exp(c.iql_beta * awr_adv.detach()).clamp(max=c.exp_adv_max)
+            actor_loss = (exp_adv * -self.actor.log_prob(obs, awr_act).float()).mean()
 
         self.optim.zero_grad(set_to_none=True)
         (v_loss + q_loss + actor_loss).backward()
@@ -119,6 +120,12 @@ class IQL(Agent):
             "v_mean": v.detach().mean(),
             "adv_mean": adv.detach().mean(),
         }
+
+    def awr_targets(
+        self, obs: torch.Tensor, act: torch.Tensor, adv: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The actions the actor regresses on and their advantages: IQL weights the batch's own."""
+        return act, adv
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, mode: Mode, gen: torch.Generator) -> np.ndarray:

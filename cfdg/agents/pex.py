@@ -5,6 +5,11 @@ with the IQL losses, and each action is picked from the two candidates {a_offlin
 sampling Categorical(softmax(inv_temperature · Q(s, a_i))). In evaluation PEX's code is
 "greedy-ish": the new policy's mean and the argmax candidate each with probability 1 − ε
 (ε = `pex_eval_eps`, 0.1), a sample otherwise.
+
+The new policy's update follows PEX's `policy_update` (pex/algorithms/pex.py, the code the
+paper ran): advantage-weighted regression on the actions the *expanded* policy picks for the
+batch's states (sampled as when exploring), with advantages Q_target(s, a) − V(s) of those
+actions, not on the batch's own actions as plain IQL.
 """
 
 from __future__ import annotations
@@ -59,6 +64,22 @@ class PEX(IQL):
         self.actor_sched = self._new_sched()  # online: constant lr
         self._modules = (*IQL._modules, "offline_actor")
         self.phase = "online"
+
+    def awr_targets(
+        self, obs: torch.Tensor, act: torch.Tensor, adv: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online: the expanded policy's exploring choices and their advantages (PEX's policy_update)."""
+        if self.phase == "offline":
+            return act, adv
+        with torch.no_grad():
+            a_off = self.offline_actor(obs)[0]
+            mean, log_std = self.actor(obs)
+            a_new = (mean + log_std.exp() * torch.randn_like(mean)).clamp(-self.max_action, self.max_action)
+            q = torch.stack([self.critic.min(obs, a_off), self.critic.min(obs, a_new)], dim=-1).float()
+            pick_new = choose(q, self.cfg.inv_temperature, torch.rand(q.shape[:-1], device=q.device)) == 1
+            chosen = torch.where(pick_new.unsqueeze(-1), a_new, a_off)
+            chosen_adv = self.target_critic.min(obs, chosen).float() - v.detach()
+        return chosen, chosen_adv
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, mode: Mode, gen: torch.Generator) -> np.ndarray:

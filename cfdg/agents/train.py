@@ -283,8 +283,9 @@ def run_round(
         counters["env_steps_total"] += 1
         counters["online_rows"] += 1
 
-        if online_buf.total >= cfg.warmup_steps:
-            for _ in range(cfg.utd):
+        t = counters["env_steps_total"]
+        if online_buf.total >= cfg.warmup_steps and t % cfg.train_every == 0:
+            for _ in range(cfg.utd * cfg.train_every):
                 batch = mixer.sample(rngs.sampler)
                 sums.add(agent.update(batch))
                 updates += 1
@@ -292,7 +293,6 @@ def run_round(
                     drawn[k] += v
                 if batch.lam is not None:
                     lam_counts["offline" if batch.lam else "online"] += 1
-        t = counters["env_steps_total"]
         if t % cfg.log_every == 0:
             losses.append({"env_step": t, **sums.flush()})
         if cfg.eval_every and t % cfg.eval_every == 0:

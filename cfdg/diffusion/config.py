@@ -73,6 +73,9 @@ class DiffusionConfig:
     batch_online_share: float | None = None
     # Start round k's fit from round k-1's weights (same steps; round 1 starts from scratch).
     warm_start: bool = False
+    # Steps of a warm-started fit (round k ≥ 2 with warm_start); 0 = train_steps. A model that
+    # starts from last round's weights only has to follow the data's drift, so it needs fewer.
+    warm_start_steps: int = 0
 
     # Execution. bf16: autocast in training (fp32 master weights).
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -92,6 +95,7 @@ class DiffusionConfig:
         check(self.rho > 0, f"{w}.rho", "must be > 0")
         check(self.p_std > 0, f"{w}.p_std", "must be > 0")
         check(self.train_steps >= 1, f"{w}.train_steps", f"must be >= 1, got {self.train_steps}")
+        check(self.warm_start_steps >= 0, f"{w}.warm_start_steps", f"must be >= 0, got {self.warm_start_steps}")
         check(self.steps_per_row >= 0, f"{w}.steps_per_row", f"must be >= 0, got {self.steps_per_row}")
         check(
             self.max_train_steps == 0 or self.max_train_steps >= self.train_steps,

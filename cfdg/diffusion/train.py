@@ -68,9 +68,11 @@ def training_data(
     return v, labels.astype(np.int64), {"offline": len(offline), "online": len(online)}
 
 
-def effective_train_steps(cfg: DiffusionConfig, n_rows: int) -> int:
-    """train_steps, grown to ceil(steps_per_row · rows) when that is more, capped by max_train_steps."""
-    steps = max(cfg.train_steps, math.ceil(cfg.steps_per_row * n_rows))
+def effective_train_steps(cfg: DiffusionConfig, n_rows: int, warm: bool = False) -> int:
+    """train_steps (warm_start_steps for a warm-started fit, when set), grown to
+    ceil(steps_per_row · rows) when that is more, capped by max_train_steps."""
+    base = cfg.warm_start_steps if warm and cfg.warm_start_steps else cfg.train_steps
+    steps = max(base, math.ceil(cfg.steps_per_row * n_rows))
     return min(steps, cfg.max_train_steps) if cfg.max_train_steps else steps
 
 
@@ -139,7 +141,7 @@ def _fit(
     init: DiffusionModel | None,
 ) -> tuple[DiffusionModel, dict[str, Any]]:
     vectors, labels_np, counts = training_data(offline, online, cfg)
-    steps = effective_train_steps(cfg, len(vectors))
+    steps = effective_train_steps(cfg, len(vectors), warm=init is not None)
     share = online_share(cfg, counts)
     normaliser = Normaliser.fit(vectors, row_weights(counts, share))
     device = select_device(cfg.device)

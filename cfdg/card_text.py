@@ -39,7 +39,7 @@ def _labels(card: Mapping[str, Any]) -> str:
 
 def _line(label: str, text: str, max_lines: int = 2) -> list[str]:
     """`label  text`, text wrapped under itself; at most `max_lines` lines (the rest: `--json`)."""
-    lines = textwrap.wrap(text, WIDTH - LABEL - 2) or [""]
+    lines = textwrap.wrap(text, WIDTH - LABEL - 2, break_on_hyphens=False) or [""]
     if len(lines) > max_lines:
         lines = [*lines[: max_lines - 1], lines[max_lines - 1][: WIDTH - LABEL - 20] + " … (--json: all)"]
     pad = " " * (LABEL + 2)
@@ -77,10 +77,10 @@ def _generator_lines(card: Mapping[str, Any]) -> list[str]:
     return out
 
 
-def _quality_lines(quality: Mapping[str, Any]) -> list[str]:
+def _quality_lines(quality: Mapping[str, Any], label: str = "quality") -> list[str]:
     rows = quality_rows(quality)
     pad = " " * (LABEL + 2)
-    head = f"  {'quality':<{LABEL}}{'measure':<24}{'unit':<30}{'generated':>10}  reference"
+    head = f"  {label:<{LABEL}}{'measure':<24}{'unit':<30}{'generated':>10}  reference"
     out = [head]
     for measure, unit, gen, ref, what in rows:
         out.append(f"{pad}{measure:<24}{unit:<30}{_num(gen):>10}  {_num(ref)} ({what})")
@@ -92,14 +92,11 @@ def _source_card_line(card: Mapping[str, Any]) -> list[str]:
     if not isinstance(src, Mapping):
         return []
     changed = card.get("source_arrays_changed") or []
-    state = "its arrays match it" if not changed else f"arrays changed since: {', '.join(changed)}"
-    text = (
-        f"{src.get('kind')} {src.get('env_id')} round {src.get('round')}, {src.get('rows')} rows "
-        f"(exported by cfdg {src.get('code_version')}); {state}"
-    )
+    state = "arrays match it" if not changed else f"arrays changed since export: {', '.join(changed)}"
+    text = f"{src.get('kind')} {src.get('env_id')} round {src.get('round')}, {src.get('rows')} rows; {state}"
     out = _line("source card", text)
-    if isinstance(src.get("quality"), Mapping):
-        out += _line("", "the source's quality figures: `cfdg store info --json` (card.source_card.quality)", 1)
+    if isinstance(src.get("quality"), Mapping) and not isinstance(card.get("quality"), Mapping):
+        out += _quality_lines(src["quality"], "source quality")
     return out
 
 
@@ -144,7 +141,7 @@ def render_info(s: Survey) -> str:
         lines += [" " * (LABEL + 2) + "- " + p for p in shown] + [" " * (LABEL + 2) + m for m in more]
     else:
         lines += _line("checks", "attributes, chunk manifest, chunk files, array shapes and card agree", 1)
-    lines += _line("", NOT_CHECKED.format(path=s.path), 2)
+    lines += _line("", NOT_CHECKED, 2)
     return "\n".join(lines)
 
 

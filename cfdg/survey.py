@@ -30,7 +30,7 @@ from cfdg.store import (
     read_attrs,
 )
 
-NOT_CHECKED = "data values not checked (NaN, labels, chunk contents): `cfdg store validate --deep {path}` does"
+NOT_CHECKED = "data values not checked (NaN, labels, chunk contents): `cfdg store validate --deep` checks them"
 _CARD_FIELDS = ("kind", "env_id", "source", "round", "seed", "code_version")
 
 
@@ -53,7 +53,7 @@ class Survey:
             "arrays": self.arrays,
             "problems": self.problems,
             "data_checked": False,
-            "note": NOT_CHECKED.format(path=self.path),
+            "note": NOT_CHECKED,
         }
 
 

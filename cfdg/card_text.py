@@ -68,6 +68,13 @@ def _generator_lines(card: Mapping[str, Any]) -> list[str]:
         if isinstance(gen.get("config"), Mapping):
             text += ", " + _settings({k: v for k, v in gen["config"].items() if k != "variant"})
         out += _line("generator", text, 3)
+    about = card.get("dataset")
+    if isinstance(about, Mapping):
+        ret = about.get("returns") or {}
+        text = f"{about.get('episodes')} episodes by {(about.get('behaviour') or {}).get('algorithm')}"
+        if ret.get("mean") is not None:
+            text += f", return mean {_num(ret['mean'])} (normalized {_num(ret.get('normalized_mean'))})"
+        out += _line("collected", text)
     settings = dict(card.get("settings") or {})
     if card.get("kind") == "synthetic" and isinstance(settings.get("sampling"), Mapping):
         out += _line("sampler", _settings(settings.pop("sampling"), ("n_rows", "solver", "steps", "guidance_w")), 3)

@@ -42,11 +42,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-def _le_bytes(a: np.ndarray) -> memoryview:
+def _le_bytes(a: np.ndarray) -> np.ndarray:
+    """The values as flat little-endian bytes (a view when possible; empty arrays included)."""
     a = np.ascontiguousarray(a)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return memoryview(a).cast("B")
+    return a.reshape(-1).view(np.uint8)
 
 
 def array_sha256(a: np.ndarray) -> str:

@@ -3,6 +3,7 @@ carried through D4RL / Minari exports and back. Real Zarr stores, real HDF5 file
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -76,6 +77,20 @@ def test_card_records_counts_settings_inputs_and_value_digests(tmp_path):
     for name, arr in data.arrays().items():
         assert card["arrays"][name] == {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": array_sha256(arr)}
     assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_empty_store_has_a_card_and_verifies(tmp_path, capsys):
+    """Round 0's stores and variant `none`'s synthetic store hold no rows; they still carry a card."""
+    from stages.stores import empty_transitions
+
+    meta = StoreMeta(kind="synthetic", env_id="hopper", source="test")
+    path = write_store(tmp_path / "e.zarr", empty_transitions(OBS, ACT, labels=True), meta)
+    card = read_attrs(path)[CARD_KEY]
+    assert card["rows"] == 0 and card["labels"] == {"offline": 0, "online": 0}
+    empty = hashlib.sha256(b"").hexdigest()
+    assert card["arrays"]["observations"] == {"dtype": "float32", "shape": [0, OBS], "sha256": empty}
+    assert run(capsys, "store", "verify", str(path))[0] == 0
+    assert run(capsys, "store", "info", str(path))[0] == 0
 
 
 def test_card_is_reproducible_and_carries_no_clock(tmp_path):

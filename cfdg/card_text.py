@@ -15,6 +15,9 @@ from cfdg.survey import NOT_CHECKED, Survey
 
 WIDTH = 100
 LABEL = 17  # width of the label column of `store info`
+# The settings a reader looks for first; the rest follow in name order (all of them: `--json`).
+_GENERATOR_FIRST = ("width", "depth", "conditioning", "train_steps", "p_uncond", "batch_online_share")
+_SAMPLER_FIRST = ("n_rows", "solver", "steps", "guidance_w", "online_label_share", "buffer")
 
 
 def _num(v: float | None, digits: int = 4) -> str:
@@ -66,7 +69,8 @@ def _generator_lines(card: Mapping[str, Any]) -> list[str]:
         if gen.get("fit_steps") is not None:
             text += f", {gen['fit_steps']:,} fit steps"
         if isinstance(gen.get("config"), Mapping):
-            text += ", " + _settings({k: v for k, v in gen["config"].items() if k != "variant"})
+            config = {k: v for k, v in gen["config"].items() if k != "variant"}
+            text += ", " + _settings(config, _GENERATOR_FIRST)
         out += _line("generator", text, 3)
     about = card.get("dataset")
     if isinstance(about, Mapping):
@@ -77,7 +81,7 @@ def _generator_lines(card: Mapping[str, Any]) -> list[str]:
         out += _line("collected", text)
     settings = dict(card.get("settings") or {})
     if card.get("kind") == "synthetic" and isinstance(settings.get("sampling"), Mapping):
-        out += _line("sampler", _settings(settings.pop("sampling"), ("n_rows", "solver", "steps", "guidance_w")), 3)
+        out += _line("sampler", _settings(settings.pop("sampling"), _SAMPLER_FIRST), 3)
         settings.pop("variant", None)
     if settings:
         out += _line("settings", _settings(settings), 3)

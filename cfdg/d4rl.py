@@ -10,7 +10,9 @@ real D4RL file holds the same rows that published offline-RL numbers were traine
   derived s' is the next episode's first observation (harmless for TD targets, masked by the terminal).
 
 Files written by `export_d4rl` carry `metadata` attribute `cfdg_version` and are read row for
-row instead (their `next_observations` are exact), so store -> HDF5 -> store loses nothing.
+row instead (their `next_observations` are exact), so store -> HDF5 -> store loses nothing. They
+also carry the store's dataset card (`metadata` attribute `card`, JSON); importing such a file
+records it as the new store's `source_card`.
 `next_obs="derive"` or `"file"` picks either rule explicitly.
 
 Timeouts of a derived dataset mark the kept row just before a dropped one (unless it is a
@@ -29,6 +31,7 @@ import h5py
 import numpy as np
 
 from cfdg import __version__
+from cfdg.card import CARD_KEY, imported_card
 from cfdg.envs import check_layout, env_name
 from cfdg.errors import CfdgError, DatasetError
 from cfdg.io import atomic_file, digest
@@ -239,6 +242,7 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
     name = str(source)
     env_id = _env_of(path, name, meta, env)
     check_layout(env_id, data.obs_dim, data.act_dim, path)
+    card = _source_card(path, meta, data)
     if data.labels is not None:
         data = Transitions(**{k: v for k, v in data.arrays().items() if k != "labels"})
     store_meta = StoreMeta(
@@ -248,15 +252,26 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
         seed=seed,
         params={"format": "d4rl"},
         inputs={"dataset": digest(path)},
+        card=card,
     )
     return write_store(out, data, store_meta)
+
+
+def _source_card(path: Path, meta: dict[str, object], data: Transitions) -> dict[str, object]:
+    """The card an exported file carries (none for other files), checked against the rows read."""
+    if CARD_KEY not in meta:
+        return {}
+    try:
+        return imported_card(json.loads(str(meta[CARD_KEY])), data.arrays(), str(path))
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        raise DatasetError(f"{path}: metadata attribute '{CARD_KEY}' is not a cfdg dataset card ({e})") from e
 
 
 def export_d4rl(store_path: str | os.PathLike, out_file: str | os.PathLike) -> Path:
     """Write a store as a D4RL-layout HDF5 file (with `next_observations`), atomically.
 
-    Provenance goes into attributes of the `metadata` group; `cfdg_version` there marks the
-    file so that `load_d4rl_hdf5` reads its rows back exactly.
+    Provenance and the dataset card (JSON) go into attributes of the `metadata` group;
+    `cfdg_version` there marks the file so that `load_d4rl_hdf5` reads its rows back exactly.
     """
     store_path, out_file = Path(store_path), Path(out_file)
     attrs = read_attrs(store_path)
@@ -278,4 +293,6 @@ def export_d4rl(store_path: str | os.PathLike, out_file: str | os.PathLike) -> P
             meta.attrs[key] = attrs[key]
         for key in ("params", "inputs", "counts"):
             meta.attrs[key] = json.dumps(attrs[key], sort_keys=True)
+        if CARD_KEY in attrs:
+            meta.attrs[CARD_KEY] = json.dumps(attrs[CARD_KEY], sort_keys=True)
     return out_file

@@ -9,6 +9,10 @@ desired_goal 2) become one row vector achieved_goal ⊕ observation (29, x and y
 D4RL); the goal is left out, as D4RL leaves it out. The online env `antmaze-<maze>-minari`
 yields exactly these vectors (cfdg.envs.FlatAntMaze).
 
+An exported dataset carries the store's dataset card: as Minari metadata `cfdg_card` (JSON) and,
+rendered as Markdown, as the dataset's `description`; importing it records the card as the new
+store's `source_card`.
+
 Datasets are found by id under $MINARI_DATASETS_PATH (default ~/.minari/datasets), where
 `minari download` puts them; nothing is ever downloaded here.
 """
@@ -23,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from cfdg.card import CARD_KEY, imported_card
 from cfdg.envs import check_layout, env_name
 from cfdg.errors import CfdgError, DatasetError
 from cfdg.io import digest, replace_path
@@ -37,6 +42,7 @@ def _minari() -> Any:
     return minari
 
 
+METADATA_CARD = "cfdg_card"
 MINARI_ID = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*-v\d+")
 
 
@@ -121,6 +127,7 @@ def import_minari(
                 }
             )
         spec_id = getattr(getattr(ds, "env_spec", None), "id", None) or getattr(ds, "id", None)
+        source_card = ds.storage.metadata.get(METADATA_CARD)
     except Exception as e:
         raise DatasetError(f"{dataset_dir}: not a readable Minari dataset ({type(e).__name__}: {e})") from e
     if not parts:
@@ -132,6 +139,10 @@ def import_minari(
         raise DatasetError(str(e)) from e
     _check_maze(ds, env_id, dataset_dir)
     check_layout(env_id, data.obs_dim, data.act_dim, dataset_dir)
+    try:
+        card = imported_card(source_card, data.arrays(), str(dataset_dir))
+    except ValueError as e:
+        raise DatasetError(f"{dataset_dir}: metadata '{METADATA_CARD}' is not a cfdg dataset card ({e})") from e
     meta = StoreMeta(
         kind="offline",
         env_id=env_id,
@@ -139,6 +150,7 @@ def import_minari(
         seed=seed,
         params={"format": "minari"},
         inputs={"dataset": digest(data_path)},
+        card=card,
     )
     return write_store(out, data, meta)
 
@@ -173,7 +185,11 @@ def export_minari(store: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
                 truncations=(data.timeouts[idx] | (~data.terminals[idx] & (idx == idx[-1]))).tolist(),
             )
         )
+    from cfdg.card_text import render_markdown
     from cfdg.envs import gym_id, is_robotics, make_env
+
+    card = attrs.get(CARD_KEY)
+    about = {"description": render_markdown(card, dataset_id)} if isinstance(card, dict) else {}
 
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-") as root:
         previous = os.environ.get("MINARI_DATASETS_PATH")
@@ -182,11 +198,15 @@ def export_minari(store: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
             if is_robotics(attrs["env_id"]):  # rows are the flat D4RL/Minari layout, not the raw env's dict
                 e = make_env(attrs["env_id"])
                 spaces = {"observation_space": e.observation_space, "action_space": e.action_space}
-                minari.create_dataset_from_buffers(dataset_id, buffers, algorithm_name=attrs["source"], **spaces)
-            else:
-                minari.create_dataset_from_buffers(
-                    dataset_id, buffers, env=gym_id(attrs["env_id"]), algorithm_name=attrs["source"]
+                ds = minari.create_dataset_from_buffers(
+                    dataset_id, buffers, algorithm_name=attrs["source"], **spaces, **about
                 )
+            else:
+                ds = minari.create_dataset_from_buffers(
+                    dataset_id, buffers, env=gym_id(attrs["env_id"]), algorithm_name=attrs["source"], **about
+                )
+            if about:
+                ds.storage.update_metadata({METADATA_CARD: card})
         finally:
             if previous is None:
                 os.environ.pop("MINARI_DATASETS_PATH", None)

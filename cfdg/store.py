@@ -1,8 +1,9 @@
 """Transition stores: one Zarr group per buffer of (s, a, r, s', terminal, timeout) rows.
 
-The contract (DESIGN.md "Transition store"): float32 observations/actions/rewards, bool
-terminals/timeouts, uint8 labels for synthetic stores, and provenance attributes without
-wall-clock time, so the same inputs give byte-identical stores. Rows are chunked in fixed
+The contract: float32 observations/actions/rewards, bool terminals/timeouts, uint8 labels for
+synthetic stores, and provenance attributes without wall-clock time, so the same inputs give
+byte-identical stores. The attribute `card` is the store's dataset card (cfdg.card), written by
+the same atomic close. Rows are chunked in fixed
 blocks, so appending to a store whose length is a multiple of `chunk_rows` leaves the earlier
 chunk files byte-identical and DVC's cache dedupes them across rounds.
 """
@@ -15,13 +16,14 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import zarr
 
+from cfdg.card import CARD_KEY, ArrayDigests, build_card
 from cfdg.errors import StoreError
 from cfdg.io import atomic_dir, code_version
 
@@ -154,25 +156,41 @@ class StoreMeta:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     inputs: Mapping[str, str] = dataclasses.field(default_factory=dict)  # name -> sha256
     code_version: str = dataclasses.field(default_factory=code_version)
+    # What only the writer knows, for the dataset card (cfdg.card): generator settings, a source's card.
+    # It goes into the `card` attribute alone, not beside the other attributes.
+    card: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise StoreError(f"store kind must be one of {KINDS}, got {self.kind!r}")
 
 
+# Called with the complete temporary store before it is renamed into place; what it returns joins
+# the card. This is how the round's quality figures, measured on the store itself, end up inside it.
+Annotate = Callable[[Path], Mapping[str, Any]]
+
+
 class StoreWriter:
     """Stream rows into a new store; it appears at `path` only after `close()` succeeds.
 
-    Used as a context manager: an exception inside the block removes the temporary store
-    and leaves whatever was at `path` untouched.
+    Used as a context manager: an exception inside the block (or in `close`, `annotate` included)
+    removes the temporary store and leaves whatever was at `path` untouched.
     """
 
     def __init__(
-        self, path: str | os.PathLike, meta: StoreMeta, obs_dim: int, act_dim: int, chunk_rows: int = DEFAULT_CHUNK_ROWS
+        self,
+        path: str | os.PathLike,
+        meta: StoreMeta,
+        obs_dim: int,
+        act_dim: int,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        annotate: Annotate | None = None,
     ) -> None:
         if chunk_rows <= 0:
             raise StoreError(f"chunk_rows must be positive, got {chunk_rows}")
         self.path, self.meta, self.chunk_rows = Path(path), meta, chunk_rows
+        self._annotate = annotate
+        self._digests = ArrayDigests()
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.with_labels = meta.kind == "synthetic"
         self._ctx = atomic_dir(self.path)
@@ -207,20 +225,35 @@ class StoreWriter:
             raise StoreError(f"{where}: labels are required for synthetic stores and only there")
         for name, arr in self._arrays.items():
             arr.append(arrays[name])
+        self._digests.update(arrays)
         if batch.labels is not None:
             self._counts["online"] += int(batch.labels.sum())
             self._counts["offline"] += len(batch) - int(batch.labels.sum())
         self.rows += len(batch)
 
     def close(self) -> Path:
-        meta = dataclasses.asdict(self.meta)
-        counts: dict[str, int] = {"rows": self.rows}
-        if self.with_labels:
-            counts.update(self._counts)
-        attrs = {"schema_version": SCHEMA_VERSION, **meta, "counts": counts, "chunk_rows": self.chunk_rows}
-        attrs[MANIFEST] = {name: _chunk_digests(self._tmp / name) for name in self._arrays}
-        # Round-trip through JSON so non-JSON params fail here, not in a reader.
-        self._group.attrs.update(json.loads(json.dumps(attrs, sort_keys=True, allow_nan=False)))
+        """Write the attributes and the card, then rename the store into place (on failure: remove it)."""
+        try:
+            meta = dataclasses.asdict(self.meta)
+            extra = dict(meta.pop("card"))
+            counts: dict[str, int] = {"rows": self.rows}
+            if self.with_labels:
+                counts.update(self._counts)
+            attrs = {"schema_version": SCHEMA_VERSION, **meta, "counts": counts, "chunk_rows": self.chunk_rows}
+            attrs[MANIFEST] = {name: _chunk_digests(self._tmp / name) for name in self._arrays}
+            attrs = _json(attrs)  # non-JSON params fail here, not in a reader
+            if self._annotate is not None:
+                self._group.attrs.update(attrs)  # a readable store for `annotate` (no card yet)
+                extra.update(self._annotate(self._tmp))
+            records = {
+                name: {"dtype": str(arr.dtype), "shape": list(arr.shape), "sha256": self._digests.hexdigest(name)}
+                for name, arr in self._arrays.items()
+            }
+            attrs[CARD_KEY] = build_card(attrs, records, extra)
+            self._group.attrs.put(_json(attrs))
+        except BaseException as e:
+            self.abort(e)
+            raise
         self._closed = True
         self._ctx.__exit__(None, None, None)
         return self.path
@@ -246,12 +279,24 @@ class StoreWriter:
 
 
 def write_store(
-    path: str | os.PathLike, data: Transitions, meta: StoreMeta, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    path: str | os.PathLike,
+    data: Transitions,
+    meta: StoreMeta,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    annotate: Annotate | None = None,
 ) -> Path:
     """Write `data` as a complete store at `path` (atomically)."""
-    with StoreWriter(path, meta, data.obs_dim, data.act_dim, chunk_rows) as w:
+    with StoreWriter(path, meta, data.obs_dim, data.act_dim, chunk_rows, annotate) as w:
         w.append(data)
     return Path(path)
+
+
+def _json(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """Sorted keys, JSON types only, no NaN: the same attributes always serialise to the same bytes."""
+    try:
+        return json.loads(json.dumps(obj, sort_keys=True, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"store attributes are not plain JSON ({e})") from e
 
 
 def _chunk_digests(array_dir: Path) -> dict[str, str]:

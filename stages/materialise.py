@@ -4,9 +4,11 @@ Reads params `sampling` (+ seed) and `quality`, never `diffusion`: the variant c
 fitted checkpoint, so a sampling change reruns this stage and what follows, and no fit.
 With `sampling.buffer: fifo` the store also keeps the newest rows of round k-1's store.
 
-Quality (paper 3.1, Table 2, DESIGN.md "Quality of generated data"): Jensen-Shannon divergence
-between the real online data and (a) the offline data, (b) the generated data, for states, actions
-and transitions; simulator fidelity (cfdg.fidelity) and the memorisation ratio (cfdg.quality).
+Quality (paper 3.1, Table 2): Jensen-Shannon divergence between the real online data and (a) the
+offline data, (b) the generated data, for states, actions and transitions; simulator fidelity
+(cfdg.fidelity) and the memorisation ratio (cfdg.quality). It is measured on the complete temporary
+store before the rename and recorded in the store's dataset card (cfdg.card), so the store carries
+its own quality figures wherever it is shared; quality.json beside it holds the same numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from cfdg import store
-from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion
+from cfdg.diffusion.checkpoint import checkpoint_summary, load_diffusion
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.sample import sample_to_store
 from cfdg.envs import GYM_IDS, env_name
@@ -50,7 +52,8 @@ def materialise_stage(
 
     `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
     """
-    variant = checkpoint_variant(model)
+    generator = checkpoint_summary(model)
+    variant = str(generator["variant"])
     for real in (offline, online):  # a damaged input fails here, before any output is written
         store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
@@ -66,9 +69,18 @@ def materialise_stage(
         seed=seed,
         params={"variant": variant, "sampling": config_dict(cfg)},
         inputs=input_digests(inputs),
+        card={"generator": generator},
     )
+    quality: dict[str, Any] = {}
+
+    def measure(tmp_store: Path) -> dict[str, Any]:
+        """Quality of the complete temporary store: the card carries it, inside the store's digest."""
+        quality.update(measure_quality(offline, online, tmp_store, quality_cfg, k))
+        return {"quality": quality}
+
     if variant == "none":
-        store.write_store(out_store, empty_transitions(*store_dims(online), labels=True), meta)
+        empty = empty_transitions(*store_dims(online), labels=True)
+        store.write_store(out_store, empty, meta, annotate=measure)
     else:
         sample_to_store(
             load_diffusion(model),
@@ -78,10 +90,11 @@ def materialise_stage(
             sampling=cfg,
             prev=prev_synthetic if carried else None,
             progress=progress,
+            annotate=measure,
         )
     recorded = {"seed": seed, "variant": variant, "sampling": config_dict(cfg), "quality": config_dict(quality_cfg)}
     write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, recorded))
-    return measure_quality(offline, online, out_store, quality_cfg, k)
+    return quality
 
 
 def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.QualityParams, k: int) -> dict[str, Any]:

@@ -144,9 +144,10 @@ def test_iter_store_streams_all_rows(tmp_path, transitions, meta):
 
 def test_cli_info_and_validate(tmp_path, transitions, meta, capsys):
     path = write_store(tmp_path / "s.zarr", transitions, meta)
-    assert main(["store", "info", str(path)]) == 0
+    assert main(["store", "info", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["arrays"]["observations"]["shape"] == [1000, 5]
+    assert out["card"]["rows"] == 1000 and out["problems"] == [] and out["data_checked"] is False
     assert main(["store", "validate", str(path)]) == 0
     assert "valid offline store, 1000 rows" in capsys.readouterr().out
 

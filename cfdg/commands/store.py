@@ -1,21 +1,37 @@
-"""`cfdg store info|validate|export`."""
+"""`cfdg store info|card|verify|validate|export`."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from cfdg import store
 from cfdg.commands.outputs import add_force, check_out
+from cfdg.errors import StoreError
+from cfdg.io import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("store", help="inspect, validate and export transition stores")
     ssub = p.add_subparsers(dest="store_command", required=True)
 
-    q = ssub.add_parser("info", help="print a store's attributes and array shapes as JSON")
+    q = ssub.add_parser(
+        "info", help="print a store's dataset card and what its metadata shows (exit 2 when they disagree)"
+    )
     q.add_argument("path")
+    q.add_argument("--json", action="store_true", help="the full record as JSON: card, attributes, arrays, problems")
     q.set_defaults(func=_info)
+
+    q = ssub.add_parser("card", help="write a store's dataset card as Markdown (Hugging Face / Minari form)")
+    q.add_argument("path")
+    q.add_argument("-o", "--out", help="write to this file (atomically) instead of stdout")
+    add_force(q)
+    q.set_defaults(func=_card)
+
+    q = ssub.add_parser("verify", help="check the data against the store's card (rows, labels, array sha256)")
+    q.add_argument("path")
+    q.set_defaults(func=_verify)
 
     q = ssub.add_parser("validate", help="exit 0 when valid; exit 2 with one line naming the problem")
     q.add_argument("path")
@@ -31,7 +47,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    print(json.dumps(store.info(args.path), indent=2, sort_keys=True))
+    """Print all it can see; a disagreement makes it exit 2 with the first one on stderr."""
+    from cfdg.card_text import render_info
+    from cfdg.survey import survey
+
+    found = survey(args.path)
+    print(json.dumps(found.record(), indent=2, sort_keys=True) if args.json else render_info(found))
+    if found.problems:
+        more = f" (and {len(found.problems) - 1} more, listed above)" if len(found.problems) > 1 else ""
+        raise StoreError(f"{args.path}: {found.problems[0]}{more}")
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from cfdg.card_text import render_markdown
+    from cfdg.survey import survey
+
+    if args.out is not None:
+        check_out(args.out, args.force, "file")
+    found = survey(args.path)
+    if found.problems:
+        raise StoreError(f"{args.path}: {found.problems[0]}; `cfdg store info` lists what disagrees")
+    if found.card is None:
+        raise StoreError(f"{args.path}: has no dataset card (written before cards); `cfdg store info` shows it")
+    text = render_markdown(found.card, Path(args.path).name)
+    if args.out is None:
+        print(text, end="")
+    else:
+        print(atomic_write_text(args.out, text))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from cfdg.survey import verify_card
+
+    card = verify_card(args.path)
+    labels = card.get("labels")
+    split = f" ({labels['offline']} offline, {labels['online']} online)" if labels else ""
+    print(f"{args.path}: matches its card: {card['rows']} rows{split}, {len(card['arrays'])} array sha256s")
     return 0
 
 

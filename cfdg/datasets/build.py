@@ -226,12 +226,22 @@ def _build(cfg: DatasetConfig, out_store: str | Path, out_card: str | Path | Non
     for rows in parts.values():  # the last episode was cut: its rows end without a terminal
         rows["timeouts"][-1] |= ~rows["terminals"][-1]
     data = Transitions.concat([Transitions.from_arrays(p, f"{env}-{cfg.kind} {name}") for name, p in parts.items()])
+    all_returns = [r for part in returns.values() for r in part]
+    about = {  # for the store's dataset card: how the rows were collected and what they score
+        "episodes": len(all_returns),
+        "returns": _summary(env, all_returns),
+        "behaviour": {"algorithm": "TD3" if cfg.kind != "random" else "uniform random", **training},
+    }
     meta = StoreMeta(
-        kind="offline", env_id=env, source=f"cfdg-built:{env}-{cfg.kind}", seed=cfg.seed, params=to_dict(cfg)
+        kind="offline",
+        env_id=env,
+        source=f"cfdg-built:{env}-{cfg.kind}",
+        seed=cfg.seed,
+        params=to_dict(cfg),
+        card={"dataset": about},
     )
     write_store(out_store, data, meta)
 
-    all_returns = [r for part in returns.values() for r in part]
     card: dict[str, Any] = {
         "env": env,
         "gym_id": gym_id(env),

@@ -61,6 +61,15 @@ def checkpoint_variant(path: str | os.PathLike) -> str:
     return variant
 
 
+def checkpoint_summary(path: str | os.PathLike) -> dict[str, object]:
+    """What a synthetic store's card says about its generator: variant, fit steps and the fit config."""
+    variant = checkpoint_variant(path)  # checks format and version
+    if variant == "none":
+        return {"variant": "none"}
+    ckpt = read_checkpoint(Path(path), "diffusion")
+    return {"variant": variant, "fit_steps": int(ckpt.get("step", 0)), "config": dict(ckpt["config"])}
+
+
 def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
     """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem."""
     path = Path(path)

@@ -27,7 +27,16 @@ from cfdg.diffusion.edm import dpmpp2m_sample, guided_denoise, heun_sample
 from cfdg.diffusion.model import DiffusionModel
 from cfdg.diffusion.normaliser import from_vectors
 from cfdg.errors import ConfigError, StoreError
-from cfdg.store import DEFAULT_CHUNK_ROWS, LABEL_ONLINE, StoreMeta, StoreWriter, Transitions, iter_store, read_attrs
+from cfdg.store import (
+    DEFAULT_CHUNK_ROWS,
+    LABEL_ONLINE,
+    Annotate,
+    StoreMeta,
+    StoreWriter,
+    Transitions,
+    iter_store,
+    read_attrs,
+)
 
 UNCONDITIONAL = ("synther", "joint")  # variants whose model only knows the null class
 
@@ -157,8 +166,11 @@ def sample_to_store(
     sampling: SamplingConfig,
     prev: str | os.PathLike | None = None,
     progress: bool = True,
+    annotate: Annotate | None = None,
 ) -> Path:
     """Write the round's synthetic store: the kept rows of `prev` (fifo), then n_rows new samples.
+
+    `annotate` measures the complete store before it is renamed into place (see StoreWriter).
 
     New samples carry the variant's label shares. With `fifo` the store is one artifact per
     round all the same: round k's store is complete on its own, round k-1's is only read.
@@ -169,7 +181,7 @@ def sample_to_store(
     n, batch = sampling.n_rows, sampling.batch
     with (
         torch_threads(sampling.threads),
-        StoreWriter(out_path, meta, model.obs_dim, model.act_dim, DEFAULT_CHUNK_ROWS) as writer,
+        StoreWriter(out_path, meta, model.obs_dim, model.act_dim, DEFAULT_CHUNK_ROWS, annotate) as writer,
     ):
         for block in kept_rows(prev, sampling):
             writer.append(block)

@@ -1,10 +1,11 @@
-"""Stage `fit@k`: fit the (class-conditional) diffusion model on offline ∪ online data.
+"""Stage `fit@k`: fit the generator variant's model (the paper's: class-conditional, offline ∪ online).
 
-The label is which buffer a row came from (paper 3.2). Variant `synther` sees online data
-only, `joint` sees both without labels; variant `none` fits nothing and writes a placeholder
-checkpoint so the DAG is the same. Reads params `diffusion` (+ seed) only: what sampling does
-with the model is materialise's business. `diffusion.warm_start` starts from round k-1's model
-(round 0 holds a no-model placeholder, so round 1 starts from scratch).
+The variant (cfdg/diffusion/variants/registry.py) says what it fits: `cfdg` labels each row with
+the buffer it came from (paper 3.2), `synther` sees online data only, `joint` sees both without
+labels; variant `none` fits nothing and writes a placeholder checkpoint so the DAG is the same.
+Reads params `diffusion` (+ seed) only: what sampling does with the model is materialise's
+business. `diffusion.warm_start` starts from round k-1's model (round 0 holds a no-model
+placeholder, so round 1 starts from scratch).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion, save_diffusion
+from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion
 from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.placeholder import save_no_model
 from cfdg.diffusion.train import fit_diffusion
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.store import read_store
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -42,7 +44,8 @@ def fit_stage(
     """
     out_model.parent.mkdir(parents=True, exist_ok=True)
     inputs = {"offline": offline, "online": online}
-    if cfg.variant == "none":
+    variant = get_variant(cfg.variant)
+    if not variant.fits_model:
         save_no_model(out_model)
         metrics: dict[str, Any] = {}
     else:
@@ -51,11 +54,15 @@ def fit_stage(
             init = load_diffusion(prev_model, device=cfg.device)
             inputs["previous_diffusion"] = prev_model
         online_data, _ = read_store(online)
-        offline_data = read_store(offline)[0] if cfg.variant in ("cfdg", "joint") else None
+        offline_data = read_store(offline)[0] if "offline" in variant.trains_on else None
         model, metrics = fit_diffusion(
             offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress, init=init
         )
-        save_diffusion(model, out_model)
+        model, extra = variant.fit_extras(
+            model, offline_data, online_data, derive_seed(seed, k, "fit-extras"), None, prev_model, progress
+        )
+        metrics = {**metrics, **extra}
+        variant.save(model, out_model)
     recorded = {"seed": seed, "diffusion": config_dict(cfg)}
     write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, recorded))
     return {"round": k, **dict(metrics)}

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from cfdg import store
-from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion
+from cfdg.diffusion.checkpoint import checkpoint_variant
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.sample import sample_to_store
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.envs import GYM_IDS, env_name
 from cfdg.errors import CfdgError
 from cfdg.fidelity import simulator_fidelity
@@ -51,10 +52,11 @@ def materialise_stage(
     `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
     """
     variant = checkpoint_variant(model)
+    generator = get_variant(variant)
     for real in (offline, online):  # a damaged input fails here, before any output is written
         store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
-    carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
+    carried = generator.fits_model and cfg.buffer == "fifo" and prev_synthetic is not None
     if carried:
         inputs["previous_synthetic"] = prev_synthetic
     attrs = store.read_attrs(online)
@@ -67,11 +69,11 @@ def materialise_stage(
         params={"variant": variant, "sampling": config_dict(cfg)},
         inputs=input_digests(inputs),
     )
-    if variant == "none":
+    if not generator.fits_model:
         store.write_store(out_store, empty_transitions(*store_dims(online), labels=True), meta)
     else:
         sample_to_store(
-            load_diffusion(model),
+            generator.load(model),
             out_store,
             meta,
             seed=derive_seed(seed, k, "materialise"),

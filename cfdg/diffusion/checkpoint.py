@@ -22,6 +22,7 @@ from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
 from cfdg.diffusion.normaliser import Normaliser
 from cfdg.diffusion.placeholder import FORMAT, VERSION
+from cfdg.diffusion.variants.registry import VARIANTS
 from cfdg.errors import CfdgError, CheckpointError
 from cfdg.io import atomic_torch_save, read_checkpoint
 
@@ -58,11 +59,19 @@ def checkpoint_variant(path: str | os.PathLike) -> str:
     variant = config.get("variant") if isinstance(config, dict) else None
     if not isinstance(variant, str):
         raise CheckpointError(f"{path}: inconsistent diffusion checkpoint (no config.variant)")
+    if variant not in VARIANTS:
+        raise CheckpointError(f"{path}: variant {variant!r} is not one this cfdg knows ({list(VARIANTS)})")
     return variant
 
 
-def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
-    """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem."""
+def load_diffusion(
+    path: str | os.PathLike, device: str | torch.device | None = None, variant: str | None = None
+) -> DiffusionModel:
+    """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem.
+
+    With `variant`, a checkpoint fitted for another variant is refused (the variant's own loader
+    passes its name); without, the diffusion model of any variant's checkpoint is read (warm start).
+    """
     path = Path(path)
     ckpt = read_checkpoint(path, "diffusion")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -73,6 +82,9 @@ def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = 
         )
     if ckpt.get("variant") == "none":
         raise CheckpointError(f"{path}: variant 'none' fitted no model; there is nothing to load")
+    stored = ckpt["config"].get("variant") if isinstance(ckpt.get("config"), dict) else None
+    if variant is not None and stored != variant:
+        raise CheckpointError(f"{path}: holds a {stored!r} model, not the {variant!r} model asked for; refit it")
     try:
         cfg_map = dict(ckpt["config"])
         if device is not None:

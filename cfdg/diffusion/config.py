@@ -15,10 +15,6 @@ from typing import Literal
 
 from cfdg.config import check
 
-Variant = Literal["none", "synther", "joint", "cfdg"]
-# none: no augmentation; synther: unconditional model on online data only; joint: one
-# unconditional model on offline ∪ online (the paper's Table 3 "w/o guidance"); cfdg: conditional.
-VARIANTS = ("none", "synther", "joint", "cfdg")
 SOLVERS = ("heun", "dpmpp2m")
 # The keys that fix the network's shape: a warm start needs them equal to the previous round's.
 ARCHITECTURE_KEYS = ("width", "depth", "activation", "layer_norm", "fourier_features", "emb_dim", "conditioning")
@@ -29,7 +25,8 @@ BUFFERS = ("replace", "fifo")
 class DiffusionConfig:
     """What fitting decides: the variant, the architecture, EDM's training noise, the optimiser."""
 
-    variant: Variant = "cfdg"
+    # A name in cfdg/diffusion/variants/registry.py: none, synther, joint, cfdg (see there).
+    variant: str = "cfdg"
 
     # Denoiser: residual MLP, SynthER block x + Linear(act(LN(x))).
     width: int = 1024
@@ -82,6 +79,8 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         w = "diffusion"
+        from cfdg.diffusion.variants.registry import VARIANTS  # here: the variants' modules import this one
+
         check(self.variant in VARIANTS, f"{w}.variant", f"must be one of {list(VARIANTS)}, got {self.variant!r}")
         check(self.width >= 1, f"{w}.width", f"must be >= 1, got {self.width}")
         check(self.depth >= 1, f"{w}.depth", f"must be >= 1, got {self.depth}")

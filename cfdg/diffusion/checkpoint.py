@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cfdg.config import from_mapping, to_dict
+from cfdg.config import from_mapping
 from cfdg.device import select_device
-from cfdg.diffusion.config import DiffusionConfig
+from cfdg.diffusion.config import DiffusionConfig, fit_record
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
 from cfdg.diffusion.normaliser import Normaliser
 from cfdg.diffusion.placeholder import FORMAT, VERSION
@@ -27,11 +27,12 @@ from cfdg.errors import CfdgError, CheckpointError
 from cfdg.io import atomic_torch_save, read_checkpoint
 
 
-def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
+def save_diffusion(model: DiffusionModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the checkpoint atomically; `extra` holds a variant's own parts (EDIS: its energies)."""
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
-        "config": to_dict(model.cfg),
+        "config": fit_record(model.cfg),
         "obs_dim": model.obs_dim,
         "act_dim": model.act_dim,
         "step": model.step,
@@ -39,6 +40,7 @@ def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
         "ema_weights": {k: v.detach().cpu() for k, v in model.ema.state_dict().items()},
         "normaliser": {"mean": torch.from_numpy(model.normaliser.mean), "std": torch.from_numpy(model.normaliser.std)},
         "optimizer": _to_cpu(model.optimizer_state),
+        **(extra or {}),
     }
     return atomic_torch_save(path, ckpt)
 

@@ -13,12 +13,59 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from cfdg.config import check
+from cfdg.config import check, to_dict
 
 SOLVERS = ("heun", "dpmpp2m")
 # The keys that fix the network's shape: a warm start needs them equal to the previous round's.
 ARCHITECTURE_KEYS = ("width", "depth", "activation", "layer_norm", "fourier_features", "emb_dim", "conditioning")
 BUFFERS = ("replace", "fifo")
+ENERGIES = ("state", "policy", "transition")
+# Settings sections that one variant reads: a checkpoint of any other variant leaves them out
+# (`fit_record`), so adding a variant's settings never changes the other variants' checkpoints.
+VARIANT_SECTIONS = {"edis": "edis"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EdisConfig:
+    """EDIS's energy functions (Liu et al. 2024), fitted after the diffusion model (variant `edis`).
+
+    Defaults are EDIS's code (liuxhym/EDIS; README "EDIS" lists each with its file).
+    """
+
+    energies: tuple[str, ...] = ENERGIES  # README: --state_guide --policy_guide --transition_guide
+    hidden: int = 256  # common/network.py MLP: 256 units per hidden layer
+    layers: int = 3  # iql_edis.py energy_hidden_layers
+    lr: float = 1e-3  # iql_edis.py ebm_lr (Adam)
+    steps: int = 20  # iql_edis.py energy_train_epoch: updates per diffusion refit
+    batch: int = 256  # trainer.py ebm_batch_size: online rows (positives) per update
+    negatives: int = 10  # iql_edis.py num_negative_sample: model samples per positive
+    # Sampler steps of the negatives (stochastic EDM Heun); EDIS: 128 (SimpleDiffusionGenerator).
+    negative_steps: int = 128
+    # Energies continue from round k-1's (EDIS keeps its energy models across diffusion refits).
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        w = "diffusion.edis"
+        bad = [e for e in self.energies if e not in ENERGIES]
+        check(not bad and len(self.energies) > 0, f"{w}.energies", f"must be a non-empty subset of {list(ENERGIES)}")
+        for key in ("hidden", "layers", "steps", "batch", "negatives", "negative_steps"):
+            check(getattr(self, key) >= 1, f"{w}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        check(self.lr > 0, f"{w}.lr", f"must be > 0, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EdisGuidance:
+    """How strongly each EDIS energy steers the sampler (`sampling.edis`); iql_edis.py's defaults."""
+
+    state: float = 2.0  # ope_clip
+    policy: float = 0.1  # pe_clip
+    transition: float = 0.1  # te_clip
+    # elucidated_diffusion.py energy_guidance: each row's guidance norm clipped to 10·sqrt(dims).
+    norm_clip: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ENERGIES:
+            check(getattr(self, key) >= 0, f"sampling.edis.{key}", f"must be >= 0, got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +123,9 @@ class DiffusionConfig:
     compile: bool = False  # torch.compile the denoiser (CUDA only)
     device: str = "auto"
     threads: int = 0  # torch intra-op threads while fitting; 0 leaves torch's setting
+
+    # Variant `edis` only: its energy functions (checkpoints of other variants leave this out).
+    edis: EdisConfig = dataclasses.field(default_factory=EdisConfig)
 
     def __post_init__(self) -> None:
         w = "diffusion"
@@ -142,6 +192,8 @@ class SamplingConfig:
     # `fifo` = the newest `capacity` rows of (round k-1's store ∪ round k's samples).
     buffer: Literal["replace", "fifo"] = "replace"
     capacity: int = 1_000_000  # fifo only: most rows the synthetic store keeps
+    # Variant `edis` only: the energy guidance's scales (ignored by the other variants).
+    edis: EdisGuidance = dataclasses.field(default_factory=EdisGuidance)
 
     def __post_init__(self) -> None:
         w = "sampling"
@@ -163,3 +215,8 @@ class SamplingConfig:
                 f"{w}.capacity",
                 f"must be >= sampling.n_rows ({self.n_rows}) with buffer 'fifo', got {self.capacity}",
             )
+
+
+def fit_record(cfg: DiffusionConfig) -> dict:
+    """The config as a checkpoint stores it: a variant's own section only in that variant's checkpoint."""
+    return {k: v for k, v in to_dict(cfg).items() if VARIANT_SECTIONS.get(k, cfg.variant) == cfg.variant}

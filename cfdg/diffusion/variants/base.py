@@ -30,7 +30,7 @@ from cfdg.diffusion.edm import guided_denoise
 from cfdg.store import LABEL_OFFLINE, LABEL_ONLINE
 
 if TYPE_CHECKING:
-    from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
+    from cfdg.diffusion.config import SamplingConfig
     from cfdg.diffusion.model import DiffusionModel
     from cfdg.store import Transitions
 

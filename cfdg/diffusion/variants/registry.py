@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from cfdg.diffusion.variants.base import GeneratorVariant
 from cfdg.diffusion.variants.cfdg import CFDG
+from cfdg.diffusion.variants.edis import EDIS
 from cfdg.diffusion.variants.joint import Joint
 from cfdg.diffusion.variants.none import NoAugmentation
 from cfdg.diffusion.variants.synther import SynthER
@@ -17,6 +18,7 @@ VARIANTS: dict[str, type[GeneratorVariant]] = {
     "none": NoAugmentation,
     "synther": SynthER,
     "joint": Joint,
+    "edis": EDIS,
     "cfdg": CFDG,
 }
 

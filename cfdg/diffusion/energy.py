@@ -79,7 +79,7 @@ def contrastive_loss(
     """
     b, k, d = negatives.shape
     clean = torch.cat([positives[:, None], negatives], dim=1)  # [B, K+1, d], positive first
-    noise = torch.randn(clean.shape, generator=gen, device=clean.device)
+    noise = torch.randn(clean.shape, generator=gen).to(clean.device)  # CPU draws: same on every device
     noisy = clean + noise * sigma[:, None, :]
     levels = sigma.repeat_interleave(k + 1, dim=0)
     logits = -energy(noisy.reshape(-1, d), levels).reshape(b, k + 1)

@@ -147,6 +147,22 @@ def test_energies_continue_from_the_previous_round(fitted, tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_energy_fit_is_deterministic_for_a_seed_and_can_cycle_a_small_pool(fitted):
+    model, _, _ = fitted
+    online = mixture(200, ON_CENTRE, seed=2, terminal_rate=0.0)
+    small = dataclasses.replace(model.cfg.edis, steps=6, batch=16, negatives=2, negative_steps=2, hidden=16, layers=1)
+    a, _ = fit_energies(model, online, small, seed=4, policy=toward_online)
+    torch.manual_seed(123)  # torch's global RNG plays no part
+    b, _ = fit_energies(model, online, small, seed=4, policy=toward_online)
+    c, metrics = fit_energies(model, online, dataclasses.replace(small, pool=32), seed=5, policy=toward_online)
+    for (k, va), vb in zip(a.energies.state_dict().items(), b.energies.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not torch.equal(a.energies.nets["state"].net[0].weight, c.energies.nets["state"].net[0].weight)
+    assert metrics["energy_steps"] == 6
+    with pytest.raises(ConfigError, match=r"diffusion.edis.pool: must be 0 or >= batch, got 8"):
+        dataclasses.replace(small, pool=8)
+
+
 def test_policy_energy_needs_a_policy_and_settings_are_checked(fitted):
     model, _, _ = fitted
     online = mixture(50, ON_CENTRE, seed=2, terminal_rate=0.0)

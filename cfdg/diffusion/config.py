@@ -39,6 +39,10 @@ class EdisConfig:
     steps: int = 20  # iql_edis.py energy_train_epoch: updates per diffusion refit
     batch: int = 256  # trainer.py ebm_batch_size: online rows (positives) per update
     negatives: int = 10  # iql_edis.py num_negative_sample: model samples per positive
+    # Positives (each with its negatives) drawn per energy; 0 = steps · batch, fresh rows for every
+    # update as EDIS. Smaller: updates cycle through the pool (fresh noise and σ each time), which
+    # buys more updates for the same sampling cost (the negatives are most of a fit's time on a CPU).
+    pool: int = 0
     # Sampler steps of the negatives (stochastic EDM Heun); EDIS: 128 (SimpleDiffusionGenerator).
     negative_steps: int = 128
     # Energies continue from round k-1's (EDIS keeps its energy models across diffusion refits).
@@ -51,6 +55,7 @@ class EdisConfig:
         for key in ("hidden", "layers", "steps", "batch", "negatives", "negative_steps"):
             check(getattr(self, key) >= 1, f"{w}.{key}", f"must be >= 1, got {getattr(self, key)}")
         check(self.lr > 0, f"{w}.lr", f"must be > 0, got {self.lr}")
+        check(self.pool == 0 or self.pool >= self.batch, f"{w}.pool", f"must be 0 or >= batch, got {self.pool}")
 
 
 @dataclasses.dataclass(frozen=True)

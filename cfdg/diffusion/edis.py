@@ -11,12 +11,13 @@ with its replay buffer), each energy learns to tell online rows from the model's
 
 "For the same state" is inpainting by replacement: the sampler's denoiser returns the known
 columns as they are, so they end exactly on the positive's values and the free columns are
-generated around them. One pool of `steps · batch` positives with `negatives` model rows each
-is drawn per energy; every update takes the next `batch` positives (fresh rows each update, as
-EDIS samples afresh each update), each group noised to one σ drawn along the sampler's Karras
-schedule. EDIS draws its negatives as partly denoised sampler states at 8 of the 128 steps (the
-state energy at the first only); forward-noising finished samples gives the same marginals at
-every level with one sampler run, which is what makes this affordable on a CPU.
+generated around them. One pool of `steps · batch` positives (or `pool`) with `negatives` model
+rows each is drawn per energy; every update takes the next `batch` positives (fresh rows each
+update, as EDIS samples afresh each update; a smaller pool is cycled through), each group
+noised to one σ drawn along the sampler's Karras schedule. EDIS draws its negatives as partly
+denoised sampler states at 8 of the 128 steps (the state energy at the first only);
+forward-noising finished samples gives the same marginals at every level with one sampler run,
+which is what makes this affordable on a CPU.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def karras_levels(n: int, model: DiffusionModel, gen: torch.Generator) -> torch.
 def positives(
     model: DiffusionModel, online: Transitions, cfg: EdisConfig, policy: Any, rng: np.random.Generator
 ) -> dict[str, torch.Tensor]:
-    """Per energy, `steps · batch` normalised online rows (policy: with the policy's action)."""
-    rows = online.take(rng.integers(len(online), size=cfg.steps * cfg.batch))
+    """Per energy, `pool` (or `steps · batch`) normalised online rows (policy: with the policy's action)."""
+    rows = online.take(rng.integers(len(online), size=cfg.pool or cfg.steps * cfg.batch))
     v = to_vectors(rows)
     out = {}
     for name in cfg.energies:
@@ -137,7 +138,9 @@ def fit_energies(
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     obs, act = model.obs_dim, model.act_dim
-    energies = EnergySet(tuple(cfg.energies), obs, act, cfg.hidden, cfg.layers)
+    with torch.random.fork_rng(devices=[]):  # initialise from `seed`, not from torch's global RNG
+        torch.manual_seed(seed)
+        energies = EnergySet(tuple(cfg.energies), obs, act, cfg.hidden, cfg.layers)
     if init is not None:
         energies.load_state_dict(init.state_dict())
     energies = energies.to(model.device)
@@ -150,10 +153,11 @@ def fit_energies(
         neg = neg.reshape(len(pos[name]), cfg.negatives, -1)
         net = energies.nets[name]
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+        n_pos = len(pos[name])
         for step in range(cfg.steps):
-            sl = slice(step * cfg.batch, (step + 1) * cfg.batch)
+            rows = (torch.arange(cfg.batch) + step * cfg.batch) % n_pos  # the next batch, cycling through the pool
             sigma = karras_levels(cfg.batch, model, gen)
-            loss, acc = contrastive_loss(net, pos[name][sl].to(model.device), neg[sl].to(model.device), sigma, gen)
+            loss, acc = contrastive_loss(net, pos[name][rows].to(model.device), neg[rows].to(model.device), sigma, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -2,11 +2,14 @@
 
 A variant is a class with a few class attributes and, where it needs more, overridden methods:
 
+- `fits_model`: false for `none` (no model, an empty store);
 - `trains_on`: the buffers the model is fitted on (rows are offline first, then online);
-- `keeps_labels`: rows carry their buffer's class (offline 0 / online 1), else the null class;
+- `keeps_labels`: rows carry their buffer's class (offline 0 / online 1), else the null class; it
+  also decides which labels a store's rows carry (`store_online_share`: the classes at
+  `online_label_share`, or all online);
 - `drops_labels`: label dropout (`p_uncond`) also trains the null class: classifier-free guidance;
-- `guided`: the sampler mixes conditional and null class with `sampling.guidance_w`;
-- `labels_store`: which labels a store's rows carry (the classes at `online_label_share`, or all online);
+- `guided`: the sampler mixes conditional and null class with `sampling.guidance_w` (`denoiser`);
+- `needs_policy`: `fit@k` hands it the round's agent policy;
 - `display_name`: what reports call it.
 
 The denoiser itself is fitted by `cfdg.diffusion.train.fit_diffusion`, which reads these

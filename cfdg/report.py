@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cfdg.diffusion.variants.registry import display_name, order
 from cfdg.io import atomic_write_bytes
 
 DIVERGENCES = ("state", "action", "transition")
-VARIANT_NAMES = {"none": "Base", "synther": "SynthER", "joint": "CFDG w/o guidance", "cfdg": "CFDG"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,9 +193,8 @@ def table1_markdown(summaries: Iterable[Mapping[str, Any]]) -> str:
     datasets = sorted({k[0] for k in stats})
     algos = [a for a in ("iql", "pex", "apl") if any(k[1] == a for k in stats)]
     algos += sorted({k[1] for k in stats} - set(algos))
-    variants = [v for v in ("none", "synther", "joint", "cfdg") if any(k[2] == v for k in stats)]
-    variants += sorted({k[2] for k in stats} - set(variants))
-    header = ["Dataset"] + [f"{a.upper()} {VARIANT_NAMES.get(v, v)}" for a in algos for v in variants]
+    variants = sorted({k[2] for k in stats}, key=order)
+    header = ["Dataset"] + [f"{a.upper()} {display_name(v)}" for a in algos for v in variants]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     totals: dict[tuple[str, str], float] = defaultdict(float)
     complete: dict[tuple[str, str], bool] = defaultdict(lambda: True)

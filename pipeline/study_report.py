@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import report as cfdg_report
+from cfdg.diffusion.variants.registry import display_name, order
 from cfdg.io import atomic_write_json, atomic_write_text
 from pipeline.study_results import committed, report_record, results_dir
 
-ORDER = {"none": 0, "synther": 1, "joint": 2, "cfdg": 3}
 DIVERGENCES = ("state", "action", "transition")
 
 
@@ -48,11 +48,11 @@ def collect(plan: Any) -> list[dict[str, Any]]:
 
 
 def _vname(v: str) -> str:
-    return cfdg_report.VARIANT_NAMES.get(v, v)
+    return display_name(v)
 
 
 def _variants(records: Iterable[Mapping[str, Any]]) -> list[str]:
-    return sorted({r["variant"] for r in records}, key=lambda v: (ORDER.get(v, 10), v))
+    return sorted({r["variant"] for r in records}, key=order)
 
 
 def table1(records: Sequence[Mapping[str, Any]]) -> str:
@@ -76,7 +76,7 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in main:
         groups[(r["dataset"], r["algo"], r["variant"])].append(r)
-    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER.get(kv[0][2], 10))):
+    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order(kv[0][2]))):
         pre = [r["pretrain_score"] for r in rs]
         fin = [r["final_score"] for r in rs]
         change = [f - p for f, p in zip(fin, pre, strict=True)]
@@ -167,7 +167,7 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
         "|---|---|---|---:|---|---:|---:|",
     ]
     fidelity: list[str] = []
-    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], ORDER.get(kv[0][2], 10))):
+    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order(kv[0][2]))):
         rounds = sorted({k for r in rs for k in r["quality"]})
         for k in rounds:
             qs = [r["quality"][k] for r in rs if k in r["quality"]]
@@ -260,7 +260,7 @@ def compute_table(records: Sequence[Mapping[str, Any]]) -> str:
         "| Pretraining (s) | Cells |",
         "|---|---|---:|---:|---:|---:|",
     ]
-    for (a, v), xs in sorted(groups.items(), key=lambda kv: (kv[0][0], ORDER.get(kv[0][1], 10), kv[0][1])):
+    for (a, v), xs in sorted(groups.items(), key=lambda kv: (kv[0][0], order(kv[0][1]))):
         lines.append(
             f"| {a.upper()} | {_vname(v)} | {_fmt([x[0] for x in xs])} | "
             f"{max(x[1] for x in xs):.0f} | {_fmt([x[2] for x in xs])} | {len(xs)} |"

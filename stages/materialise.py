@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from cfdg import store
-from cfdg.diffusion.checkpoint import checkpoint_summary, load_diffusion
+from cfdg.diffusion.checkpoint import checkpoint_summary
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.sample import sample_to_store
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.envs import GYM_IDS, env_name
 from cfdg.errors import CfdgError
 from cfdg.fidelity import simulator_fidelity
@@ -54,10 +55,11 @@ def materialise_stage(
     """
     generator = checkpoint_summary(model)
     variant = str(generator["variant"])
+    spec = get_variant(variant)
     for real in (offline, online):  # a damaged input fails here, before any output is written
         store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
-    carried = variant != "none" and cfg.buffer == "fifo" and prev_synthetic is not None
+    carried = spec.fits_model and cfg.buffer == "fifo" and prev_synthetic is not None
     if carried:
         inputs["previous_synthetic"] = prev_synthetic
     attrs = store.read_attrs(online)
@@ -78,12 +80,12 @@ def materialise_stage(
         quality.update(measure_quality(offline, online, tmp_store, quality_cfg, k))
         return {"quality": quality}
 
-    if variant == "none":
+    if not spec.fits_model:
         empty = empty_transitions(*store_dims(online), labels=True)
         store.write_store(out_store, empty, meta, annotate=measure)
     else:
         sample_to_store(
-            load_diffusion(model),
+            spec.load(model),
             out_store,
             meta,
             seed=derive_seed(seed, k, "materialise"),

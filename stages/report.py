@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cfdg import report, store
+from cfdg.diffusion.variants.registry import display_name
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
 from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
@@ -128,7 +129,7 @@ def make_report(
         int(pre["seed"]),
     )
     dataset = str(attrs["source"]).removeprefix("cfdg-built:")
-    label = f"{algo.upper()}-{report.VARIANT_NAMES.get(variant, variant)}"
+    label = f"{algo.upper()}-{display_name(variant)}"
     title = cfg.title or f"{label} on {dataset} (seed {seed})"
 
     report.learning_curve_png({label: points}, out_dir / "learning_curve.png", title=title)

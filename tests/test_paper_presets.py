@@ -142,7 +142,8 @@ def test_paper_preset_does_not_inherit_params_yaml(tmp_path, algo):
         if cell in ("–", "") or not cell.startswith("`"):
             continue
         want = value(cell)
-        assert by_preset[key] == want, f"cfdg preset configs/paper/{algo}.yaml: {key} = {by_preset[key]!r}, table {want!r}"
+        got = by_preset[key]
+        assert got == want, f"cfdg preset configs/paper/{algo}.yaml: {key} = {got!r}, table {want!r}"
         if key != "rounds":  # a study sets rounds through its own `rounds:`; the preset's is the default
             assert by_study[key] == want, f"study cell with {algo} preset: {key} = {by_study[key]!r}, table {want!r}"
         checked += 1

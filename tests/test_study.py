@@ -59,7 +59,7 @@ def test_tiny_study_cells():
     [
         ("paper-table1", 12 * 3 * 2 * 5 + 4 * 2 * 2 * 5),
         ("paper-table3", 12 * 3 * 5),
-        ("paper-fig2", 12 * 3 * 5),
+        ("paper-fig2", 12 * 4 * 5),
         ("cpu", 2 * 3 * 3 + 2 * 3),
     ],
 )

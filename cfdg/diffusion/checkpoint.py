@@ -16,21 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cfdg.config import from_mapping, to_dict
+from cfdg.config import from_mapping
 from cfdg.device import select_device
-from cfdg.diffusion.config import DiffusionConfig
+from cfdg.diffusion.config import DiffusionConfig, fit_record
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
 from cfdg.diffusion.normaliser import Normaliser
 from cfdg.diffusion.placeholder import FORMAT, VERSION
+from cfdg.diffusion.variants.registry import VARIANTS
 from cfdg.errors import CfdgError, CheckpointError
 from cfdg.io import atomic_torch_save, read_checkpoint
 
 
-def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
+def save_diffusion(model: DiffusionModel, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the checkpoint atomically; `extra` holds a variant's own parts (EDIS: its energies)."""
     ckpt = {
         "format": FORMAT,
         "version": VERSION,
-        "config": to_dict(model.cfg),
+        "config": fit_record(model.cfg),
         "obs_dim": model.obs_dim,
         "act_dim": model.act_dim,
         "step": model.step,
@@ -38,6 +40,7 @@ def save_diffusion(model: DiffusionModel, path: str | os.PathLike) -> Path:
         "ema_weights": {k: v.detach().cpu() for k, v in model.ema.state_dict().items()},
         "normaliser": {"mean": torch.from_numpy(model.normaliser.mean), "std": torch.from_numpy(model.normaliser.std)},
         "optimizer": _to_cpu(model.optimizer_state),
+        **(extra or {}),
     }
     return atomic_torch_save(path, ckpt)
 
@@ -58,6 +61,8 @@ def checkpoint_variant(path: str | os.PathLike) -> str:
     variant = config.get("variant") if isinstance(config, dict) else None
     if not isinstance(variant, str):
         raise CheckpointError(f"{path}: inconsistent diffusion checkpoint (no config.variant)")
+    if variant not in VARIANTS:
+        raise CheckpointError(f"{path}: variant {variant!r} is not one this cfdg knows ({list(VARIANTS)})")
     return variant
 
 
@@ -70,8 +75,14 @@ def checkpoint_summary(path: str | os.PathLike) -> dict[str, object]:
     return {"variant": variant, "fit_steps": int(ckpt.get("step", 0)), "config": dict(ckpt["config"])}
 
 
-def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
-    """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem."""
+def load_diffusion(
+    path: str | os.PathLike, device: str | torch.device | None = None, variant: str | None = None
+) -> DiffusionModel:
+    """Read a checkpoint written by save_diffusion; CheckpointError names the file and the problem.
+
+    With `variant`, a checkpoint fitted for another variant is refused (the variant's own loader
+    passes its name); without, the diffusion model of any variant's checkpoint is read (warm start).
+    """
     path = Path(path)
     ckpt = read_checkpoint(path, "diffusion")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -82,6 +93,9 @@ def load_diffusion(path: str | os.PathLike, device: str | torch.device | None = 
         )
     if ckpt.get("variant") == "none":
         raise CheckpointError(f"{path}: variant 'none' fitted no model; there is nothing to load")
+    stored = ckpt["config"].get("variant") if isinstance(ckpt.get("config"), dict) else None
+    if variant is not None and stored != variant:
+        raise CheckpointError(f"{path}: holds a {stored!r} model, not the {variant!r} model asked for; refit it")
     try:
         cfg_map = dict(ckpt["config"])
         if device is not None:

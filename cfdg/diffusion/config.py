@@ -13,23 +13,72 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-from cfdg.config import check
+from cfdg.config import check, to_dict
 
-Variant = Literal["none", "synther", "joint", "cfdg"]
-# none: no augmentation; synther: unconditional model on online data only; joint: one
-# unconditional model on offline ∪ online (the paper's Table 3 "w/o guidance"); cfdg: conditional.
-VARIANTS = ("none", "synther", "joint", "cfdg")
 SOLVERS = ("heun", "dpmpp2m")
 # The keys that fix the network's shape: a warm start needs them equal to the previous round's.
 ARCHITECTURE_KEYS = ("width", "depth", "activation", "layer_norm", "fourier_features", "emb_dim", "conditioning")
 BUFFERS = ("replace", "fifo")
+ENERGIES = ("state", "policy", "transition")
+# Settings sections that one variant reads: a checkpoint of any other variant leaves them out
+# (`fit_record`), so adding a variant's settings never changes the other variants' checkpoints.
+VARIANT_SECTIONS = {"edis": "edis"}
+
+
+@dataclasses.dataclass(frozen=True)
+class EdisConfig:
+    """EDIS's energy functions (Liu et al. 2024), fitted after the diffusion model (variant `edis`).
+
+    Defaults are EDIS's code (liuxhym/EDIS; README "EDIS" lists each with its file).
+    """
+
+    energies: tuple[str, ...] = ENERGIES  # README: --state_guide --policy_guide --transition_guide
+    hidden: int = 256  # common/network.py MLP: 256 units per hidden layer
+    layers: int = 3  # iql_edis.py energy_hidden_layers
+    lr: float = 1e-3  # iql_edis.py ebm_lr (Adam)
+    steps: int = 20  # iql_edis.py energy_train_epoch: updates per diffusion refit
+    batch: int = 256  # trainer.py ebm_batch_size: online rows (positives) per update
+    negatives: int = 10  # iql_edis.py num_negative_sample: model samples per positive
+    # Positives (each with its negatives) drawn per energy; 0 = steps · batch, fresh rows for every
+    # update as EDIS. Smaller: updates cycle through the pool (fresh noise and σ each time), which
+    # buys more updates for the same sampling cost (the negatives are most of a fit's time on a CPU).
+    pool: int = 0
+    # Sampler steps of the negatives (stochastic EDM Heun); EDIS: 128 (SimpleDiffusionGenerator).
+    negative_steps: int = 128
+    # Energies continue from round k-1's (EDIS keeps its energy models across diffusion refits).
+    warm_start: bool = True
+
+    def __post_init__(self) -> None:
+        w = "diffusion.edis"
+        bad = [e for e in self.energies if e not in ENERGIES]
+        check(not bad and len(self.energies) > 0, f"{w}.energies", f"must be a non-empty subset of {list(ENERGIES)}")
+        for key in ("hidden", "layers", "steps", "batch", "negatives", "negative_steps"):
+            check(getattr(self, key) >= 1, f"{w}.{key}", f"must be >= 1, got {getattr(self, key)}")
+        check(self.lr > 0, f"{w}.lr", f"must be > 0, got {self.lr}")
+        check(self.pool == 0 or self.pool >= self.batch, f"{w}.pool", f"must be 0 or >= batch, got {self.pool}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EdisGuidance:
+    """How strongly each EDIS energy steers the sampler (`sampling.edis`); iql_edis.py's defaults."""
+
+    state: float = 2.0  # ope_clip
+    policy: float = 0.1  # pe_clip
+    transition: float = 0.1  # te_clip
+    # elucidated_diffusion.py energy_guidance: each row's guidance norm clipped to 10·sqrt(dims).
+    norm_clip: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ENERGIES:
+            check(getattr(self, key) >= 0, f"sampling.edis.{key}", f"must be >= 0, got {getattr(self, key)}")
 
 
 @dataclasses.dataclass(frozen=True)
 class DiffusionConfig:
     """What fitting decides: the variant, the architecture, EDM's training noise, the optimiser."""
 
-    variant: Variant = "cfdg"
+    # A name in cfdg/diffusion/variants/registry.py: none, synther, joint, cfdg (see there).
+    variant: str = "cfdg"
 
     # Denoiser: residual MLP, SynthER block x + Linear(act(LN(x))).
     width: int = 1024
@@ -83,8 +132,13 @@ class DiffusionConfig:
     device: str = "auto"
     threads: int = 0  # torch intra-op threads while fitting; 0 leaves torch's setting
 
+    # Variant `edis` only: its energy functions (checkpoints of other variants leave this out).
+    edis: EdisConfig = dataclasses.field(default_factory=EdisConfig)
+
     def __post_init__(self) -> None:
         w = "diffusion"
+        from cfdg.diffusion.variants.registry import VARIANTS  # here: the variants' modules import this one
+
         check(self.variant in VARIANTS, f"{w}.variant", f"must be one of {list(VARIANTS)}, got {self.variant!r}")
         check(self.width >= 1, f"{w}.width", f"must be >= 1, got {self.width}")
         check(self.depth >= 1, f"{w}.depth", f"must be >= 1, got {self.depth}")
@@ -147,6 +201,8 @@ class SamplingConfig:
     # `fifo` = the newest `capacity` rows of (round k-1's store ∪ round k's samples).
     buffer: Literal["replace", "fifo"] = "replace"
     capacity: int = 1_000_000  # fifo only: most rows the synthetic store keeps
+    # Variant `edis` only: the energy guidance's scales (ignored by the other variants).
+    edis: EdisGuidance = dataclasses.field(default_factory=EdisGuidance)
 
     def __post_init__(self) -> None:
         w = "sampling"
@@ -168,3 +224,8 @@ class SamplingConfig:
                 f"{w}.capacity",
                 f"must be >= sampling.n_rows ({self.n_rows}) with buffer 'fifo', got {self.capacity}",
             )
+
+
+def fit_record(cfg: DiffusionConfig) -> dict:
+    """The config as a checkpoint stores it: a variant's own section only in that variant's checkpoint."""
+    return {k: v for k, v in to_dict(cfg).items() if VARIANT_SECTIONS.get(k, cfg.variant) == cfg.variant}

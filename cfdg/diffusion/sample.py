@@ -1,9 +1,10 @@
 """Sampling transitions from a fitted model, in memory or streamed into a synthetic store.
 
 Every knob comes from a SamplingConfig (params `sampling:`), none from the model: a fitted model
-serves any sampler. Labels: `cfdg` samples carry the class they were generated for (offline 0 /
-online 1); the unconditional variants (`synther`, `joint`) are labelled online, which is how the
-agent's batch mixer uses them (as the synthetic share). In a store, labels follow a fixed
+serves any sampler. The variant (cfdg/diffusion/variants) says which labels the rows carry and
+how a batch is denoised: `cfdg` samples carry the class they were generated for (offline 0 /
+online 1) and are guided; the unconditional variants (`synther`, `joint`) are labelled online,
+which is how the agent's batch mixer uses them (as the synthetic share). In a store, labels follow a fixed
 interleaved pattern (row i is online when ⌊(i+1)f⌋ > ⌊i·f⌋, f = online_label_share), so every
 prefix has the right share and the order never depends on RNG. Each chunk draws its noise from
 its own seed derived from (seed, chunk index): the store is byte-identical for a seed, and no
@@ -22,10 +23,10 @@ from tqdm import tqdm
 
 from cfdg.device import torch_threads
 from cfdg.diffusion.config import SamplingConfig
-from cfdg.diffusion.denoiser import LABEL_NULL
-from cfdg.diffusion.edm import dpmpp2m_sample, guided_denoise, heun_sample
+from cfdg.diffusion.edm import dpmpp2m_sample, heun_sample
 from cfdg.diffusion.model import DiffusionModel
 from cfdg.diffusion.normaliser import from_vectors
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import ConfigError, StoreError
 from cfdg.store import (
     DEFAULT_CHUNK_ROWS,
@@ -37,8 +38,6 @@ from cfdg.store import (
     iter_store,
     read_attrs,
 )
-
-UNCONDITIONAL = ("synther", "joint")  # variants whose model only knows the null class
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -53,7 +52,7 @@ def label_pattern(start: int, n: int, online_share: float) -> np.ndarray:
 
 def online_share(model: DiffusionModel, sampling: SamplingConfig) -> float:
     """Share of a store's rows labelled online: all of them for the unconditional variants."""
-    return 1.0 if model.cfg.variant in UNCONDITIONAL else sampling.online_label_share
+    return get_variant(model.cfg.variant).store_online_share(sampling)
 
 
 def sample_vectors(
@@ -64,18 +63,8 @@ def sample_vectors(
     Guidance evaluates conditional and null class together: each network call sees 2n rows.
     """
     cfg = model.cfg
-    w = sampling.guidance_w
     device = model.device
-    if labels is None or cfg.variant in UNCONDITIONAL:
-        cond = torch.full((n,), LABEL_NULL, dtype=torch.long, device=device)
-        w = 0.0  # guidance needs a class; the null class is already the unconditional model
-    else:
-        cond = torch.from_numpy(labels.astype(np.int64)).to(device)
-    net = model.sampling_net(sampling.precision)
-    sd = cfg.sigma_data
-
-    def denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return guided_denoise(net, x, sigma, cond, w, sd)
+    denoiser = get_variant(cfg.variant).denoiser(model, labels, n, sampling)
 
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
@@ -105,7 +94,7 @@ def sample_vectors(
 def _check_label(model: DiffusionModel, label: int | None) -> None:
     if label not in (None, 0, 1):
         raise ConfigError(f"sample: label must be 0 (offline), 1 (online) or None (unconditional), got {label!r}")
-    if model.cfg.variant in UNCONDITIONAL and label == 0:
+    if not get_variant(model.cfg.variant).keeps_labels and label == 0:
         raise ConfigError(f"sample: a '{model.cfg.variant}' model is unconditional; label 0 (offline) is not modelled")
 
 
@@ -123,7 +112,7 @@ def sample(
     for unconditional samples of a `cfdg` model (they belong to neither class).
     """
     _check_label(model, label)
-    unconditional = model.cfg.variant in UNCONDITIONAL
+    unconditional = not get_variant(model.cfg.variant).keeps_labels
     parts = []
     with torch_threads(sampling.threads):
         for k, start in enumerate(tqdm(range(0, n, sampling.batch), desc="sample", disable=not progress)):

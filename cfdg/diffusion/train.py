@@ -1,11 +1,11 @@
-"""fit_diffusion: train the EDM denoiser on offline ∪ online transitions, label = buffer.
+"""fit_diffusion: train the EDM denoiser on the buffers the variant models, label = buffer.
 
-Variants share this code: `cfdg` trains on both buffers with labels 0/1 and label dropout
-(p_uncond) so one network is both the conditional and the unconditional model; `synther`
-trains on online data only with the null label (a purely unconditional model); `joint` trains
-on offline ∪ online with the null label for every row (one unconditional model, the paper's
-Table 3 "w/o guidance"); `none` has no model and is an error here. All randomness comes from
-one seeded generator: same data, config and seed give the same weights bit for bit on CPU.
+The variant (cfdg/diffusion/variants) says what the fit sees: `cfdg` trains on both buffers with
+labels 0/1 and label dropout (p_uncond) so one network is both the conditional and the
+unconditional model; `synther` trains on online data only with the null label; `joint` trains on
+offline ∪ online with the null label for every row (the paper's Table 3 "w/o guidance"); `none`
+has no model and is an error here. All randomness comes from one seeded generator: same data,
+config and seed give the same weights bit for bit on CPU.
 
 Batches are uniform over rows, or with `batch_online_share` q each batch row comes from the
 online buffer with probability q whatever the buffers' sizes (round 1 holds ~4x more offline
@@ -33,8 +33,9 @@ from cfdg.diffusion.denoiser import LABEL_NULL
 from cfdg.diffusion.edm import edm_loss
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
 from cfdg.diffusion.normaliser import Normaliser, to_vectors
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import ConfigError
-from cfdg.store import LABEL_OFFLINE, LABEL_ONLINE, Transitions
+from cfdg.store import Transitions
 
 N_CURVE_POINTS = 20
 
@@ -47,13 +48,15 @@ def training_data(
     Rows are offline first, then online (`counts` says how many of each): class-balanced
     batches rely on that order.
     """
-    if cfg.variant == "none":
-        raise ConfigError("diffusion.variant is 'none': no diffusion model is fitted for this variant")
+    variant = get_variant(cfg.variant)
+    if not variant.fits_model:
+        raise ConfigError(f"diffusion.variant is {cfg.variant!r}: no diffusion model is fitted for this variant")
     if len(online) == 0:
         raise ConfigError("fit_diffusion: the online buffer is empty; there is nothing to model")
-    if cfg.variant == "synther":
+    if "offline" not in variant.trains_on:
         v = to_vectors(online)
-        return v, np.full(len(v), LABEL_NULL, np.int64), {"offline": 0, "online": len(v)}
+        counts = {"offline": 0, "online": len(v)}
+        return v, variant.training_labels(counts), counts
     if offline is None or len(offline) == 0:
         raise ConfigError(f"fit_diffusion: variant {cfg.variant!r} needs offline data (got none)")
     if (offline.obs_dim, offline.act_dim) != (online.obs_dim, online.act_dim):
@@ -62,10 +65,8 @@ def training_data(
             f"online {online.obs_dim}/{online.act_dim}"
         )
     v = np.concatenate([to_vectors(offline), to_vectors(online)])
-    labels = np.concatenate([np.full(len(offline), LABEL_OFFLINE), np.full(len(online), LABEL_ONLINE)])
-    if cfg.variant == "joint":
-        labels = np.full(len(v), LABEL_NULL)
-    return v, labels.astype(np.int64), {"offline": len(offline), "online": len(online)}
+    counts = {"offline": len(offline), "online": len(online)}
+    return v, variant.training_labels(counts), counts
 
 
 def effective_train_steps(cfg: DiffusionConfig, n_rows: int, warm: bool = False) -> int:
@@ -78,7 +79,7 @@ def effective_train_steps(cfg: DiffusionConfig, n_rows: int, warm: bool = False)
 
 def online_share(cfg: DiffusionConfig, counts: dict[str, int]) -> float | None:
     """The batch's online share for this fit: None (uniform over rows) unless both buffers are modelled."""
-    both = cfg.variant in ("cfdg", "joint") and counts["offline"] > 0 and counts["online"] > 0
+    both = "offline" in get_variant(cfg.variant).trains_on and counts["offline"] > 0 and counts["online"] > 0
     return cfg.batch_online_share if both else None
 
 
@@ -158,7 +159,7 @@ def _fit(
     data = torch.from_numpy(normaliser.normalise(vectors)).to(device)
     labels = torch.from_numpy(labels_np).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    use_dropout = cfg.variant == "cfdg" and cfg.p_uncond > 0
+    use_dropout = get_variant(cfg.variant).drops_labels and cfg.p_uncond > 0
 
     window = max(1, steps // N_CURVE_POINTS)
     curve: list[float] = []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cfdg.agents.checkpoint import load_checkpoint
+from cfdg.agents.checkpoint import agent_from_checkpoint, load_checkpoint
 from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.train import pretrain, run_round
 from cfdg.config import from_mapping
@@ -295,3 +295,65 @@ def test_cli_pretrain_and_round_errors(hopper_store, pretrained, tmp_path, capsy
     assert "checkpoint is for algorithm 'iql', not 'apl'" in capsys.readouterr().err
     assert main([*round_args, "--set", "rollout.stepz=3"]) == 2
     assert "rollout: unknown key(s) ['stepz']" in capsys.readouterr().err
+
+
+def test_apl0_explore_train_cycles_count_and_resume_bit_for_bit(pretrained, hopper_store, tmp_path):
+    """APL0's schedule: after every `train_every` env steps, utd·train_every updates; the cycle
+    position is the env-step count, so two rounds equal one double round bit for bit."""
+    cyc = {"train_every": 30, "utd": 2, "warmup_steps": 1, "online_buffer_size": 100}
+    long = run_round(
+        pretrained["apl"],
+        hopper_store,
+        None,
+        None,
+        rollout_cfg(2 * K, **cyc),
+        tmp_path / "l.pt",
+        tmp_path / "l.zarr",
+        1,
+        False,
+    )
+    r1 = run_round(
+        pretrained["apl"],
+        hopper_store,
+        None,
+        None,
+        rollout_cfg(K, **cyc),
+        tmp_path / "a.pt",
+        tmp_path / "a.zarr",
+        1,
+        False,
+    )
+    r2 = run_round(
+        tmp_path / "a.pt",
+        hopper_store,
+        tmp_path / "a.zarr",
+        None,
+        rollout_cfg(K, **cyc),
+        tmp_path / "b.pt",
+        tmp_path / "b.zarr",
+        2,
+        False,
+    )
+    assert long["gradient_steps"] == (2 * K // 30) * 60  # whole cycles only, 60 updates each
+    assert r1["gradient_steps"] == (K // 30) * 60
+    assert r1["gradient_steps"] + r2["gradient_steps"] == long["gradient_steps"]
+    assert_same_checkpoint(tmp_path / "l.pt", tmp_path / "b.pt")
+
+
+def test_pex_regresses_on_the_expanded_policys_actions(pretrained, hopper_store):
+    """PEX's policy_update: AWR targets are the expanded policy's picks (offline mean or new sample)."""
+    ckpt = load_checkpoint(pretrained["pex"])
+    agent = agent_from_checkpoint(ckpt, pretrained["pex"])
+    data, _ = read_store(hopper_store)
+    obs = agent.norm(torch.as_tensor(data.observations[:64]))
+    act = torch.as_tensor(data.actions[:64])
+    adv = torch.zeros(64)
+    v = agent.vf(obs).detach()
+    same_act, same_adv = agent.awr_targets(obs, act, adv, v)  # offline phase: plain IQL
+    assert torch.equal(same_act, act) and torch.equal(same_adv, adv)
+    agent.start_online()
+    chosen, chosen_adv = agent.awr_targets(obs, act, adv, v)
+    assert not torch.allclose(chosen, act)  # not the batch's actions
+    assert (chosen.abs() <= agent.max_action).all()
+    expected = agent.target_critic.min(obs, chosen) - v
+    torch.testing.assert_close(chosen_adv, expected)

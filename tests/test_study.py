@@ -348,3 +348,23 @@ def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(ti
     table1 = "results/{}/report/table1.md"
     assert (project / table1.format("tiny-pool")).read_text() == (project / table1.format("tiny")).read_text()
     assert os.listdir(tmp_path / "worker-cache")  # the workers computed in their own cache
+
+
+def test_paired_table_reads_noise_as_noise():
+    """Paired differences over seeds with a t-interval: a clear gain is called one, a wobble is not."""
+    from pipeline.study_report import paired_table, t_interval
+
+    m, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert m == 2.0 and lo == pytest.approx(2.0 - 4.303 * 1 / 3**0.5, abs=1e-3) and hi > 2.0
+
+    def rec(variant, seed, pre, final):
+        return {"dataset": "d", "algo": "apl", "variant": variant, "seed": seed, "ablation": None,
+                "pretrain_score": pre, "final_score": final}  # fmt: skip
+
+    base = [rec("none", s, 10.0, 20.0 + s) for s in range(5)]
+    clear = [rec("cfdg", s, 10.0, 30.0 + s + 0.1 * (-1) ** s) for s in range(5)]
+    wobble = [rec("synther", s, 10.0, 20.0 + s + 3.0 * (-1) ** s) for s in range(5)]
+    table = paired_table(base + clear + wobble)
+    assert "| d | APL | CFDG − Base | 5 | +10.0 |" in table and "better than base" in table
+    assert "SynthER − Base | 5 |" in table and "no difference (interval holds 0)" in table
+    assert "moved (≥ 5 points and > 2 std)" in table  # base: +10 … +14 over pretrained

@@ -1,8 +1,8 @@
 """The agents' parameters: `AgentConfig` (params `agent:`), `PretrainConfig` (`pretrain:`) and
 `RolloutConfig` (`rollout:`, one online round), with the public implementations' defaults.
 
-Defaults follow REFERENCE.md (CORL/PEX IQL for locomotion, APL's TD3/TD3+BC). AntMaze runs
-set `iql_tau: 0.9`, `iql_beta: 10` and `reward_shift: -1` in params.yaml.
+Defaults follow CORL (IQL for locomotion) and APL0 (TD3/TD3+BC); the paper presets use the PEX
+repository's values (README "Paper settings"). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and `reward_shift: -1` in params.yaml.
 """
 
 from __future__ import annotations

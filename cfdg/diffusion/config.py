@@ -1,7 +1,7 @@
 """Parameters of fitting the diffusion model (`diffusion:`) and of sampling from it (`sampling:`).
 
 They are apart because a fitted model serves many samplers: changing a sampling knob (guidance
-weight, steps, rows) must never refit a model (DESIGN.md "Sampling is not fitting"). The fit
+weight, steps, rows) must never refit a model (README "Fitting and sampling are separate"). The fit
 checkpoint stores a DiffusionConfig only; materialise reads a SamplingConfig.
 
 Dataclass defaults are the paper's GPU settings (A.2: width 1024, depth 6, 100K training steps,

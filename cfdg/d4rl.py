@@ -30,7 +30,7 @@ import numpy as np
 
 from cfdg import __version__
 from cfdg.envs import check_layout, env_name
-from cfdg.errors import CfdgError, DatasetError
+from cfdg.errors import CfdgError, DatasetError, warn
 from cfdg.io import atomic_file, digest
 from cfdg.store import StoreMeta, Transitions, iter_store, read_attrs, write_store
 
@@ -40,6 +40,72 @@ REQUIRED = {"observations": 2, "actions": 2, "rewards": 1, "terminals": 1, "time
 OPTIONAL = {"next_observations": 2, "labels": 1}
 FLAGS = ("terminals", "timeouts", "labels")
 EXPORT_MARK = "cfdg_version"
+ENV_KEYS = ("env_id", "env", "env_name")  # where a file's `metadata` may name its env (attribute or scalar array)
+IGNORED = "_ignored"  # key of read_metadata's result: what in `metadata` could not be read, one line
+
+
+def read_metadata(f: h5py.File, path: Path) -> dict[str, object]:
+    """The `metadata` group's attributes, plus any scalar env-naming array in it (ENV_KEYS).
+
+    Never fails on it and never drops it silently: what cannot be read (a `metadata` that is an
+    array, an attribute h5py cannot decode, an env entry that is not one name) is described under
+    IGNORED, which the importer prints as a warning and records in the store.
+    """
+    node = _get(f, "metadata")
+    if node is None:
+        return {}
+    if not isinstance(node, h5py.Group):
+        what = f"an array of shape {list(node.shape or ())}" if isinstance(node, h5py.Dataset) else "unreadable"
+        return {IGNORED: f"'metadata' is {what}, not a group; it was not read"}
+    meta: dict[str, object] = {}
+    problems: list[str] = []
+    for key in node.attrs:
+        try:
+            meta[key] = node.attrs[key]
+        except Exception as e:  # h5py cannot decode some attribute types
+            problems.append(f"attribute metadata.{key} cannot be read ({type(e).__name__})")
+    for key in ENV_KEYS:
+        item = _get(node, key)
+        if isinstance(item, h5py.Dataset) and key not in meta:
+            try:
+                meta[key] = item[()]
+            except Exception as e:
+                problems.append(f"array metadata/{key} cannot be read ({type(e).__name__})")
+    for key in ENV_KEYS:
+        if key in meta and _text(meta[key]) is None:
+            value = np.asarray(meta.pop(key))
+            problems.append(f"metadata {key} is {value.dtype} {list(value.shape)}, not an env name")
+    if problems:
+        meta[IGNORED] = "; ".join(problems) + "; ignored"
+    return meta
+
+
+def _get(group: h5py.Group, key: str) -> object:
+    """`group[key]`, or None when it is absent or cannot be opened (a damaged link)."""
+    try:
+        return group.get(key)
+    except Exception:
+        return None
+
+
+def _text(value: object) -> str | None:
+    """A metadata value as one name (str, bytes or a 0-d string array), else None."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes | np.bytes_):
+        try:
+            value = bytes(value).decode()
+        except UnicodeDecodeError:
+            return None
+    return str(value) if isinstance(value, str) and value.strip() else None
+
+
+def metadata_env(meta: dict[str, object]) -> tuple[str, str] | None:
+    """(key, name) of the env the file's metadata names, if it names one."""
+    for key in ENV_KEYS:
+        if key in meta:
+            return key, str(_text(meta[key]))
+    return None
 
 
 def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
@@ -117,7 +183,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
             except Exception as e:  # a truncated file can open but fail on read
                 raise DatasetError(f"{path}: key '{key}' cannot be read ({type(e).__name__}: {e})") from e
             arrays[key] = _check_array(path, key, np.asarray(raw), rank)
-        meta = dict(f["metadata"].attrs) if isinstance(f.get("metadata"), h5py.Group) else {}
+        meta = read_metadata(f, path)
     n = arrays["observations"].shape[0]
     for key, a in arrays.items():
         if a.shape[0] != n:
@@ -212,21 +278,41 @@ def _resolve(source: str | os.PathLike) -> Path:
 
 
 def _env_of(path: Path, source: str, meta: dict[str, object], env: str | None) -> str:
-    """Env from the caller, else the export's metadata, else the D4RL name or file stem."""
+    """Env from the caller, else the file's metadata, else the D4RL name or file stem.
+
+    A file whose metadata names an env other than the caller's is refused: one of them is wrong.
+    """
+    named = metadata_env(meta)
     if env is not None:
-        return env_name(env)
-    if "env_id" in meta:
+        env = env_name(env)
+        if named is not None:
+            key, value = named
+            try:
+                same = env_name(value) == env
+            except CfdgError:
+                same = False
+            if not same:
+                raise DatasetError(
+                    f"{path}: metadata {key} names env {value!r}, not {env!r} (--env); "
+                    "import it with the env it was recorded from, or fix the file's metadata"
+                )
+        return env
+    if named is not None:
+        key, value = named
         try:
-            return env_name(str(meta["env_id"]))
+            return env_name(value)
         except CfdgError as e:
-            raise DatasetError(f"{path}: metadata env_id {meta['env_id']!r}: {e}") from e
+            raise DatasetError(f"{path}: metadata {key} {value!r}: {e}") from e
     for guess in (source, path.stem):
         for key in (Path(guess).name.replace("_", "-"), Path(guess).name.split("-")[0].split("_")[0]):
             try:  # the whole name first: AntMaze names carry the maze (antmaze-large-play-v2)
                 return env_name(key)
             except CfdgError:
                 continue
-    raise DatasetError(f"{path}: cannot tell the env from the name {source!r}; pass env= (e.g. 'hopper')")
+    raise DatasetError(
+        f"{path}: cannot tell the env from the name {source!r}; pass --env (e.g. --env hopper) "
+        "or name the file after its D4RL dataset (e.g. hopper-medium-v2.hdf5)"
+    )
 
 
 def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, env: str | None = None) -> Path:
@@ -239,6 +325,10 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
     name = str(source)
     env_id = _env_of(path, name, meta, env)
     check_layout(env_id, data.obs_dim, data.act_dim, path)
+    import_params: dict[str, object] = {"format": "d4rl"}
+    if IGNORED in meta:
+        import_params["metadata_ignored"] = str(meta[IGNORED])
+        warn(f"{path}: {meta[IGNORED]} (recorded in the store's params.metadata_ignored)")
     if data.labels is not None:
         data = Transitions(**{k: v for k, v in data.arrays().items() if k != "labels"})
     store_meta = StoreMeta(
@@ -246,7 +336,7 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
         env_id=env_id,
         source=name,
         seed=seed,
-        params={"format": "d4rl"},
+        params=import_params,
         inputs={"dataset": digest(path)},
     )
     return write_store(out, data, store_meta)

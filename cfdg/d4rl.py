@@ -56,7 +56,7 @@ def read_metadata(f: h5py.File, path: Path) -> dict[str, object]:
         return {}
     if not isinstance(node, h5py.Group):
         what = f"an array of shape {list(node.shape or ())}" if isinstance(node, h5py.Dataset) else "unreadable"
-        return {IGNORED: f"'metadata' is {what}, not a group; it was not read"}
+        return {IGNORED: f"'metadata' is {what}, not a group; ignored"}
     meta: dict[str, object] = {}
     problems: list[str] = []
     for key in node.attrs:
@@ -108,8 +108,9 @@ def metadata_env(meta: dict[str, object]) -> tuple[str, str] | None:
     return None
 
 
-def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
-    """Dtype, rank, finiteness and flag values of one array; returns it with [N, 1] squeezed to [N]."""
+def _check_array(path: Path, key: str, a: np.ndarray, rank: int, offset: int = 0) -> np.ndarray:
+    """Dtype, rank, finiteness and flag values of one array (or a block of it starting at row `offset`);
+    returns it with [N, 1] squeezed to [N]."""
     if a.dtype.kind not in "biuf":
         raise DatasetError(f"{path}: key '{key}' has non-numeric dtype {a.dtype}")
     if rank == 1 and a.ndim == 2 and a.shape[1] == 1:
@@ -118,17 +119,18 @@ def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
         raise DatasetError(f"{path}: key '{key}' has rank {a.ndim} (shape {a.shape}), expected {rank}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = ~np.isfinite(a)
-        row = int(np.argwhere(bad)[0][0])
+        row = offset + int(np.argwhere(bad)[0][0])
         raise DatasetError(f"{path}: key '{key}' has {int(bad.sum())} NaN/inf value(s), first at row {row}")
     if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
         big = np.abs(a) > np.finfo(np.float32).max  # would become inf in the float32 store
         if big.any():
-            row = int(np.argwhere(big)[0][0])
+            row = offset + int(np.argwhere(big)[0][0])
             raise DatasetError(
                 f"{path}: key '{key}' has {int(big.sum())} value(s) beyond float32 range, first at row {row}"
             )
     if key in FLAGS and a.size and not np.isin(a, (0, 1)).all():
-        raise DatasetError(f"{path}: key '{key}' must hold only 0/1 (or bool) values")
+        row = offset + int(np.argwhere(~np.isin(a, (0, 1)))[0][0])
+        raise DatasetError(f"{path}: key '{key}' must hold only 0/1 (or bool) values; row {row} does not")
     return a
 
 
@@ -144,25 +146,56 @@ def _open(path: Path) -> h5py.File:
         raise DatasetError(f"{path}: not a readable HDF5 file ({type(e).__name__}: {e})") from e
 
 
+CHECK_BLOCK = 1 << 16  # rows per block of inspect_d4rl's pass over the values
+
+
 def inspect_d4rl(source: str | os.PathLike) -> Path:
-    """Check without reading the data that `source` resolves to an HDF5 file with D4RL's keys, ranks
-    and matching row counts (`cfdg check` runs this before any stage); returns the file's path."""
+    """Refuse now what importing `source` would refuse, without writing anything: D4RL's keys, ranks,
+    widths and matching row counts, then one pass over the values in blocks (NaN/inf, float32 range,
+    flags 0/1) and the env its metadata or name tells, laid out as that env's rows. `cfdg check` runs
+    this before any stage, so a bad source fails before `dvc repro` removes the dataset stage's outputs.
+    Not checked: the rows left after dropping timeouts (the import counts them). Returns the file's path.
+    """
     path = _resolve(source)
     with _open(path) as f:
-        rows = {}
-        for key, rank in REQUIRED.items():
-            node = f.get(key)
+        nodes: dict[str, tuple[h5py.Dataset, int]] = {}
+        for key, rank in {**REQUIRED, **OPTIONAL}.items():
+            node = _get(f, key)
             if node is None:
-                raise DatasetError(f"{path}: missing key '{key}' (D4RL files hold {sorted(REQUIRED)})")
+                if key in REQUIRED:
+                    raise DatasetError(f"{path}: missing key '{key}' (D4RL files hold {sorted(REQUIRED)})")
+                continue
             if not isinstance(node, h5py.Dataset):
                 raise DatasetError(f"{path}: key '{key}' is a group, expected an array")
             shape = node.shape or ()
             squeezed = len(shape) - 1 if rank == 1 and len(shape) == 2 and shape[1] == 1 else len(shape)
             if squeezed != rank or node.dtype.kind not in "biuf":
                 raise DatasetError(f"{path}: key '{key}' is {node.dtype} {shape}, expected a numeric rank-{rank} array")
-            rows[key] = shape[0]
+            if rank == 2 and shape[1] == 0:
+                raise DatasetError(f"{path}: key '{key}' has width 0 (shape {shape}); rows need at least one value")
+            nodes[key] = node, rank
+        rows = {key: node.shape[0] for key, (node, _) in nodes.items()}
         if len(set(rows.values())) > 1:
             raise DatasetError(f"{path}: keys have different row counts {rows}")
+        obs_dim, act_dim = nodes["observations"][0].shape[1], nodes["actions"][0].shape[1]
+        if "next_observations" in nodes and nodes["next_observations"][0].shape[1] != obs_dim:
+            width = nodes["next_observations"][0].shape[1]
+            raise DatasetError(f"{path}: key 'next_observations' has width {width}, 'observations' {obs_dim}")
+        n = rows["observations"]
+        if n < 2:
+            raise DatasetError(f"{path}: holds {n} row(s); a dataset needs at least 2")
+        for key, (node, rank) in nodes.items():
+            for start in range(0, n, CHECK_BLOCK):
+                try:
+                    block = np.asarray(node[start : start + CHECK_BLOCK])
+                except Exception as e:  # a truncated file can open but fail on read
+                    raise DatasetError(f"{path}: key '{key}' cannot be read ({type(e).__name__}: {e})") from e
+                _check_array(path, key, block, rank, start)
+        meta = read_metadata(f, path)
+    if IGNORED in meta:
+        warn(f"{path}: {meta[IGNORED]}")
+    env = _env_of(path, str(source), meta, None)
+    check_layout(env, obs_dim, act_dim, path)
     return path
 
 

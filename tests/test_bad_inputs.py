@@ -632,8 +632,8 @@ CATALOGUE: dict[str, Case] = {
     ),
     "diffusion-bad-config-value": stage_case(
         "materialise",
-        _diffusion(_set("config.width", -1)),
-        "diffusion.pt: diffusion.width: must be >= 1",
+        _diffusion(_set("config.width", "wide")),
+        "diffusion.pt: config.width",
         once="diffusion.pt",
     ),
     "diffusion-variant-disagrees": stage_case(
@@ -750,3 +750,14 @@ def test_unreadable_metadata_is_one_warning_and_recorded(junk, tmp_path, capsys,
         assert "metadata" in err[0] and "ignored" in err[0], err
     recorded = read_attrs(tmp_path / "out.zarr")["params"]["metadata_ignored"]
     assert "metadata" in recorded, recorded
+
+
+def test_check_reads_a_good_source_and_says_what_it_read(tmp_path, capsys):
+    """The value pass refuses none of a good file, and `check` says what it looked at."""
+    from pipeline.cli import main
+
+    src = h5_with(tmp_path, "hopper-ok.hdf5", terminals=lambda a: np.eye(1, 60, 40, dtype=bool)[0])
+    params = write_params(tmp_path, params_text(dataset={"source": src.name, "env": "hopper"}))
+    assert main(["check", "--params", str(params)]) == 0
+    out, err = capsys.readouterr()
+    assert "(D4RL file read: keys, shapes, values, env)" in out and not err, (out, err)

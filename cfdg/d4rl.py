@@ -33,7 +33,7 @@ import numpy as np
 from cfdg import __version__
 from cfdg.card import CARD_KEY, imported_card
 from cfdg.envs import check_layout, env_name
-from cfdg.errors import CfdgError, DatasetError
+from cfdg.errors import CfdgError, DatasetError, warn
 from cfdg.io import atomic_file, digest
 from cfdg.store import StoreMeta, Transitions, iter_store, read_attrs, write_store
 
@@ -43,10 +43,77 @@ REQUIRED = {"observations": 2, "actions": 2, "rewards": 1, "terminals": 1, "time
 OPTIONAL = {"next_observations": 2, "labels": 1}
 FLAGS = ("terminals", "timeouts", "labels")
 EXPORT_MARK = "cfdg_version"
+ENV_KEYS = ("env_id", "env", "env_name")  # where a file's `metadata` may name its env (attribute or scalar array)
+IGNORED = "_ignored"  # key of read_metadata's result: what in `metadata` could not be read, one line
 
 
-def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
-    """Dtype, rank, finiteness and flag values of one array; returns it with [N, 1] squeezed to [N]."""
+def read_metadata(f: h5py.File, path: Path) -> dict[str, object]:
+    """The `metadata` group's attributes, plus any scalar env-naming array in it (ENV_KEYS).
+
+    Never fails on it and never drops it silently: what cannot be read (a `metadata` that is an
+    array, an attribute h5py cannot decode, an env entry that is not one name) is described under
+    IGNORED, which the importer prints as a warning and records in the store.
+    """
+    node = _get(f, "metadata")
+    if node is None:
+        return {}
+    if not isinstance(node, h5py.Group):
+        what = f"an array of shape {list(node.shape or ())}" if isinstance(node, h5py.Dataset) else "unreadable"
+        return {IGNORED: f"'metadata' is {what}, not a group; ignored"}
+    meta: dict[str, object] = {}
+    problems: list[str] = []
+    for key in node.attrs:
+        try:
+            meta[key] = node.attrs[key]
+        except Exception as e:  # h5py cannot decode some attribute types
+            problems.append(f"attribute metadata.{key} cannot be read ({type(e).__name__})")
+    for key in ENV_KEYS:
+        item = _get(node, key)
+        if isinstance(item, h5py.Dataset) and key not in meta:
+            try:
+                meta[key] = item[()]
+            except Exception as e:
+                problems.append(f"array metadata/{key} cannot be read ({type(e).__name__})")
+    for key in ENV_KEYS:
+        if key in meta and _text(meta[key]) is None:
+            value = np.asarray(meta.pop(key))
+            problems.append(f"metadata {key} is {value.dtype} {list(value.shape)}, not an env name")
+    if problems:
+        meta[IGNORED] = "; ".join(problems) + "; ignored"
+    return meta
+
+
+def _get(group: h5py.Group, key: str) -> object:
+    """`group[key]`, or None when it is absent or cannot be opened (a damaged link)."""
+    try:
+        return group.get(key)
+    except Exception:
+        return None
+
+
+def _text(value: object) -> str | None:
+    """A metadata value as one name (str, bytes or a 0-d string array), else None."""
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+    if isinstance(value, bytes | np.bytes_):
+        try:
+            value = bytes(value).decode()
+        except UnicodeDecodeError:
+            return None
+    return str(value) if isinstance(value, str) and value.strip() else None
+
+
+def metadata_env(meta: dict[str, object]) -> tuple[str, str] | None:
+    """(key, name) of the env the file's metadata names, if it names one."""
+    for key in ENV_KEYS:
+        if key in meta:
+            return key, str(_text(meta[key]))
+    return None
+
+
+def _check_array(path: Path, key: str, a: np.ndarray, rank: int, offset: int = 0) -> np.ndarray:
+    """Dtype, rank, finiteness and flag values of one array (or a block of it starting at row `offset`);
+    returns it with [N, 1] squeezed to [N]."""
     if a.dtype.kind not in "biuf":
         raise DatasetError(f"{path}: key '{key}' has non-numeric dtype {a.dtype}")
     if rank == 1 and a.ndim == 2 and a.shape[1] == 1:
@@ -55,17 +122,18 @@ def _check_array(path: Path, key: str, a: np.ndarray, rank: int) -> np.ndarray:
         raise DatasetError(f"{path}: key '{key}' has rank {a.ndim} (shape {a.shape}), expected {rank}")
     if a.dtype.kind == "f" and not np.isfinite(a).all():
         bad = ~np.isfinite(a)
-        row = int(np.argwhere(bad)[0][0])
+        row = offset + int(np.argwhere(bad)[0][0])
         raise DatasetError(f"{path}: key '{key}' has {int(bad.sum())} NaN/inf value(s), first at row {row}")
     if a.dtype.kind == "f" and a.dtype.itemsize > 4 and a.size:
         big = np.abs(a) > np.finfo(np.float32).max  # would become inf in the float32 store
         if big.any():
-            row = int(np.argwhere(big)[0][0])
+            row = offset + int(np.argwhere(big)[0][0])
             raise DatasetError(
                 f"{path}: key '{key}' has {int(big.sum())} value(s) beyond float32 range, first at row {row}"
             )
     if key in FLAGS and a.size and not np.isin(a, (0, 1)).all():
-        raise DatasetError(f"{path}: key '{key}' must hold only 0/1 (or bool) values")
+        row = offset + int(np.argwhere(~np.isin(a, (0, 1)))[0][0])
+        raise DatasetError(f"{path}: key '{key}' must hold only 0/1 (or bool) values; row {row} does not")
     return a
 
 
@@ -81,25 +149,56 @@ def _open(path: Path) -> h5py.File:
         raise DatasetError(f"{path}: not a readable HDF5 file ({type(e).__name__}: {e})") from e
 
 
+CHECK_BLOCK = 1 << 16  # rows per block of inspect_d4rl's pass over the values
+
+
 def inspect_d4rl(source: str | os.PathLike) -> Path:
-    """Check without reading the data that `source` resolves to an HDF5 file with D4RL's keys, ranks
-    and matching row counts (`cfdg check` runs this before any stage); returns the file's path."""
+    """Refuse now what importing `source` would refuse, without writing anything: D4RL's keys, ranks,
+    widths and matching row counts, then one pass over the values in blocks (NaN/inf, float32 range,
+    flags 0/1) and the env its metadata or name tells, laid out as that env's rows. `cfdg check` runs
+    this before any stage, so a bad source fails before `dvc repro` removes the dataset stage's outputs.
+    Not checked: the rows left after dropping timeouts (the import counts them). Returns the file's path.
+    """
     path = _resolve(source)
     with _open(path) as f:
-        rows = {}
-        for key, rank in REQUIRED.items():
-            node = f.get(key)
+        nodes: dict[str, tuple[h5py.Dataset, int]] = {}
+        for key, rank in {**REQUIRED, **OPTIONAL}.items():
+            node = _get(f, key)
             if node is None:
-                raise DatasetError(f"{path}: missing key '{key}' (D4RL files hold {sorted(REQUIRED)})")
+                if key in REQUIRED:
+                    raise DatasetError(f"{path}: missing key '{key}' (D4RL files hold {sorted(REQUIRED)})")
+                continue
             if not isinstance(node, h5py.Dataset):
                 raise DatasetError(f"{path}: key '{key}' is a group, expected an array")
             shape = node.shape or ()
             squeezed = len(shape) - 1 if rank == 1 and len(shape) == 2 and shape[1] == 1 else len(shape)
             if squeezed != rank or node.dtype.kind not in "biuf":
                 raise DatasetError(f"{path}: key '{key}' is {node.dtype} {shape}, expected a numeric rank-{rank} array")
-            rows[key] = shape[0]
+            if rank == 2 and shape[1] == 0:
+                raise DatasetError(f"{path}: key '{key}' has width 0 (shape {shape}); rows need at least one value")
+            nodes[key] = node, rank
+        rows = {key: node.shape[0] for key, (node, _) in nodes.items()}
         if len(set(rows.values())) > 1:
             raise DatasetError(f"{path}: keys have different row counts {rows}")
+        obs_dim, act_dim = nodes["observations"][0].shape[1], nodes["actions"][0].shape[1]
+        if "next_observations" in nodes and nodes["next_observations"][0].shape[1] != obs_dim:
+            width = nodes["next_observations"][0].shape[1]
+            raise DatasetError(f"{path}: key 'next_observations' has width {width}, 'observations' {obs_dim}")
+        n = rows["observations"]
+        if n < 2:
+            raise DatasetError(f"{path}: holds {n} row(s); a dataset needs at least 2")
+        for key, (node, rank) in nodes.items():
+            for start in range(0, n, CHECK_BLOCK):
+                try:
+                    block = np.asarray(node[start : start + CHECK_BLOCK])
+                except Exception as e:  # a truncated file can open but fail on read
+                    raise DatasetError(f"{path}: key '{key}' cannot be read ({type(e).__name__}: {e})") from e
+                _check_array(path, key, block, rank, start)
+        meta = read_metadata(f, path)
+    if IGNORED in meta:
+        warn(f"{path}: {meta[IGNORED]}")
+    env = _env_of(path, str(source), meta, None)
+    check_layout(env, obs_dim, act_dim, path)
     return path
 
 
@@ -120,7 +219,7 @@ def _read(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]]:
             except Exception as e:  # a truncated file can open but fail on read
                 raise DatasetError(f"{path}: key '{key}' cannot be read ({type(e).__name__}: {e})") from e
             arrays[key] = _check_array(path, key, np.asarray(raw), rank)
-        meta = dict(f["metadata"].attrs) if isinstance(f.get("metadata"), h5py.Group) else {}
+        meta = read_metadata(f, path)
     n = arrays["observations"].shape[0]
     for key, a in arrays.items():
         if a.shape[0] != n:
@@ -215,21 +314,41 @@ def _resolve(source: str | os.PathLike) -> Path:
 
 
 def _env_of(path: Path, source: str, meta: dict[str, object], env: str | None) -> str:
-    """Env from the caller, else the export's metadata, else the D4RL name or file stem."""
+    """Env from the caller, else the file's metadata, else the D4RL name or file stem.
+
+    A file whose metadata names an env other than the caller's is refused: one of them is wrong.
+    """
+    named = metadata_env(meta)
     if env is not None:
-        return env_name(env)
-    if "env_id" in meta:
+        env = env_name(env)
+        if named is not None:
+            key, value = named
+            try:
+                same = env_name(value) == env
+            except CfdgError:
+                same = False
+            if not same:
+                raise DatasetError(
+                    f"{path}: metadata {key} names env {value!r}, not {env!r} (--env); "
+                    "import it with the env it was recorded from, or fix the file's metadata"
+                )
+        return env
+    if named is not None:
+        key, value = named
         try:
-            return env_name(str(meta["env_id"]))
+            return env_name(value)
         except CfdgError as e:
-            raise DatasetError(f"{path}: metadata env_id {meta['env_id']!r}: {e}") from e
+            raise DatasetError(f"{path}: metadata {key} {value!r}: {e}") from e
     for guess in (source, path.stem):
         for key in (Path(guess).name.replace("_", "-"), Path(guess).name.split("-")[0].split("_")[0]):
             try:  # the whole name first: AntMaze names carry the maze (antmaze-large-play-v2)
                 return env_name(key)
             except CfdgError:
                 continue
-    raise DatasetError(f"{path}: cannot tell the env from the name {source!r}; pass env= (e.g. 'hopper')")
+    raise DatasetError(
+        f"{path}: cannot tell the env from the name {source!r}; pass --env (e.g. --env hopper) "
+        "or name the file after its D4RL dataset (e.g. hopper-medium-v2.hdf5)"
+    )
 
 
 def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0, env: str | None = None) -> Path:
@@ -243,6 +362,10 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
     env_id = _env_of(path, name, meta, env)
     check_layout(env_id, data.obs_dim, data.act_dim, path)
     card = _source_card(path, meta, data)
+    import_params: dict[str, object] = {"format": "d4rl"}
+    if IGNORED in meta:
+        import_params["metadata_ignored"] = str(meta[IGNORED])
+        warn(f"{path}: {meta[IGNORED]} (recorded in the store's params.metadata_ignored)")
     if data.labels is not None:
         data = Transitions(**{k: v for k, v in data.arrays().items() if k != "labels"})
     store_meta = StoreMeta(
@@ -250,7 +373,7 @@ def import_d4rl(source: str | os.PathLike, out: str | os.PathLike, seed: int = 0
         env_id=env_id,
         source=name,
         seed=seed,
-        params={"format": "d4rl"},
+        params=import_params,
         inputs={"dataset": digest(path)},
         card=card,
     )

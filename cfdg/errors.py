@@ -30,3 +30,13 @@ def one_line(error: BaseException) -> str:
     """
     text = " ".join(str(error).split())
     return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+
+
+def warn(message: str) -> None:
+    """One line on stderr for what is accepted but must not pass unsaid (e.g. unreadable metadata).
+
+    Not `warnings.warn`: that prints the source line too, and can be filtered away unseen.
+    """
+    import sys
+
+    print(f"cfdg: warning: {' '.join(message.split())}", file=sys.stderr)

@@ -14,6 +14,7 @@ import os
 import shutil
 import uuid
 import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,12 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def read_checkpoint(path: str | os.PathLike, what: str) -> Any:
-    """torch.load with weights_only=True (checkpoints are untrusted input), errors naming the file."""
+    """torch.load with weights_only=True (checkpoints are untrusted input), errors naming the file.
+
+    The file's first bytes say what it is before torch looks: torch writes a zip archive (or, in its
+    legacy format, a pickle); anything else is not a checkpoint, and a zip without its central
+    directory was cut short. So the message names the real problem, not torch's guess at it.
+    """
     import torch
 
     from cfdg.errors import CheckpointError
@@ -141,6 +147,19 @@ def read_checkpoint(path: str | os.PathLike, what: str) -> Any:
         raise CheckpointError(f"{path}: is a directory, expected a {what} checkpoint file (.pt)")
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} checkpoint does not exist")
+    unreadable = f"{path}: not a readable {what} checkpoint"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if not head:
+        raise CheckpointError(f"{unreadable} (the file is empty)")
+    is_zip = head.startswith(b"PK\x03\x04")
+    if not is_zip and not head.startswith(b"\x80"):
+        raise CheckpointError(
+            f"{unreadable} (not a torch checkpoint: neither a zip archive nor a pickle; it starts {head[:12]!r})"
+        )
+    if is_zip and not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{unreadable} (truncated or damaged: a {size}-byte zip archive without its end record)")
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols before failing
             warnings.simplefilter("ignore")
@@ -150,8 +169,9 @@ def read_checkpoint(path: str | os.PathLike, what: str) -> Any:
             reason = "it holds pickled Python objects, not only tensors; refused, checkpoints load weights-only"
         else:
             first = " ".join(str(e).split())[:160]
-            reason = f"not a torch checkpoint: {type(e).__name__}" + (f": {first}" if first else "")
-        raise CheckpointError(f"{path}: not a readable {what} checkpoint ({reason})") from e
+            kind = "damaged torch checkpoint" if is_zip else "a pickle torch cannot read, damaged or not a checkpoint"
+            reason = f"{kind}: {type(e).__name__}" + (f": {first}" if first else "")
+        raise CheckpointError(f"{unreadable} ({reason})") from e
 
 
 def digest(path: str | os.PathLike) -> str:

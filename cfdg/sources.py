@@ -32,13 +32,28 @@ def import_source(source: str, out: str | os.PathLike, seed: int = 0, env: str |
 
 def check_source(source: str, root: str | os.PathLike = ".") -> Path | None:
     """Refuse now a `dataset.source` the dataset stage would fail on (missing, a directory that is not a
-    Minari dataset, not HDF5, wrong keys); relative paths are taken from `root`, the project root."""
+    Minari dataset, not HDF5, wrong keys, bad values, no env to tell); relative paths are taken from
+    `root`, the project root. A Minari dataset is only found here, not read (see `checked_what`)."""
     if source == "build":
         return None
-    local = Path(source) if Path(source).is_absolute() else Path(root) / source
-    found = str(local) if local.exists() else source
+    found = _local(source, root)
     if is_minari_source(found):
         return find_minari_dataset(found)
     from cfdg.d4rl import inspect_d4rl
 
     return inspect_d4rl(found)
+
+
+def checked_what(source: str, root: str | os.PathLike = ".") -> str:
+    """What `check_source` looked at, for `cfdg check` to say: a pass that did not read the values must
+    not read as one that did."""
+    if source == "build":
+        return "built by the dataset stage"
+    if is_minari_source(_local(source, root)):
+        return "Minari dataset found; its values are read only by the dataset stage"
+    return "D4RL file read: keys, shapes, values, env"
+
+
+def _local(source: str, root: str | os.PathLike) -> str:
+    local = Path(source) if Path(source).is_absolute() else Path(root) / source
+    return str(local) if local.exists() else source

@@ -135,12 +135,15 @@ def checked_params(path: str | Path) -> sections.Params:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from cfdg.sources import checked_what
+
     p = checked_params(args.params)
     if args.resolved:
         flat = sections.resolved(p)
         print(yaml.safe_dump(flat, sort_keys=False, allow_unicode=True, default_flow_style=None), end="")
         return 0
-    print(f"{args.params}: valid; seed {p.seed}, dataset source {p.source!r}, {len(p.rounds)} round(s)")
+    looked = checked_what(p.source, Path(args.params).parent)
+    print(f"{args.params}: valid; seed {p.seed}, dataset source {p.source!r} ({looked}), {len(p.rounds)} round(s)")
     return 0
 
 

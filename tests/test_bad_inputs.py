@@ -157,21 +157,28 @@ def stage_project(tmp: Path, diffusion: Path | None = None) -> Path:
 
 @dataclass
 class Case:
-    """`setup(tmp, ckpt)` builds the damaged input and returns (argv, culprit); `stage` runs a stage's main."""
+    """`setup(tmp, ckpt)` builds the damaged input and returns (argv, culprit); `stage` runs a stage's main.
+
+    `also`: more text the line must hold (what the message says, beside whom it names); `once`: text
+    the line must hold exactly once (a file named twice reads as two files)."""
 
     setup: Callable[[Path, Path], tuple[list[str], str]]
     stage: str | None = None
+    also: tuple[str, ...] = ()
+    once: str | None = None
 
 
 def imp(src: str | Path, out: Path, *extra: str) -> list[str]:
     return ["dataset", "import", str(src), "--out", str(out), *extra]
 
 
-def h5_case(name: str = "hopper-bad.hdf5", meta: dict | None = None, extra: tuple = (), **changes) -> Case:
+def h5_case(
+    name: str = "hopper-bad.hdf5", meta: dict | None = None, extra: tuple = (), also: tuple = (), **changes
+) -> Case:
     def setup(tmp: Path, _: Path) -> tuple[list[str], str]:
         return imp(h5_with(tmp, name, meta, **changes), tmp / "out.zarr", *extra), name
 
-    return Case(setup)
+    return Case(setup, also=also)
 
 
 def store_case(command: str, damage: Callable[[Path], None], culprit: str, kind: str = "offline") -> Case:
@@ -197,23 +204,71 @@ def params_case(text: str | Callable[[Path], str], culprit: str, command: str = 
     return Case(setup)
 
 
-def agent_ckpt_case(make: Callable[[Path], Path], culprit: str) -> Case:
+# a round this short, should a refusal regress, runs in seconds instead of 100,000 env steps
+SHORT_ROUND = ("rollout.steps=20", "rollout.warmup_steps=10", "rollout.eval_episodes=1", "rollout.chunk_rows=10")
+
+
+def agent_ckpt_case(make: Callable[[Path], Path], culprit: str, *sets: str, once: str | None = None) -> Case:
     def setup(tmp: Path, ckpt: Path) -> tuple[list[str], str]:
         store = good_store(tmp, "off.zarr")
         bad = make(tmp) if make is not None else ckpt
-        argv = ["agent", "round", str(bad), str(store), "--round", "1", "--out", str(tmp / "a.pt")]
+        argv = ["agent", "round", str(bad), str(store), "--round", "1", "--out", str(tmp / "a.pt"), "--no-progress"]
+        for item in (*SHORT_ROUND, *sets):
+            argv += ["--set", item]
         return [*argv, "--out-online-store", str(tmp / "on.zarr")], culprit
 
-    return Case(setup)
+    return Case(setup, once=once)
 
 
-def stage_case(stage: str, damage: Callable[[Path, Path], None], culprit: str) -> Case:
+_PRETRAINED: dict[str, bytes] = {}
+
+
+def pretrained_agent(tmp: Path, change: Callable[[dict], None] | None = None) -> Path:
+    """tmp/agent.pt: a real IQL checkpoint (2 offline steps on good_store's hopper rows, built once per
+    session and kept as bytes), with `change` applied to the loaded dict before it is saved again."""
+    if not _PRETRAINED:
+        from cfdg.agents.config import AgentConfig, PretrainConfig
+        from cfdg.agents.train import pretrain
+
+        work = tmp / "pretrain-work"
+        store = good_store(work, "pre.zarr")
+        cfg = AgentConfig(algo="iql", hidden_dims=(16, 16), batch_size=16, device="cpu")
+        pretrain(store, cfg, PretrainConfig(steps=2, eval_every=0, eval_episodes=1), work / "agent.pt", 0, False)
+        _PRETRAINED["iql"] = (work / "agent.pt").read_bytes()
+        shutil.rmtree(work)
+    path = tmp / "agent.pt"
+    path.write_bytes(_PRETRAINED["iql"])
+    if change is not None:
+        ckpt = torch.load(path, weights_only=True)
+        change(ckpt)
+        torch.save(ckpt, path)
+    return path
+
+
+def _agent_with(change: Callable[[dict], None]) -> Callable[[Path], Path]:
+    return lambda tmp: pretrained_agent(tmp, change)
+
+
+def _set(key: str, value: object) -> Callable[[dict], None]:
+    """Set ckpt[key]; a dotted key reaches into a nested dict (agent.obs_mean)."""
+
+    def change(ckpt: dict) -> None:
+        *outer, last = key.split(".")
+        target = ckpt
+        for k in outer:
+            target = target[k]
+        target[last] = value
+
+    return change
+
+
+def stage_case(stage: str, damage: Callable[[Path, Path], None], culprit: str, once: str | None = None) -> Case:
     def setup(tmp: Path, ckpt: Path) -> tuple[list[str], str]:
         stage_project(tmp, ckpt)
         damage(tmp, tmp / "artifacts" / "rounds" / "1")
         return ["--round", "1"], culprit
 
-    return Case(setup, stage=stage)
+    return Case(setup, stage=stage, once=once)
 
 
 def _rm(rel: str) -> Callable[[Path], None]:
@@ -349,6 +404,36 @@ def _other_width(_: Path, rnd: Path) -> None:
     torch.save(ckpt, rnd / "diffusion.pt")
 
 
+def _ckpt_plain_text(tmp: Path) -> Path:
+    """Text whose first byte torch's pickle reader takes for an opcode ('c': GLOBAL)."""
+    (tmp / "agent.pt").write_text("checkpoint goes here\n")
+    return tmp / "agent.pt"
+
+
+def _ckpt_cut_short(tmp: Path) -> Path:
+    """A real checkpoint missing its last 10 bytes (the zip's end record): torch says only Errno 22."""
+    path = pretrained_agent(tmp)
+    path.write_bytes(path.read_bytes()[:-10])
+    return path
+
+
+def _diffusion(change: Callable[[dict], None]) -> Callable[[Path, Path], None]:
+    def damage(_: Path, rnd: Path) -> None:
+        ckpt = torch.load(rnd / "diffusion.pt", weights_only=True)
+        change(ckpt)
+        torch.save(ckpt, rnd / "diffusion.pt")
+
+    return damage
+
+
+def _metadata_array_env(tmp: Path, _: Path) -> tuple[list[str], str]:
+    """The env named by a scalar array `metadata/env` rather than an attribute."""
+    path = h5_with(tmp, "hop.hdf5")
+    with h5py.File(path, "a") as f:
+        f.create_group("metadata").create_dataset("env", data="pong")
+    return imp(path, tmp / "out.zarr", "--env", "hopper"), "hop.hdf5: metadata env names env 'pong', not 'hopper'"
+
+
 def _replace(content: bytes | None) -> Callable[[Path, Path], None]:
     def damage(_: Path, rnd: Path) -> None:
         (rnd / "diffusion.pt").unlink()
@@ -380,7 +465,14 @@ CATALOGUE: dict[str, Case] = {
     "h5-zero-width-obs": h5_case(observations=_width("observations"), next_observations=None),
     "h5-zero-width-actions": h5_case(actions=_width("actions")),
     "h5-metadata-env": h5_case(name="data.hdf5", meta={"env_id": "nonsense-v9", "cfdg_version": "0"}),
-    "h5-no-env": h5_case(name="data.hdf5"),
+    "h5-no-env": h5_case(name="data.hdf5", also=("pass --env",)),
+    "h5-metadata-names-other-env": h5_case(
+        name="hop.hdf5", meta={"env_id": "pong"}, extra=("--env", "hopper"), also=("env_id names env 'pong'",)
+    ),
+    "h5-metadata-names-other-known-env": h5_case(
+        name="hop.hdf5", meta={"env": "walker2d"}, extra=("--env", "hopper"), also=("names env 'walker2d'",)
+    ),
+    "h5-metadata-array-names-other-env": Case(_metadata_array_env),
     "h5-next-obs-width": h5_case(next_observations=np.zeros((60, 4), np.float32), meta={"cfdg_version": "0"}),
     "h5-all-timeouts": h5_case(timeouts=np.ones(60, bool)),
     "h5-name-not-found": Case(_d4rl_name_missing),
@@ -456,6 +548,33 @@ CATALOGUE: dict[str, Case] = {
         _source(lambda t: h5_with(t, "k.hdf5", actions=None).name), "k.hdf5: missing key 'actions'"
     ),
     "params-source-name": params_case(_source(lambda t: "hopper-medium-v7"), "hopper-medium-v7"),
+    "params-source-nan-reward": params_case(
+        _source(
+            lambda t: h5_with(t, "r.hdf5", rewards=lambda a: np.where(np.arange(60) == 9, np.nan, a["rewards"])).name
+        ),
+        "r.hdf5: key 'rewards' has 1 NaN/inf value(s), first at row 9",
+    ),
+    "params-source-terminal-2": params_case(
+        _source(lambda t: h5_with(t, "t.hdf5", terminals=np.full(60, 2, np.int8)).name),
+        "t.hdf5: key 'terminals' must hold only 0/1",
+    ),
+    "params-source-zero-width-obs": params_case(
+        _source(lambda t: h5_with(t, "w.hdf5", observations=_width("observations")).name),
+        "w.hdf5: key 'observations' has width 0",
+    ),
+    "params-source-no-env": params_case(
+        _source(lambda t: h5_with(t, "data.hdf5").name), "data.hdf5: cannot tell the env from the name"
+    ),
+    "params-source-other-layout": params_case(
+        _source(lambda t: h5_with(t, "walker2d-x.hdf5").name), "walker2d-x.hdf5: rows are 11 (obs) / 3 (action) wide"
+    ),
+    "params-source-nan-reward-run": params_case(
+        _source(
+            lambda t: h5_with(t, "r.hdf5", rewards=lambda a: np.where(np.arange(60) == 9, np.inf, a["rewards"])).name
+        ),
+        "r.hdf5: key 'rewards' has 1 NaN/inf",
+        "run",
+    ),
     "params-missing": Case(lambda tmp, _: (["check", "--params", str(tmp / "p.yaml")], "p.yaml: parameters file")),
     "round-not-in-table": Case(_round7),
     "serve-without-server": Case(_serve),
@@ -466,6 +585,40 @@ CATALOGUE: dict[str, Case] = {
     "agent-ckpt-truncated": agent_ckpt_case(_ckpt_truncated, "agent.pt: not a readable agent checkpoint"),
     "agent-ckpt-other-format": agent_ckpt_case(_ckpt_wrong_format, "agent.pt: not a cfdg agent checkpoint"),
     "agent-ckpt-is-diffusion": agent_ckpt_case(None, "diffusion.pt: not a cfdg agent checkpoint"),
+    "agent-ckpt-plain-text": agent_ckpt_case(
+        _ckpt_plain_text,
+        "agent.pt: not a readable agent checkpoint (not a torch checkpoint: neither a zip archive nor a pickle",
+    ),
+    "agent-ckpt-cut-short": agent_ckpt_case(_ckpt_cut_short, "agent.pt: not a readable agent checkpoint (truncated"),
+    "agent-ckpt-empty": agent_ckpt_case(
+        lambda t: (t / "agent.pt").write_bytes(b"") or t / "agent.pt",
+        "agent.pt: not a readable agent checkpoint (the file is empty)",
+    ),
+    "agent-ckpt-algo-disagrees": agent_ckpt_case(
+        _agent_with(_set("algo", "pex")),
+        "agent.pt: inconsistent agent checkpoint: algo is 'pex' but agent_config.algo is 'iql'",
+    ),
+    "agent-ckpt-algo-disagrees-asked": agent_ckpt_case(
+        _agent_with(_set("algo", "pex")), "algo is 'pex' but agent_config.algo is 'iql'", "agent.algo=pex"
+    ),
+    "agent-ckpt-other-algo-asked": agent_ckpt_case(
+        pretrained_agent, "agent.pt: checkpoint is for algorithm 'iql', not 'pex'", "agent.algo=pex"
+    ),
+    "agent-ckpt-normaliser-width": agent_ckpt_case(
+        _agent_with(_set("agent.obs_mean", torch.zeros(12))),
+        "agent.pt: inconsistent agent checkpoint: agent.obs_mean is [12], obs_dim says 11",
+    ),
+    "agent-ckpt-env-dims": agent_ckpt_case(
+        _agent_with(_set("env", "halfcheetah")),
+        "agent.pt: inconsistent agent checkpoint: env 'halfcheetah'",
+        once="agent.pt",
+    ),
+    "agent-ckpt-max-action-nan": agent_ckpt_case(
+        _agent_with(_set("max_action", float("nan"))), "agent.pt: inconsistent agent checkpoint: max_action is nan"
+    ),
+    "agent-ckpt-weights-other-width": agent_ckpt_case(
+        _agent_with(_set("agent_config.hidden_dims", [32, 32])), "agent.pt: checkpoint '", once="agent.pt"
+    ),
     "diffusion-pickle": stage_case(
         "materialise", lambda t, r: pickle_payload(r / "diffusion.pt") and None, "diffusion.pt: not a readable"
     ),
@@ -474,7 +627,25 @@ CATALOGUE: dict[str, Case] = {
     "diffusion-truncated": stage_case(
         "materialise", lambda t, r: truncate(r / "diffusion.pt"), "diffusion.pt: not a readable diffusion"
     ),
-    "diffusion-other-width": stage_case("materialise", _other_width, "does not fit a width-64 depth-1 denoiser"),
+    "diffusion-other-width": stage_case(
+        "materialise", _other_width, "does not fit a width-64 depth-1 denoiser", once="diffusion.pt"
+    ),
+    "diffusion-bad-config-value": stage_case(
+        "materialise",
+        _diffusion(_set("config.width", "wide")),
+        "diffusion.pt: config.width",
+        once="diffusion.pt",
+    ),
+    "diffusion-variant-disagrees": stage_case(
+        "materialise",
+        _diffusion(_set("variant", "none")),
+        "diffusion.pt: inconsistent diffusion checkpoint: variant 'none' but config.variant",
+    ),
+    "diffusion-normaliser-std-width": stage_case(
+        "materialise",
+        _diffusion(lambda c: c["normaliser"].__setitem__("std", c["normaliser"]["std"][:-1])),
+        "diffusion.pt: inconsistent diffusion checkpoint: normaliser.std is [26]",
+    ),
     "fit-missing-online-chunk": stage_case(
         "fit", lambda t, r: (r / "online.zarr" / "rewards" / "c" / "0").unlink(), "online.zarr: array 'rewards' chunk"
     ),
@@ -524,6 +695,10 @@ def test_bad_input_is_one_line_and_changes_nothing(name, tmp_path, diffusion_ckp
     assert rc == 2, f"exit {rc}; stderr: {err}"
     assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{err}"
     assert culprit in lines[0], f"{culprit!r} not named in: {lines[0]}"
+    for text in case.also:
+        assert text in lines[0], f"{text!r} not said in: {lines[0]}"
+    if case.once is not None:
+        assert lines[0].count(case.once) == 1, f"{case.once!r} not named exactly once in: {lines[0]}"
     assert "Traceback" not in err and "Traceback" not in out
     assert not [w for w in caught if not issubclass(w.category, DeprecationWarning)], [str(w.message) for w in caught]
     assert snapshot(tmp_path, diffusion_ckpt.parent) == before, "a file was written, changed or deleted"
@@ -547,3 +722,42 @@ def test_real_entry_points(name, tmp_path, diffusion_ckpt):
     assert proc.returncode == 2, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and culprit in proc.stderr, proc.stderr
     assert snapshot(tmp_path) == before
+
+
+def _junk_metadata(path: Path, junk: str) -> None:
+    with h5py.File(path, "a") as f:
+        if junk == "metadata-is-array":
+            f.create_dataset("metadata", data=np.arange(5))
+        else:
+            f.create_group("metadata").attrs["env_id"] = np.arange(3)
+
+
+@pytest.mark.parametrize("junk", ["metadata-is-array", "env-is-numbers"])
+def test_unreadable_metadata_is_one_warning_and_recorded(junk, tmp_path, capsys, monkeypatch):
+    """Accepted (the env comes from --env or the name), but never in silence: `check` and the import
+    say it in one warning line naming the file, and the store records what was ignored."""
+    from cfdg.store import read_attrs
+    from pipeline.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    src = h5_with(tmp_path, "hopper-junk.hdf5")
+    _junk_metadata(src, junk)
+    params = write_params(tmp_path, params_text(dataset={"source": src.name, "env": "hopper"}))
+    for argv in (["check", "--params", str(params)], imp(src, tmp_path / "out.zarr", "--env", "hopper")):
+        assert main(argv) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("cfdg: warning:") and "hopper-junk.hdf5" in err[0], err
+        assert "metadata" in err[0] and "ignored" in err[0], err
+    recorded = read_attrs(tmp_path / "out.zarr")["params"]["metadata_ignored"]
+    assert "metadata" in recorded, recorded
+
+
+def test_check_reads_a_good_source_and_says_what_it_read(tmp_path, capsys):
+    """The value pass refuses none of a good file, and `check` says what it looked at."""
+    from pipeline.cli import main
+
+    src = h5_with(tmp_path, "hopper-ok.hdf5", terminals=lambda a: np.eye(1, 60, 40, dtype=bool)[0])
+    params = write_params(tmp_path, params_text(dataset={"source": src.name, "env": "hopper"}))
+    assert main(["check", "--params", str(params)]) == 0
+    out, err = capsys.readouterr()
+    assert "(D4RL file read: keys, shapes, values, env)" in out and not err, (out, err)

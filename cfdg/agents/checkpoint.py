@@ -9,8 +9,11 @@ are rebuilt from the online store, where row i sits at slot i % capacity.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from cfdg import envs
 from cfdg.agents.base import Agent
@@ -18,7 +21,7 @@ from cfdg.agents.config import AgentConfig
 from cfdg.agents.registry import make_agent
 from cfdg.config import from_mapping, to_dict
 from cfdg.device import select_device
-from cfdg.errors import CheckpointError, ConfigError
+from cfdg.errors import CfdgError, CheckpointError, ConfigError
 from cfdg.io import atomic_torch_save, read_checkpoint
 
 CHECKPOINT_FORMAT = "cfdg-agent/1"
@@ -59,7 +62,11 @@ def save_checkpoint(path: Path, agent: Agent, *, env: str, seed: int, counters: 
 def load_checkpoint(
     path: str | Path, *, env: str | None = None, algo: str | None = None, obs_dim: int | None = None, act_dim=None
 ) -> dict[str, Any]:
-    """Load with weights_only=True and check it belongs to `env` / `algo` / dims when given."""
+    """Load with weights_only=True and check it belongs to `env` / `algo` / dims when given.
+
+    First the checkpoint must agree with itself (`check_consistent`): a field held twice that
+    disagrees would otherwise pass the check below on one copy and run on the other.
+    """
     path = Path(path)
     ckpt = read_checkpoint(path, "agent")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -67,6 +74,7 @@ def load_checkpoint(
     missing = [k for k in _CHECKPOINT_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {missing}")
+    check_consistent(path, ckpt)
     if env is not None and ckpt["env"] != envs.env_name(env):
         raise CheckpointError(f"{path}: checkpoint is for env '{ckpt['env']}', not '{envs.env_name(env)}'")
     if algo is not None and ckpt["algo"] != algo:
@@ -77,11 +85,53 @@ def load_checkpoint(
     return ckpt
 
 
+def check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
+    """Every fact the checkpoint holds twice agrees: algo (top level and agent_config), env (its name
+    and the row widths it yields), dims (top level and the obs normaliser), and the types they need."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: inconsistent agent checkpoint: {what}")
+
+    for key in ("obs_dim", "act_dim"):
+        if not isinstance(ckpt[key], int) or isinstance(ckpt[key], bool) or ckpt[key] < 1:
+            raise bad(f"{key} is {ckpt[key]!r}, expected a positive integer")
+    max_action = ckpt["max_action"]
+    if not isinstance(max_action, int | float) or not math.isfinite(max_action) or max_action <= 0:
+        raise bad(f"max_action is {max_action!r}, expected a positive number")
+    config, state = ckpt["agent_config"], ckpt["agent"]
+    if not isinstance(config, dict) or not isinstance(state, dict):
+        raise bad(f"agent_config is a {type(config).__name__} and agent a {type(state).__name__}, expected dicts")
+    config_algo = config.get("algo", AgentConfig.algo)
+    if ckpt["algo"] != config_algo:
+        raise bad(f"algo is {ckpt['algo']!r} but agent_config.algo is {config_algo!r}")
+    if not isinstance(ckpt["env"], str):
+        raise bad(f"env is {ckpt['env']!r}, expected an env name")
+    try:
+        canonical = envs.env_name(ckpt["env"])
+        envs.check_layout(canonical, ckpt["obs_dim"], ckpt["act_dim"], "its obs_dim/act_dim")
+    except CfdgError as e:
+        raise bad(f"env {ckpt['env']!r}: {e}") from None
+    if canonical != ckpt["env"]:
+        raise bad(f"env {ckpt['env']!r} is not an env name as cfdg writes it ({canonical!r})")
+    for key in ("obs_mean", "obs_std"):
+        value = state.get(key)
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        if shape != [ckpt["obs_dim"]]:
+            raise bad(f"agent.{key} is {shape}, obs_dim says {ckpt['obs_dim']}")
+    if state.get("phase") not in ("offline", "online"):
+        raise bad(f"agent.phase is {state.get('phase')!r}, expected 'offline' or 'online'")
+
+
 def agent_from_checkpoint(ckpt: dict[str, Any], where: Path) -> Agent:
     try:
         cfg = from_mapping(AgentConfig, ckpt["agent_config"], f"{where}: agent_config")
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
+    if cfg.algo != ckpt["algo"]:  # load_checkpoint refuses this; the agent built must be the one named
+        raise CheckpointError(f"{where}: inconsistent agent checkpoint: algo {ckpt['algo']!r}, config {cfg.algo!r}")
     agent = make_agent(cfg, ckpt["obs_dim"], ckpt["act_dim"], ckpt["max_action"], select_device(cfg.device))
-    agent.load_state_dict(ckpt["agent"])
+    try:
+        agent.load_state_dict(ckpt["agent"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{where}: {e}") from e
     return agent

@@ -48,6 +48,11 @@ def save_diffusion(model: DiffusionModel, path: str | os.PathLike, extra: dict |
 def checkpoint_variant(path: str | os.PathLike) -> str:
     """The variant a fit stage wrote (`none` for the placeholder): materialise needs no params for it."""
     path = Path(path)
+    return _variant(path, _read(path))
+
+
+def _read(path: Path) -> dict:
+    """The checkpoint, its format and version checked."""
     ckpt = read_checkpoint(path, "diffusion")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
@@ -55,15 +60,26 @@ def checkpoint_variant(path: str | os.PathLike) -> str:
         raise CheckpointError(
             f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}; refit it (dvc repro fit@k)"
         )
-    if ckpt.get("variant") == "none":
-        return "none"
+    return ckpt
+
+
+def _variant(path: Path, ckpt: dict) -> str:
+    """The variant, which the placeholder holds at the top level and a model in its config: where both
+    are present they must agree, or the checkpoint would be read as one and run as the other."""
     config = ckpt.get("config")
-    variant = config.get("variant") if isinstance(config, dict) else None
-    if not isinstance(variant, str):
+    inner = config.get("variant") if isinstance(config, dict) else None
+    outer = ckpt.get("variant")
+    if outer is not None and inner is not None and outer != inner:
+        raise CheckpointError(
+            f"{path}: inconsistent diffusion checkpoint: variant {outer!r} but config.variant {inner!r}"
+        )
+    if outer == "none":
+        return "none"
+    if not isinstance(inner, str):
         raise CheckpointError(f"{path}: inconsistent diffusion checkpoint (no config.variant)")
-    if variant not in VARIANTS:
-        raise CheckpointError(f"{path}: variant {variant!r} is not one this cfdg knows ({list(VARIANTS)})")
-    return variant
+    if inner not in VARIANTS:
+        raise CheckpointError(f"{path}: variant {inner!r} is not one this cfdg knows ({list(VARIANTS)})")
+    return inner
 
 
 def checkpoint_summary(path: str | os.PathLike) -> dict[str, object]:
@@ -75,6 +91,26 @@ def checkpoint_summary(path: str | os.PathLike) -> dict[str, object]:
     return {"variant": variant, "fit_steps": int(ckpt.get("step", 0)), "config": dict(ckpt["config"])}
 
 
+def _check_dims(path: Path, ckpt: dict) -> tuple[int, int]:
+    """obs_dim / act_dim are positive integers, and the normaliser's mean and std are as wide as a row
+    of them (obs, action, reward, next obs, terminal)."""
+    dims = [ckpt.get("obs_dim"), ckpt.get("act_dim")]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise CheckpointError(f"{path}: inconsistent diffusion checkpoint: obs_dim/act_dim are {dims}")
+    obs_dim, act_dim = dims
+    width = 2 * obs_dim + act_dim + 2
+    norm = ckpt.get("normaliser")
+    for key in ("mean", "std"):
+        value = norm.get(key) if isinstance(norm, dict) else None
+        shape = list(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        if shape != [width]:
+            raise CheckpointError(
+                f"{path}: inconsistent diffusion checkpoint: normaliser.{key} is {shape}, "
+                f"obs_dim/act_dim {obs_dim}/{act_dim} make rows {width} wide"
+            )
+    return obs_dim, act_dim
+
+
 def load_diffusion(
     path: str | os.PathLike, device: str | torch.device | None = None, variant: str | None = None
 ) -> DiffusionModel:
@@ -84,24 +120,18 @@ def load_diffusion(
     passes its name); without, the diffusion model of any variant's checkpoint is read (warm start).
     """
     path = Path(path)
-    ckpt = read_checkpoint(path, "diffusion")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
-    if ckpt.get("version") != VERSION:
-        raise CheckpointError(
-            f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}; refit it (dvc repro fit@k)"
-        )
-    if ckpt.get("variant") == "none":
+    ckpt = _read(path)
+    if _variant(path, ckpt) == "none":
         raise CheckpointError(f"{path}: variant 'none' fitted no model; there is nothing to load")
     stored = ckpt["config"].get("variant") if isinstance(ckpt.get("config"), dict) else None
     if variant is not None and stored != variant:
         raise CheckpointError(f"{path}: holds a {stored!r} model, not the {variant!r} model asked for; refit it")
+    obs_dim, act_dim = _check_dims(path, ckpt)
     try:
         cfg_map = dict(ckpt["config"])
         if device is not None:
             cfg_map["device"] = str(device)
-        cfg = from_mapping(DiffusionConfig, cfg_map, f"{path} config")
-        obs_dim, act_dim = int(ckpt["obs_dim"]), int(ckpt["act_dim"])
+        cfg = from_mapping(DiffusionConfig, cfg_map, "config")
         dev = select_device(cfg.device)
         net = build_denoiser(cfg, obs_dim, act_dim, seed=0)
         for key in ("weights", "ema_weights"):
@@ -110,14 +140,12 @@ def load_diffusion(
         ema = copy.deepcopy(net)
         ema.load_state_dict(ckpt["ema_weights"])
         norm = Normaliser(ckpt["normaliser"]["mean"].numpy(), ckpt["normaliser"]["std"].numpy())
+    except CheckpointError:
+        raise  # already names the file
     except CfdgError as e:
         raise CheckpointError(f"{path}: {e}") from e
     except (KeyError, RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: inconsistent diffusion checkpoint ({type(e).__name__}: {e})") from e
-    if norm.mean.shape != (2 * obs_dim + act_dim + 2,):
-        raise CheckpointError(
-            f"{path}: normaliser has shape {norm.mean.shape}, data dims say {2 * obs_dim + act_dim + 2}"
-        )
     return DiffusionModel(
         cfg=cfg,
         obs_dim=obs_dim,

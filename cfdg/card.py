@@ -12,34 +12,17 @@ against it after import.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cfdg.io import plain
 
 CARD_KEY = "card"
 CARD_VERSION = 1
 # Attributes copied into the card as they are (the store's own provenance).
 _COPIED = ("kind", "env_id", "source", "round", "seed", "code_version")
-
-
-def plain(value: Any) -> Any:
-    """JSON-able data: numpy scalars/arrays to Python, tuples to lists, non-finite floats to None."""
-    if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return plain(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return value.as_posix()
-    return value
 
 
 def _le_bytes(a: np.ndarray) -> np.ndarray:

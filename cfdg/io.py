@@ -10,14 +10,17 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 # Testing hook: `CFDG_KILL_AT=<stage id>:<point>` makes that stage SIGKILL itself at the point, as a
 # power cut or an OOM kill would (points: `start`, `end` of a stage; `temp-dir` / `temp-file`: the
@@ -200,3 +203,20 @@ def code_version() -> str:
     for p in sorted(root.rglob("*.py")):
         h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes())
     return f"{__version__}+{h.hexdigest()[:12]}"
+
+
+def plain(value: Any) -> Any:
+    """JSON-able data (metrics, cards): numpy scalars/arrays to Python, tuples to lists, non-finite floats to None."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return value.as_posix()
+    return value

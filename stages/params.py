@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class QualityParams:
-    """How generated data is compared with real online data (DESIGN.md "Quality")."""
+    """How generated data is compared with real online data (README "Quality of generated data")."""
 
     max_rows: int = 5000  # rows per side given to the JS estimators
     seed: int = 0

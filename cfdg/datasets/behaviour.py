@@ -28,7 +28,7 @@ from cfdg.envs import make_env, normalized_score
 
 @dataclasses.dataclass(frozen=True)
 class TD3Params:
-    """TD3 defaults from the original paper (and APL's TD3 in REFERENCE.md)."""
+    """TD3 defaults from the original paper (and APL0's TD3)."""
 
     hidden: int = 256
     batch_size: int = 256

@@ -85,11 +85,10 @@ def project_commit(root: Path, allow_dirty: bool = False) -> str:
         raise ConfigError(f"{root}: no dvc.yaml here (run from the project root or pass --root)")
     commit = _git(root, "rev-parse", "HEAD")
     if not allow_dirty:
-        changed = [
-            line[3:]
-            for line in _git(root, "status", "--porcelain", "--untracked-files=no").splitlines()
-            if line[3:] not in ("params.yaml", "dvc.lock")
-        ]
+        status = _git(root, "status", "--porcelain", "--untracked-files=no")
+        paths = [ln.split(maxsplit=1)[1] for ln in status.splitlines()]
+        # params.yaml, dvc.lock and the study results are outputs, not the code the cells run
+        changed = [p for p in paths if p not in ("params.yaml", "dvc.lock") and not p.startswith("results/")]
         if changed:
             raise ConfigError(
                 f"{root}: uncommitted changes in {changed[0]}; cells run the committed code "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import os
@@ -446,9 +447,18 @@ def run_study(
     cell_retries: int = 1,
     stage_retries: int = 0,
     allow_dirty: bool = False,
+    only: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Validate everything, then run the pending cells N at once in one Prefect flow; write the report."""
+    """Validate everything, then run the pending cells N at once in one Prefect flow; write the report.
+
+    `only`: cell-name patterns (fnmatch); other pending cells wait for a later run (a pilot's subset).
+    """
     plan = Plan.make(Path(root), study_file, allow_dirty=allow_dirty)  # bad input fails here, nothing started
+    if only:
+        names = [c.name for c in plan.study.cells]
+        unknown = [p for p in only if not fnmatch.filter(names, p)]
+        if unknown:
+            raise ConfigError(f"{study_file}: --only {' '.join(unknown)} matches no cell (see `cfdg study cells`)")
     n = parallel or default_parallel()
     from prefect import flow, get_run_logger, task
     from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
@@ -466,8 +476,9 @@ def run_study(
     def cfdg_study() -> dict[str, Any]:
         logger = get_run_logger()
         cache = cache_dir(plan.root)
-        pending = plan.pending()
-        skipped = [c.name for c in plan.study.cells if c not in pending]
+        unfinished = plan.pending()
+        pending = [c for c in unfinished if not only or any(fnmatch.fnmatch(c.name, p) for p in only)]
+        skipped = [c.name for c in plan.study.cells if c not in unfinished]
         logger.info(
             "study %s: %d cells, %d finished (skipped), %d to run, %d at once; cache %s",
             plan.study.name,
@@ -562,6 +573,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             cell_retries=args.retries,
             stage_retries=args.stage_retries,
             allow_dirty=args.allow_dirty,
+            only=args.only or (),
         )
     for name, why in result["failed"].items():
         print(f"study: cell {name} failed: {why}", file=sys.stderr)
@@ -604,6 +616,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retries", type=int, default=1, help="retries of a failed cell within this run (default 1)")
     p.add_argument("--stage-retries", type=int, default=0, help="retries of a failed stage before its cell fails")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked code has uncommitted changes")
+    p.add_argument("--only", nargs="+", metavar="PATTERN", help="run only the pending cells matching these names/globs")
     p.add_argument("--pool", help="run the cells as flow runs on this Prefect work pool (see README)")
     p.add_argument("--remote", help="with --pool: DVC remote URL the cells push to and pull from")
     p.add_argument("--repo", help="with --pool: git URL the workers clone (default: this project's directory)")

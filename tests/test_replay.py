@@ -61,26 +61,34 @@ def test_concat_draws_configured_proportions(buffers):
         assert totals[k] / n == pytest.approx(1 / 3, abs=0.005)
 
 
-def test_bernoulli_side_probability_lambda_and_synthetic_share(buffers):
+@pytest.mark.parametrize("share", [0.8, 0.2])
+def test_bernoulli_side_probability_lambda_and_synthetic_share(buffers, share):
+    """APL's recipe: λ follows the real rows' side; the synthetic part is drawn at the 8:2 setting on
+    both sides (paper 3.3 and 4.1), so the realised online-labelled share moves with the setting."""
     online, offline, syn = buffers
-    mixer = BatchMixer("bernoulli", 128, online, offline, syn, synthetic_ratio=0.25, p_online=0.3, online_threshold=100)
+    mixer = BatchMixer(
+        "bernoulli", 128, online, offline, syn,
+        synthetic_ratio=0.25, synthetic_online_share=share, p_online=0.3, online_threshold=100,
+    )
     gen = torch.Generator().manual_seed(1)
-    sides, syn_share = [], []
+    sides, syn_rows, syn_online = [], 0, {True: 0, False: 0}
     for _ in range(2000):
         b = mixer.sample(gen)
         check_counts_match_rows(b)
         online_side = b.counts["online"] > 0
         assert b.lam == (0.0 if online_side else 1.0)
-        if online_side:  # the synthetic part carries the side's label
-            assert b.counts["offline"] == b.counts["synthetic_offline"] == 0
-            syn_share.append(b.counts["synthetic_online"] / 128)
-        else:
-            assert b.counts["online"] == b.counts["synthetic_online"] == 0
-            syn_share.append(b.counts["synthetic_offline"] / 128)
+        assert b.counts["offline" if online_side else "online"] == 0  # real rows from one side only
+        assert b.counts["synthetic_online"] + b.counts["synthetic_offline"] == 32
+        syn_rows += 32
+        syn_online[online_side] += b.counts["synthetic_online"]
         sides.append(online_side)
     # Binomial(2000, 0.3): sd ≈ 0.0102; 4 sd tolerance.
     assert np.mean(sides) == pytest.approx(0.3, abs=0.041)
-    assert np.mean(syn_share) == pytest.approx(0.25, abs=1e-9)
+    # Binomial(64000, share) over rows: sd ≤ 0.002; the share holds on each side separately too.
+    assert sum(syn_online.values()) / syn_rows == pytest.approx(share, abs=0.01)
+    n_on = sum(sides)
+    assert syn_online[True] / (32 * n_on) == pytest.approx(share, abs=0.02)
+    assert syn_online[False] / (32 * (2000 - n_on)) == pytest.approx(share, abs=0.02)
 
 
 def test_bernoulli_offline_only_until_online_buffer_passes_threshold(buffers):

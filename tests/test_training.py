@@ -357,3 +357,16 @@ def test_pex_regresses_on_the_expanded_policys_actions(pretrained, hopper_store)
     assert (chosen.abs() <= agent.max_action).all()
     expected = agent.target_critic.min(obs, chosen) - v
     torch.testing.assert_close(chosen_adv, expected)
+
+
+@pytest.mark.parametrize(("threshold", "online_batches"), [(K // 2, True), (K, False)])
+def test_apl_round_one_trains_on_online_batches_once_past_threshold(pretrained, hopper_store, tmp_path, threshold,
+                                                                    online_batches):
+    """APL0's rule: online-side batches only once the online buffer holds more than `online_threshold`
+    rows. A threshold equal to the round length (the hopper study's 10K) leaves round 1 offline-only;
+    one below it gives round 1 online updates (the cheetah-random study's 5000 of 10K)."""
+    cfg = rollout_cfg(K, online_threshold=threshold, warmup_steps=10)
+    m = run_round(pretrained["apl"], hopper_store, None, None, cfg, tmp_path / "a.pt", tmp_path / "a.zarr", 1, False)
+    assert m["gradient_steps"] > 0
+    assert (m["apl_batches"]["online"] > 0) is online_batches
+    assert m["apl_batches"]["offline"] > 0

@@ -7,8 +7,11 @@ seed gives the same batches on every device, and a checkpointed generator state 
 - concat (IQL, PEX): batch = online ⊕ offline ⊕ synthetic; a fraction `synthetic_ratio` r of the
   batch is synthetic, a share `synthetic_online_share` (0.8) of it online-labelled; a share
   `real_online_share` (0.5, PEX's buffer mix) of the real part is online, the rest offline.
-- bernoulli (APL): with probability p_online the batch is from the online side (λ = 0), else from
-  the offline side (λ = 1); a fraction r of it is synthetic rows carrying that side's label.
+- bernoulli (APL): with probability p_online the real part is from the online side (λ = 0), else
+  from the offline side (λ = 1); a fraction r of the batch is synthetic, drawn 8:2 online:offline
+  labelled as in the concat recipe. Paper 3.3 adds synthetic rows to either side "as part of online
+  data or offline data", and 4.1 keeps the 8:2 "the same across all tasks, datasets and methods";
+  λ follows the side the real rows came from.
 
 Counts that are not integers are rounded stochastically (floor + Bernoulli(fraction)) so the
 expected proportions are exact; integer counts draw nothing, so with no synthetic data (None,
@@ -182,36 +185,31 @@ class BatchMixer:
 
     def _concat(self, gen: torch.Generator) -> Batch:
         n_syn = split_count(self.batch_size, self.synthetic_ratio, gen)
-        syn_on = syn_off = 0
-        if n_syn:
-            syn_on = split_count(n_syn, self.synthetic_online_share, gen)
-            syn_on, syn_off = _fit(self.synthetic.online, self.synthetic.offline, syn_on, n_syn - syn_on)
+        syn_on, syn_off = self._synthetic_split(n_syn, gen)
         n_real = self.batch_size - n_syn
         n_on = split_count(n_real, self.real_online_share, gen) if len(self.online) else 0
-        syn = self.synthetic
-        return _assemble(
-            [
-                ("online", self.online, n_on),
-                ("offline", self.offline, n_real - n_on),
-                ("synthetic_online", syn and syn.online, syn_on),
-                ("synthetic_offline", syn and syn.offline, syn_off),
-            ],
-            gen,
-            None,
-        )
+        parts = [("online", self.online, n_on), ("offline", self.offline, n_real - n_on)]
+        return _assemble([*parts, *self._synthetic_parts(syn_on, syn_off)], gen, None)
 
     def _bernoulli(self, gen: torch.Generator) -> Batch:
         p = self.p_online if len(self.online) > self.online_threshold else 0.0
         online_side = bool(torch.rand((), generator=gen).item() < p)
-        syn = self.synthetic
-        syn_buf = None if syn is None else (syn.online if online_side else syn.offline)
-        n_syn = split_count(self.batch_size, self.synthetic_ratio, gen) if syn_buf is not None else 0
-        n_real = self.batch_size - n_syn
-        if online_side:
-            parts = [("online", self.online, n_real), ("synthetic_online", syn_buf, n_syn)]
-        else:
-            parts = [("offline", self.offline, n_real), ("synthetic_offline", syn_buf, n_syn)]
+        n_syn = split_count(self.batch_size, self.synthetic_ratio, gen) if self.synthetic is not None else 0
+        syn_on, syn_off = self._synthetic_split(n_syn, gen)
+        real = ("online", self.online) if online_side else ("offline", self.offline)
+        parts = [(*real, self.batch_size - n_syn), *self._synthetic_parts(syn_on, syn_off)]
         return _assemble(parts, gen, 0.0 if online_side else 1.0)
+
+    def _synthetic_split(self, n_syn: int, gen: torch.Generator) -> tuple[int, int]:
+        """Paper 4.1: generated online:offline 8:2 in every batch's synthetic part, on either side."""
+        if not n_syn:
+            return 0, 0
+        syn_on = split_count(n_syn, self.synthetic_online_share, gen)
+        return _fit(self.synthetic.online, self.synthetic.offline, syn_on, n_syn - syn_on)
+
+    def _synthetic_parts(self, syn_on: int, syn_off: int) -> list[tuple[str, ReplayBuffer | None, int]]:
+        syn = self.synthetic
+        return [("synthetic_online", syn and syn.online, syn_on), ("synthetic_offline", syn and syn.offline, syn_off)]
 
 
 def _fit(on: ReplayBuffer | None, off: ReplayBuffer | None, n_on: int, n_off: int) -> tuple[int, int]:

@@ -67,8 +67,15 @@ def test_bernoulli_side_probability_lambda_and_synthetic_share(buffers, share):
     both sides (paper 3.3 and 4.1), so the realised online-labelled share moves with the setting."""
     online, offline, syn = buffers
     mixer = BatchMixer(
-        "bernoulli", 128, online, offline, syn,
-        synthetic_ratio=0.25, synthetic_online_share=share, p_online=0.3, online_threshold=100,
+        "bernoulli",
+        128,
+        online,
+        offline,
+        syn,
+        synthetic_ratio=0.25,
+        synthetic_online_share=share,
+        p_online=0.3,
+        online_threshold=100,
     )
     gen = torch.Generator().manual_seed(1)
     sides, syn_rows, syn_online = [], 0, {True: 0, False: 0}

@@ -360,8 +360,9 @@ def test_pex_regresses_on_the_expanded_policys_actions(pretrained, hopper_store)
 
 
 @pytest.mark.parametrize(("threshold", "online_batches"), [(K // 2, True), (K, False)])
-def test_apl_round_one_trains_on_online_batches_once_past_threshold(pretrained, hopper_store, tmp_path, threshold,
-                                                                    online_batches):
+def test_apl_round_one_trains_on_online_batches_once_past_threshold(
+    pretrained, hopper_store, tmp_path, threshold, online_batches
+):
     """APL0's rule: online-side batches only once the online buffer holds more than `online_threshold`
     rows. A threshold equal to the round length (the hopper study's 10K) leaves round 1 offline-only;
     one below it gives round 1 online updates (the cheetah-random study's 5000 of 10K)."""

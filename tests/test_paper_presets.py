@@ -2,8 +2,8 @@
 
 Each preset is resolved both ways a user meets it (`cfdg preset` on a params.yaml, and a study
 cell with `preset:`), starting from a params.yaml whose sections were changed away from every
-paper value, and each row of the README's "Paper settings" table that names a key is checked
-against the resolved settings (and the embedded default against its CPU-default column).
+paper value, and each row of the "Paper settings" table (docs/paper-settings.md) that names a key
+is checked against the resolved settings (and the embedded default against its CPU-default column).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pipeline.preset import apply_preset
 from pipeline.study_spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
+PAPER_SETTINGS = ROOT / "docs" / "paper-settings.md"
 PRESETS = {"iql": "IQL / PEX preset", "pex": "IQL / PEX preset", "apl": "APL preset"}
 
 # A params.yaml moved away from the paper on every setting the table lists.
@@ -69,10 +70,8 @@ PERTURBED = {
 
 
 def table_rows() -> list[tuple[str, dict[str, str]]]:
-    """(key, {column: cell}) for each row of the README's paper-settings table that names a key."""
-    text = (ROOT / "README.md").read_text()
-    block = text[text.index("### Paper settings") :]
-    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    """(key, {column: cell}) for each row of the paper-settings table that names a key."""
+    lines = [ln for ln in PAPER_SETTINGS.read_text().splitlines() if ln.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = []
     for ln in lines[2:]:
@@ -124,7 +123,7 @@ def resolved_by_study(project: Path, algo: str) -> dict[str, Any]:
     return sections.resolved(sections.load_all(out))
 
 
-def test_readme_table_names_the_settings():
+def test_paper_settings_table_names_the_settings():
     keys = {k for k, _ in table_rows()}
     for must in ("agent.iql_beta", "rollout.train_every", "diffusion.conditioning", "sampling.buffer", "rounds"):
         assert must in keys

@@ -2,7 +2,7 @@
 `RolloutConfig` (`rollout:`, one online round), with the public implementations' defaults.
 
 Defaults follow CORL (IQL for locomotion) and APL0 (TD3/TD3+BC); the paper presets use the PEX
-repository's values (README "Paper settings"). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
+repository's values (docs/paper-settings.md). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
 `reward_shift: -1` in params.yaml.
 """
 

@@ -109,6 +109,89 @@ def test_pex_act_picks_candidate_with_much_higher_q():
     assert all(p > 0.9 for p in picks)  # softmax(10·(~3 − ~−3)) ≈ 1 for the new policy
 
 
+def constant_mean_(policy, value: float) -> None:
+    """A GaussianPolicy whose mean is `value` in every state: zero weights, last bias atanh(value)."""
+    linears = [m for m in policy.net if isinstance(m, nn.Linear)]
+    for layer in linears:
+        layer.weight.zero_()
+        layer.bias.zero_()
+    linears[-1].bias.fill_(float(np.arctanh(value)))
+
+
+def sum_of_actions_critic_(critic: TwinQ) -> None:
+    """Both heads of a real TwinQ set to Q(s, a) = Σ a (a first unit that carries Σa + 10 through the ReLUs)."""
+    first, *rest = critic.layers
+    first.weight.zero_()
+    first.bias.zero_()
+    first.weight[:, 5:, 0] = 1.0  # the action inputs (obs_dim 5)
+    first.bias[:, :, 0] = 10.0
+    for layer in rest:
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[:, 0, 0] = 1.0
+    critic.head.weight.zero_()
+    critic.head.weight[:, 0, 0] = 1.0
+    critic.head.bias.fill_(-10.0)
+
+
+@torch.no_grad()
+def test_pex_awr_targets_are_the_expanded_policys_sampled_choices():
+    """PEX's policy_update (pex/algorithms/pex.py): the new policy regresses on the action the expanded
+    policy picks per state: the offline policy's mean, or a *sample* of the new policy, picked with
+    softmax(inv_temperature · Q). Known policies (offline mean +0.5, new N(−0.5, 0.1²)) and a critic
+    Q = Σa make the outcome exact: P(new) = E[σ(0.2·(Σa_new − 1.5))] ≈ 0.354. Regressing on the new
+    policy's mean, or on uniform random actions, fails here."""
+    a = agent("pex", inv_temperature=0.2)
+    a.start_online()
+    constant_mean_(a.offline_actor, 0.5)
+    constant_mean_(a.actor, -0.5)
+    a.actor.log_std.fill_(float(np.log(0.1)))
+    sum_of_actions_critic_(a.critic)
+    sum_of_actions_critic_(a.target_critic)
+    n = 4000
+    obs = torch.randn(n, 5, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    v = torch.randn(n)
+    chosen, adv = a.awr_targets(obs, torch.zeros(n, 3), torch.zeros(n), v)
+
+    offline = torch.isclose(chosen, torch.full_like(chosen, 0.5), atol=1e-6).all(-1)
+    new = chosen[~offline]
+    z = torch.randn(200_000, 3, generator=torch.Generator().manual_seed(2))
+    p_new = torch.sigmoid(0.2 * ((-0.5 + 0.1 * z).sum(-1) - 1.5)).mean().item()
+    assert (~offline).float().mean().item() == pytest.approx(p_new, abs=0.03)  # sd ≈ 0.008
+    assert new.mean().item() == pytest.approx(-0.5, abs=0.01)  # the new policy's samples ...
+    assert new.std().item() == pytest.approx(0.1, abs=0.01)  # ... not its mean
+    torch.testing.assert_close(adv, chosen.sum(-1) - v)  # Q_target(s, chosen) − V(s)
+
+
+def test_pex_update_regresses_the_new_policy_on_awr_targets():
+    """`update` trains the new policy by AWR on `awr_targets`' actions and advantages (the same random
+    draws), not on the batch's own actions: its actor gradient is that loss's gradient."""
+    a = agent("pex", iql_beta=10.0)
+    a.start_online()
+    batch = batches(1, seed=7)[0]
+    torch.manual_seed(5)
+    a.update(batch)
+    got = [p.grad.clone() for p in a.actor.parameters()]
+
+    b = agent("pex", iql_beta=10.0)
+    b.start_online()
+    obs = b.norm(batch.observations)
+    with torch.no_grad():
+        v = b.vf(obs)
+        adv = b.target_critic.min(obs, batch.actions) - v
+    torch.manual_seed(5)
+    act, awr_adv = b.awr_targets(obs, batch.actions, adv, v)
+    weights = torch.exp(10.0 * awr_adv).clamp(max=100.0)
+    loss = (weights * -b.actor.log_prob(obs, act)).mean()
+    want = torch.autograd.grad(loss, list(b.actor.parameters()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    plain = (torch.exp(10.0 * adv).clamp(max=100.0) * -b.actor.log_prob(obs, batch.actions)).mean()
+    plain_grads = torch.autograd.grad(plain, list(b.actor.parameters()))
+    assert any(not torch.allclose(g, w) for g, w in zip(got, plain_grads, strict=True))
+
+
 # --- APL -------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,8 @@
 """The agents' parameters: `AgentConfig` (params `agent:`), `PretrainConfig` (`pretrain:`) and
 `RolloutConfig` (`rollout:`, one online round), with the public implementations' defaults.
 
-Defaults follow CORL (IQL for locomotion) and APL0 (TD3/TD3+BC); the paper presets use the PEX
-repository's values (docs/paper-settings.md). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
+Defaults follow CORL (IQL for locomotion, Cal-QL) and APL0 (TD3/TD3+BC); the paper presets use the
+PEX repository's values and APL0's GCQL (docs/paper-settings.md). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
 `reward_shift: -1` in params.yaml.
 """
 

@@ -351,6 +351,9 @@ def test_apl_checkpoint_names_its_engine_and_loads_only_as_it(pretrained, hopper
         assert type(agent_from_checkpoint(ckpt, pretrained[name])).engine == engine
         with pytest.raises(CheckpointError, match=f"APL on the {engine} engine, not {other}"):
             load_checkpoint(pretrained[name], apl_engine=other)
+    outs = (tmp_path / "x.pt", tmp_path / "x.zarr", 1, False)
+    with pytest.raises(CheckpointError, match="APL on the td3bc engine, not cql"):  # params.yaml against the artifact
+        run_round(pretrained["apl"], hopper_store, None, None, rollout_cfg(K), *outs, algo="apl", apl_engine="cql")
     ckpt = torch.load(pretrained["apl-cql"], weights_only=True)
     ckpt["agent_config"]["apl_engine"] = "td3bc"
     torch.save(ckpt, tmp_path / "forged.pt")

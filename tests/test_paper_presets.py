@@ -249,7 +249,7 @@ SHRINK_ROLLOUT = {  # the cycle and thresholds scaled with the round, so that up
     "apl": {"train_every": 10, "utd": 2, "online_threshold": 15, "online_buffer_size": 30},
 }
 # Config fields read while a config is validated, copied, printed or serialised are not "read by the code".
-_NOT_A_USE = ("dataclasses.py", "copy.py", f"cfdg{Path('/').as_posix()}config.py", "<string>")
+_NOT_A_USE = ("dataclasses.py", "copy.py", "cfdg/config.py", "<string>")
 
 
 def preset_keys(algo: str) -> set[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
@@ -252,6 +253,23 @@ def test_dvc_metrics_are_numbers_in_a_readable_table(finished):
     plots = json.loads(dvc(finished, "plots", "show", "--json").stdout)["data"]
     curve = plots["artifacts/rounds/1/rollout/plots/custom/eval.json"][0]["content"]["data"]["values"]
     assert curve and all(isinstance(p["normalized_score"], float) for p in curve)
+
+
+@pytest.mark.slow
+def test_pipeline_doc_names_every_metric_key(finished):
+    """docs/pipeline.md's metrics table names every key each metrics file holds (the tiny run: IQL + CFDG)."""
+    doc = (ROOT / "docs" / "pipeline.md").read_text()
+    rows = {}
+    for line in doc.splitlines():
+        match = re.match(r"\| `(artifacts/[^`]+/metrics\.json)`[^|]*\|[^|]*\|(.*)\|$", line)
+        if match:
+            rows[match.group(1)] = set(re.findall(r"`([a-z_]+)`", match.group(2)))
+    rounds = params.rounds(params.read_params(finished / "params.yaml"))
+    for path in ["artifacts/report/metrics.json", *_stage_metrics_paths(rounds)]:
+        pattern = re.sub(r"rounds/[1-9][0-9]*/", "rounds/<k>/", path)
+        assert pattern in rows, f"docs/pipeline.md does not list {pattern}"
+        written = set(json.loads((finished / path).read_text()))
+        assert written <= rows[pattern], f"{path}: keys not in docs/pipeline.md: {written - rows[pattern]}"
 
 
 @pytest.mark.slow

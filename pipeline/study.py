@@ -623,7 +623,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage-retries", type=int, default=0, help="retries of a failed stage before its cell fails")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked code has uncommitted changes")
     p.add_argument("--only", nargs="+", metavar="PATTERN", help="run only the pending cells matching these names/globs")
-    p.add_argument("--pool", help="run the cells as flow runs on this Prefect work pool (see README)")
+    p.add_argument("--pool", help="run the cells as flow runs on this Prefect work pool (see docs/studies.md)")
     p.add_argument("--remote", help="with --pool: DVC remote URL the cells push to and pull from")
     p.add_argument("--repo", help="with --pool: git URL the workers clone (default: this project's directory)")
     p.set_defaults(func=_cmd_run)

@@ -441,7 +441,7 @@ def stage_cost_table(records: Sequence[Mapping[str, Any]]) -> str:
     if not per:
         return "No finished cells.\n"
     lines = [
-        f"Wall seconds per round (mean ± {STD} over cells and rounds):",
+        "Wall seconds per round (mean ± sample std (n − 1) over cells and rounds):",
         "",
         "| Algorithm | Variant | Rollout | Fit | Materialise | (Fit + Materialise) / Rollout |",
         "|---|---|---:|---:|---:|---:|",

@@ -3,7 +3,7 @@
     python bench/ablation.py export --artifacts artifacts --out rounds.npz   # round data of a run
     python bench/ablation.py run --data rounds.npz --out results.json [--only baseline,balanced] \
         [--seeds 3] [--workers 12] [--deadline 480]
-    python bench/ablation.py table results.json [more.json ...] --md bench/results/ablation.md
+    python bench/ablation.py table results.json [more.json ...] --md results/generator-ablation/ablation.md
 
 On each round's data of one pipeline run (round k = offline ∪ round k's online store; "fresh" rows
 = the rows round k+1's online store adds, which no round-k model saw), every candidate is fitted

@@ -1,8 +1,8 @@
 """Guidance and sampler curves: fidelity and alignment against w and against network evaluations.
 
     python bench/fidelity.py run --data rounds.npz --out curves.jsonl [--seeds 3] [--workers 12]
-    python bench/fidelity.py table curves.jsonl [ablation.jsonl ...] --md bench/results/fidelity.md \
-        --png bench/results/fidelity.png
+    python bench/fidelity.py table curves.jsonl [ablation.jsonl ...] --md results/generator-ablation/fidelity.md \
+        --png results/generator-ablation/fidelity.png
 
 On round CURVE_ROUND's data of the default run (fresh rows = what round CURVE_ROUND+1 adds), the
 default CFDG model (bench/ablation.py's `baseline`, 3 seeds) is sampled with

@@ -168,26 +168,30 @@ def quality_png(rows: Sequence[Mapping[str, Any]], out_png: str | Path) -> Path:
     return _save(fig, out_png)
 
 
-def aggregate(summaries: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str, str], tuple[float, float, int]]:
-    """(dataset, algo, variant) -> (mean, std, n) of the final normalised score over seeds (population std)."""
+def aggregate(
+    summaries: Iterable[Mapping[str, Any]], ddof: int = 0
+) -> dict[tuple[str, str, str], tuple[float, float, int]]:
+    """(dataset, algo, variant) -> (mean, std, n) of the final normalised score over seeds
+    (population std; `ddof=1`: sample std, 0 for a single seed)."""
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for s in summaries:
         groups[(str(s["dataset"]), str(s["algo"]).lower(), str(s["variant"]))].append(float(s["final_score"]))
     out = {}
     for key, scores in groups.items():
         mean = sum(scores) / len(scores)
-        std = math.sqrt(sum((x - mean) ** 2 for x in scores) / len(scores))
+        dof = len(scores) - ddof
+        std = math.sqrt(sum((x - mean) ** 2 for x in scores) / dof) if dof > 0 else 0.0
         out[key] = (mean, std, len(scores))
     return out
 
 
-def table1_markdown(summaries: Iterable[Mapping[str, Any]]) -> str:
+def table1_markdown(summaries: Iterable[Mapping[str, Any]], ddof: int = 0) -> str:
     """The paper's Table 1 for the runs present: a row per dataset, Base vs CFDG per algorithm.
 
     Each summary is `{dataset, algo, variant, seed, final_score}` (a run's `summary.json`);
     cells are mean ± std over seeds with the seed count, the better of each pair in bold.
     """
-    stats = aggregate(summaries)
+    stats = aggregate(summaries, ddof)
     if not stats:
         raise ValueError("table1_markdown: no runs")
     datasets = sorted({k[0] for k in stats})

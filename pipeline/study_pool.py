@@ -1,6 +1,6 @@
 """A study past one machine: its cells as flow runs of a deployment on a Prefect work pool.
 
-Each machine starts one worker (README "Studies on many machines"):
+Each machine starts one worker (docs/studies.md, "Studies on many machines"):
 
     PREFECT_API_URL=http://SERVER:4200/api prefect worker start --pool cfdg-study --type process
 

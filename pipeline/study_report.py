@@ -4,11 +4,17 @@ Everything is read from the committed results files `results/<study>/cells/<cell
 (pipeline/study_results.py: the learning curve from the cells' metrics files, quality from
 rounds/k/quality.json, and the stage timings of the cells' state files), so a fresh clone with no
 workspace rebuilds the report. Cells not finished yet are left out and counted.
-Mean ± std are over seeds (population std, as `pipeline table`).
+
+Checks before any table: each file is a well-formed record of its cell whose params agree with
+every setting the study file pins; all cells come from one commit (or the caller says to mix,
+and every table says so); and the variants of one seed start from the same pretrained agent and
+the same round-1 data, which the paired intervals rely on (a seed where they do not is flagged).
+Mean ± std are over seeds with the sample std (n − 1), in every table.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -17,15 +23,20 @@ from typing import Any
 
 from cfdg import report as cfdg_report
 from cfdg.diffusion.variants.registry import display_name, order
+from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json, atomic_write_text
-from pipeline.study_results import committed, report_record, results_dir
+from pipeline.study_results import read_result, report_record, result_path, results_dir
+from pipeline.study_spec import study_pins
 
 DIVERGENCES = ("state", "action", "transition")
+STD = "sample std over seeds (n − 1)"
+MOVED_MIN = 5.0  # normalised points the base must gain, and more than 2 std of that gain
 
 
 def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (n − 1; 0 for one value): the one convention of every study table."""
     m = sum(xs) / len(xs)
-    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / len(xs))
+    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0)
 
 
 def _fmt(xs: Sequence[float], digits: int = 1) -> str:
@@ -35,16 +46,74 @@ def _fmt(xs: Sequence[float], digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def collect(plan: Any) -> list[dict[str, Any]]:
+@dataclasses.dataclass
+class Collected:
+    """The records the report reads, and what it found about them."""
+
+    records: list[dict[str, Any]]
+    read: list[Path]  # the cell files read
+    missing: list[str]  # cells with no results yet
+    commits: dict[str, list[str]]  # commit -> cells
+    mixed: bool  # several commits, allowed by the caller
+
+    def commit_line(self) -> str:
+        parts = [f"{c[:10]} ({len(cells)} cells)" for c, cells in sorted(self.commits.items())]
+        return "code " + ", ".join(parts) if parts else "no cells"
+
+
+def collect(plan: Any, mix_commits: bool = False) -> Collected:
     """One record per cell with committed results (`results/<study>/cells/`), exporting finished
-    workspaces first: the tables need nothing but those files."""
+    workspaces first: the tables need nothing but those files. Refuses (ConfigError, one line) a
+    malformed file, a record whose params disagree with the study file, and cells of different
+    commits unless `mix_commits`."""
     plan.export_finished()
-    records = []
+    pins = study_pins(plan.study, plan.root)
+    records, read, missing = [], [], []
+    commits: dict[str, list[str]] = defaultdict(list)
     for c in plan.study.cells:
-        rec = committed(plan.root, plan.study.name, c)
-        if rec is not None:
-            records.append(report_record(rec))
-    return records
+        path = result_path(plan.root, plan.study.name, c)
+        rec = read_result(path, c, pins[c.name])
+        if rec is None:
+            missing.append(c.name)
+            continue
+        read.append(path)
+        records.append(report_record(rec))
+        commits[str(rec["commit"])].append(c.name)
+    if len(commits) > 1 and not mix_commits:
+        listed = "; ".join(f"{k[:10]}: {', '.join(v)}" for k, v in sorted(commits.items()))
+        raise ConfigError(
+            f"{plan.study.path}: cells come from {len(commits)} commits ({listed}); rerun them at one commit, "
+            "or pass --mix-commits to report them together (every table then says so)"
+        )
+    return Collected(records, read, missing, dict(commits), len(commits) > 1)
+
+
+def pairing(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Seeds whose variants do not start alike: a different pretrained agent (score or stage key)
+    or different round-1 rollout metrics (round 1 trains on no synthetic data in any variant)."""
+    by: dict[tuple[str, str, int], list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        if not r["ablation"]:
+            by[(r["dataset"], r["algo"], r["seed"])].append(r)
+    flags = []
+    for (d, a, seed), rs in sorted(by.items()):
+        if len(rs) < 2:
+            continue
+        first = rs[0]
+        for r in rs[1:]:
+            what = []
+            if r["pretrain_score"] != first["pretrain_score"] or (
+                r["stage_keys"].get("pretrain") != first["stage_keys"].get("pretrain")
+            ):
+                what.append("pretrained agent")
+            if r["round1"] != first["round1"]:
+                what.append("round-1 data")
+            if what:
+                flags.append(
+                    f"- {d} / {a.upper()} seed {seed}: {_vname(r['variant'])} and {_vname(first['variant'])} "
+                    f"differ in their {' and '.join(what)}; their paired difference is not a paired comparison."
+                )
+    return flags
 
 
 def _vname(v: str) -> str:
@@ -64,9 +133,11 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
         for r in main
     ]
     lines = [
-        cfdg_report.table1_markdown(summaries),
+        f"D4RL-normalised final score, mean ± {STD}:",
         "",
-        "Pretrained → after the last round (D4RL-normalised, mean ± std over seeds):",
+        cfdg_report.table1_markdown(summaries, ddof=1),
+        "",
+        f"Pretrained → after the last round (D4RL-normalised, mean ± {STD}):",
         "",
     ]
     lines += [
@@ -118,10 +189,15 @@ def paired_table(records: Sequence[Mapping[str, Any]]) -> str:
             change = [base[s]["final_score"] - base[s]["pretrain_score"] for s in sorted(base)]
             m = sum(change) / len(change)
             sd1 = math.sqrt(sum((x - m) ** 2 for x in change) / (len(change) - 1))
-            moved = abs(m) >= 5 and abs(m) > 2 * sd1
+            moved = m >= MOVED_MIN and m > 2 * sd1  # an improvement: signed, not |·|
             moves.append(
-                f"- {d} / {a.upper()}: base agent final − pretrained = {m:+.1f} (std {sd1:.1f}, n {len(change)}): "
-                + ("moved (≥ 5 points and > 2 std)." if moved else "did not measurably move (needs ≥ 5 and > 2 std).")
+                f"- {d} / {a.upper()}: base agent final − pretrained = {m:+.1f} (sample std {sd1:.1f}, "
+                f"n {len(change)}): "
+                + (
+                    "moved (≥ +5 points and > 2 std)."
+                    if moved
+                    else "did not measurably improve (needs ≥ +5 and > 2 std)."
+                )
             )
         for v in _variants([{"variant": v} for v in variants]):
             if v == "none":
@@ -151,44 +227,80 @@ def paired_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join([*lines, "", *moves]) + "\n"
 
 
+FIDELITY = (
+    ("fidelity.generated.next_state_rel_error", "next-state rel. error"),
+    ("fidelity.generated.reward_rel_error", "reward rel. error"),
+    ("memorisation.ratio", "memorisation ratio"),
+)
+
+
+def _generates(rs: Sequence[Mapping[str, Any]], variant: str) -> bool:
+    key = "generated_vs_online.state.classifier"
+    return any(key in q for r in rs if r["variant"] == variant for q in r["quality"].values())
+
+
 def table2(records: Sequence[Mapping[str, Any]]) -> str:
-    """Alignment (JS, classifier estimate) and, when measured, fidelity per round, mean ± std over seeds."""
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = defaultdict(list)
+    """The paper's Table 2 per round: JS divergence to the round's real online data of the offline
+    data and of each variant's generated (online-labelled) rows; then the simulator fidelity and
+    memorisation of the generated rows per round. Mean ± sample std over seeds."""
+    panels: dict[tuple[str, str], list[Mapping[str, Any]]] = defaultdict(list)
     for r in records:
-        if r["quality"]:
-            groups[(r["dataset"], r["algo"], r["variant"])].append(r)
-    if not groups:
+        if r["quality"] and not r["ablation"]:
+            panels[(r["dataset"], r["algo"])].append(r)
+    if not panels:
         return "No per-round quality metrics yet.\n"
     lines = [
-        "JS divergence to the round's real online data, nats (max ln 2 ≈ 0.69), classifier estimate; "
-        "Generated = online-labelled synthetic rows.",
+        "JS divergence to the round's real online data, nats (max ln 2 ≈ 0.69; classifier estimate; lower is "
+        f"closer). Offline: the offline data against each cell's online data, all cells. A variant: its "
+        f"online-labelled generated rows. Mean ± {STD}.",
         "",
-        "| Dataset | Algorithm | Variant | Round | Divergence | Offline | Generated |",
-        "|---|---|---|---:|---|---:|---:|",
     ]
-    fidelity: list[str] = []
-    for (d, a, v), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], order(kv[0][2]))):
+    fidelity = [
+        "Generated (online-labelled) rows replayed in the simulator (relative error of the model's next state "
+        "and reward against MuJoCo's from the same state and action), and the memorisation ratio: median "
+        "nearest-neighbour distance of generated rows to the round's online rows over that of held-out real "
+        f"episodes (≈ 1 healthy, ≪ 1 copying; > 1 farther than real rows). Mean ± {STD}.",
+        "",
+    ]
+    for (d, a), rs in sorted(panels.items()):
+        gens = [v for v in _variants(rs) if _generates(rs, v)]
         rounds = sorted({k for r in rs for k in r["quality"]})
-        for k in rounds:
-            qs = [r["quality"][k] for r in rs if k in r["quality"]]
-            for div in DIVERGENCES:
-                off = [q[key] for q in qs if (key := f"offline_vs_online.{div}.classifier") in q]
-                gen = [q[key] for q in qs if (key := f"generated_vs_online.{div}.classifier") in q]
-                lines.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {div} | {_fmt(off, 2)} | {_fmt(gen, 2)} |")
-            keys = sorted({key for q in qs for key in q if "fidelity" in key or "memorisation" in key})
-            for key in keys:
-                vals = [q[key] for q in qs if key in q]
-                fidelity.append(f"| {d} | {a.upper()} | {_vname(v)} | {k} | {key} | {_fmt(vals, 3)} |")
-    if fidelity:
         lines += [
+            f"**{a.upper()} on {d}**",
             "",
-            "Fidelity (simulator ground truth) and memorisation per round:",
-            "",
-            "| Dataset | Algorithm | Variant | Round | Metric | Mean ± std |",
-            "|---|---|---|---:|---|---:|",
-            *fidelity,
+            "| Round | Divergence | Offline | " + " | ".join(_vname(v) for v in gens) + " |",
+            "|---:|---|---:|" + "---:|" * len(gens),
         ]
-    return "\n".join(lines) + "\n"
+        for k in rounds:
+            for div in DIVERGENCES:
+                off = [
+                    q[key]
+                    for r in rs
+                    if (q := r["quality"].get(k)) and (key := f"offline_vs_online.{div}.classifier") in q
+                ]
+                cols = [
+                    _fmt([q[key] for r in rs if r["variant"] == v and (q := r["quality"].get(k))
+                          and (key := f"generated_vs_online.{div}.classifier") in q], 2)
+                    for v in gens
+                ]  # fmt: skip
+                lines.append(f"| {k} | {div} | {_fmt(off, 2)} | " + " | ".join(cols) + " |")
+        lines.append("")
+        if gens:
+            fidelity += [
+                f"**{a.upper()} on {d}**",
+                "",
+                "| Round | Measure | " + " | ".join(_vname(v) for v in gens) + " |",
+                "|---:|---|" + "---:|" * len(gens),
+            ]
+            for k in rounds:
+                for key, label in FIDELITY:
+                    cols = [
+                        _fmt([q[key] for r in rs if r["variant"] == v and (q := r["quality"].get(k)) and key in q], 3)
+                        for v in gens
+                    ]
+                    fidelity.append(f"| {k} | {label} | " + " | ".join(cols) + " |")
+            fidelity.append("")
+    return "\n".join([*lines, "### Simulator fidelity per round", "", *fidelity])
 
 
 def table3(records: Sequence[Mapping[str, Any]]) -> str:
@@ -314,37 +426,80 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_report(plan: Any) -> Path:
-    """Write results/<name>/report/: report.md, table1/2/3.md, compute.md, curves.png, results.json."""
+def stage_cost_table(records: Sequence[Mapping[str, Any]]) -> str:
+    """Measured cost per stage: mean wall seconds per round of rollout, fit and materialise, per
+    variant, and the generator's share (fit + materialise) / rollout."""
+    from pipeline.study import ROUND_STAGES
+
+    cost = _stage_cost(records)
+    per: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        for target, s in r["stages"].items():
+            stage, _, k = target.partition("@")
+            if stage in ROUND_STAGES and k:
+                per[(r["algo"], r["variant"])][stage].append(cost.get(s["key"], (s["wall_s"], 0.0))[0])
+    if not per:
+        return "No finished cells.\n"
+    lines = [
+        "Wall seconds per round (mean ± sample std (n − 1) over cells and rounds):",
+        "",
+        "| Algorithm | Variant | Rollout | Fit | Materialise | (Fit + Materialise) / Rollout |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (a, v), st in sorted(per.items(), key=lambda kv: (kv[0][0], order(kv[0][1]))):
+        means = {k: (sum(x) / len(x) if x else float("nan")) for k, x in st.items()}
+        ratio = (means.get("fit", 0.0) + means.get("materialise", 0.0)) / means["rollout"] if "rollout" in means else 0
+        lines.append(
+            f"| {a.upper()} | {_vname(v)} | {_fmt(st['rollout'])} | {_fmt(st['fit'])} | "
+            f"{_fmt(st['materialise'])} | {ratio:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(plan: Any, mix_commits: bool = False) -> Path:
+    """Write results/<name>/report/: report.md, table1/2/3.md, paired.md, compute.md, curves.png, results.json."""
     out = results_dir(plan.root, plan.study.name) / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    records = collect(plan)
+    got = collect(plan, mix_commits)
+    records = got.records
+    mixed = (
+        f"**Mixed commits** ({got.commit_line()}): cells ran at different code; compare with care.\n\n"
+        if got.mixed
+        else ""
+    )
+    flags = pairing(records)
     parts = {
-        "table1": table1(records),
-        "table2": table2(records),
-        "paired": paired_table(records),
-        "table3": table3(records),
-        "compute": compute_table(records),
+        "table1": mixed + table1(records),
+        "table2": mixed + table2(records),
+        "paired": mixed + paired_table(records) + ("\nPairing flags:\n\n" + "\n".join(flags) + "\n" if flags else ""),
+        "table3": mixed + table3(records),
+        "compute": mixed + compute_table(records) + "\n" + stage_cost_table(records),
     }
+    out.mkdir(parents=True, exist_ok=True)
     for name, text in parts.items():
         atomic_write_text(out / f"{name}.md", text)
     png = curves_png(records, out / "curves.png")
     atomic_write_json(out / "results.json", aggregate(records))
-    missing = len(plan.study.cells) - len(records)
+    pairing_note = (
+        f"Pairing: {len(flags)} seed(s) flagged (see the paired table)."
+        if flags
+        else "Pairing: the variants of every seed start from the same pretrained agent and round-1 data."
+    )
     md = [
         f"# Study {plan.study.name}",
         "",
         f"{len(records)} of {len(plan.study.cells)} cells finished"
-        + (f" ({missing} not yet)" if missing else "")
-        + f"; code {plan.commit[:10]}; study file `{plan.study.path}`.",
+        + (f" ({len(got.missing)} not yet: {', '.join(got.missing)})" if got.missing else "")
+        + f"; {got.commit_line()}; study file `{plan.study.path}`.",
         "",
-        "## Table 1: final score, base vs augmentations (mean ± std over seeds)",
+        pairing_note,
+        "",
+        "## Table 1: final score, base vs augmentations",
         "",
         parts["table1"],
         "## Paired differences over seeds (final score, D4RL-normalised; 95% t-interval)",
         "",
         parts["paired"],
-        "## Learning curves (mean ± std over seeds)",
+        f"## Learning curves (mean ± {STD})",
         "",
         "![curves](curves.png)" if png else "(none yet)",
         "",
@@ -357,6 +512,10 @@ def write_report(plan: Any) -> Path:
         "## Compute (Table 6 form)",
         "",
         parts["compute"],
+        "## Cells read",
+        "",
+        *[f"- `{p.relative_to(plan.root).as_posix()}`" for p in got.read],
+        "",
     ]
     atomic_write_text(out / "report.md", "\n".join(md))
     return out / "report.md"
@@ -383,12 +542,12 @@ def publish(plan: Any, report: Path) -> None:
         )
 
 
-def publish_flow(plan: Any) -> Path:
+def publish_flow(plan: Any, mix_commits: bool = False) -> Path:
     from prefect import flow
 
     @flow(name="cfdg-study-report", flow_run_name=f"report-{plan.study.name}")
     def cfdg_study_report() -> str:
-        report = write_report(plan)
+        report = write_report(plan, mix_commits)
         publish(plan, report)
         return str(report)
 

@@ -20,8 +20,9 @@ from typing import Any
 
 import yaml
 
+from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
-from pipeline.study_spec import Cell
+from pipeline.study_spec import Cell, leaves
 from stages import layout
 
 RESULTS_DIR = Path("results")
@@ -119,10 +120,47 @@ def committed(root: Path, study_name: str, cell: Cell) -> dict[str, Any] | None:
     return rec
 
 
+REQUIRED = ("cell", "variant", "seed", "commit", "params", "curve", "pretrain_score", "final_score", "rounds")
+_MISSING = object()
+
+
+def read_result(path: Path, cell: Cell, pins: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A committed cell record for the report: None when the cell has no file yet; ConfigError (one
+    line naming the file) when the file is malformed, belongs to another cell, or its recorded
+    params differ from a setting the study file pins. The project's params.yaml is not compared:
+    a record holds the defaults of the commit it ran at, which the record names."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        rec = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg}, line {e.lineno}); restore it from git or delete it "
+                          "and rerun `cfdg study run` for that cell") from None  # fmt: skip
+    if not isinstance(rec, dict) or (missing := [k for k in REQUIRED if k not in rec]):
+        what = f"missing {missing[0]!r}" if isinstance(rec, dict) else "not a mapping"
+        raise ConfigError(f"{path}: not a cell results file ({what})")
+    if rec["cell"] != cell.name:
+        raise ConfigError(f"{path}: records cell {rec['cell']!r}, expected {cell.name!r}")
+    recorded = leaves(rec["params"])
+    for key, want in pins.items():
+        got = recorded.get(key, _MISSING)
+        if got != want:
+            shown = "nothing" if got is _MISSING else repr(got)
+            raise ConfigError(
+                f"{path}: params {key} = {shown}, but the study file sets {want!r}; "
+                "rerun the cell (`cfdg study run`) or restore the study file"
+            )
+    return rec
+
+
 def report_record(rec: Mapping[str, Any]) -> dict[str, Any]:
     """What the report tables read from a results record (quality flattened per round)."""
     return {
-        **{k: rec[k] for k in ("cell", "grid", "dataset", "algo", "variant", "ablation", "seed")},
+        **{k: rec[k] for k in ("cell", "grid", "dataset", "algo", "variant", "ablation", "seed", "commit")},
+        "round1": (rec.get("rounds") or {}).get("1", {}).get("rollout"),
+        "stage_keys": {t: s.get("key") for t, s in (rec.get("stages") or {}).items()},
         "curve": [tuple(p) for p in rec["curve"]],
         "pretrain_score": rec["pretrain_score"],
         "final_score": rec["final_score"],

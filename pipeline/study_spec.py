@@ -226,8 +226,18 @@ def _grids(doc: Mapping[str, Any], where: str) -> list[tuple[str, Mapping[str, A
     return out
 
 
-def load_study(path: str | Path, root: str | Path = ".", validate: bool = True, check_files: bool = True) -> Study:
-    """Read and expand a study file; every cell's params validated unless `validate` is False."""
+def load_study(
+    path: str | Path,
+    root: str | Path = ".",
+    validate: bool = True,
+    check_files: bool = True,
+    base: Mapping[str, Any] | None = None,
+) -> Study:
+    """Read and expand a study file; every cell's params validated unless `validate` is False.
+
+    `base` replaces the project's params.yaml as the bottom layer: `{}` gives each cell only what
+    the study file (and the presets it names) pins, which is what a committed result must match.
+    """
     root = Path(root)
     path = Path(path)
     file = path if path.is_absolute() else root / path
@@ -246,9 +256,10 @@ def load_study(path: str | Path, root: str | Path = ".", validate: bool = True, 
     if "axes" not in doc and "grids" not in doc:
         raise ConfigError(f"{where}: needs `axes` (or `grids`, a list of grids with their axes)")
     name = slug(doc.get("name") or file.stem)
-    base = params_yaml.read_params(root / params_yaml.PARAMS_FILE)
+    if base is None:
+        base = params_yaml.read_params(root / params_yaml.PARAMS_FILE)
     res = _Resolver(root, path)
-    common = res.apply(copy.deepcopy(base), _layer(doc, where), where)
+    common = res.apply(copy.deepcopy(dict(base)), _layer(doc, where), where)
 
     cells: list[Cell] = []
     origin: dict[str, str] = {}
@@ -282,6 +293,24 @@ def load_study(path: str | Path, root: str | Path = ".", validate: bool = True, 
     if validate:
         validate_cells(cells, where, check_files)
     return Study(name=name, path=path, description=str(doc.get("description", "")), cells=tuple(cells))
+
+
+def study_pins(study: Study, root: str | Path = ".") -> dict[str, dict[str, Any]]:
+    """cell name -> {dotted params key: value} for every setting the study file itself pins (its
+    layers, axis values and the presets it names), whatever the project's params.yaml says."""
+    bare = load_study(study.path, root, validate=False, base={})
+    return {c.name: leaves(b.params) for c, b in zip(study.cells, bare.cells, strict=True)}
+
+
+def leaves(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaf values of nested mappings as dotted keys (lists are leaves; so is the whole `rounds`
+    table, so a record with one round more than the study names is a mismatch)."""
+    if not isinstance(obj, Mapping) or prefix == "rounds.":
+        return {prefix[:-1]: obj}
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        out.update(leaves(v, f"{prefix}{k}."))
+    return out
 
 
 def _layer(doc: Mapping[str, Any], where: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Sharing a round's synthetic dataset between teams: a DVC remote, push, pull, import, export.
 
-Two real git repositories and a local directory remote, exactly the commands of the README's
+Two real git repositories and a local directory remote, exactly the commands of docs/dataset-card.md's
 "Share a synthetic dataset" section.
 """
 

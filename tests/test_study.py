@@ -228,7 +228,7 @@ def test_report_tables_and_curves(tiny_study):
     # Table 1's numbers are the cells' own metrics files, aggregated.
     scores = [results[f"hopper-mr-iql-cfdg-s{s}"]["curve"][-1][1] for s in (0, 1)]
     mean = sum(scores) / 2
-    assert f"{mean:.1f} ± {abs(scores[0] - scores[1]) / 2:.1f} (n=2)" in table1
+    assert f"{mean:.1f} ± {abs(scores[0] - scores[1]) / 2**0.5:.1f} (n=2)" in table1  # sample std
     for s in (0, 1):
         cell = tiny_study["project"] / "studies" / "tiny" / "cells" / f"hopper-mr-iql-cfdg-s{s}"
         rollout = json.loads((cell / "artifacts" / "rounds" / "1" / "rollout" / "metrics.json").read_text())
@@ -260,6 +260,61 @@ def test_report_rebuilds_from_committed_results_on_a_fresh_clone(tiny_study, tmp
     from pipeline.study import Plan
 
     assert Plan.make(clone, TINY).pending() == []  # `study run` would skip every cell
+
+
+@pytest.mark.slow
+def test_report_checks_the_committed_cells_it_reads(tiny_study, tmp_path):
+    """On a clone whose params.yaml defaults moved on, the report still reads every cell (a record
+    holds its commit's defaults); it refuses, in one line naming the file, a malformed record, a
+    record whose params contradict the study file, and mixed commits unless told; it flags a seed
+    whose variants did not start from the same pretrained agent."""
+    project = tiny_study["project"]
+    commit(project, "study results")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["sampling"]["guidance_w"] = 3.0  # a default the tiny study does not pin
+    (clone / "params.yaml").write_text(yaml.safe_dump(params))
+    home = {"PREFECT_HOME": str(tmp_path / "prefect")}
+    ok = sh(clone, *STUDY, "report", TINY, **home)
+    assert "6 of 6 cells finished" in ok.stdout and "(6 cells)" in ok.stdout
+    report = (clone / "results" / "tiny" / "report" / "report.md").read_text()
+    assert report.count("- `results/tiny/cells/") == 6 and "same pretrained agent and round-1 data" in report
+
+    cells = clone / "results" / "tiny" / "cells"
+    target = cells / "hopper-mr-iql-none-s0.json"
+    original = target.read_text()
+
+    def refused(text: str, *flags: str) -> str:
+        target.write_text(text)
+        proc = sh(clone, *STUDY, "report", TINY, *flags, check=False, **home)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        return proc.stderr
+
+    assert "hopper-mr-iql-none-s0.json: not valid JSON" in refused(original[: len(original) // 2])
+    rec = json.loads(original)
+    pinned = {**rec, "params": {**rec["params"], "rounds": {"1": {"prev": 0}, "2": {"prev": 1}}}}
+    assert "params rounds = {'1': {'prev': 0}, '2': {'prev': 1}}, but the study file sets" in refused(
+        json.dumps(pinned)
+    )
+    moved = {**rec, "params": {**rec["params"], "seed": 7}}
+    err = refused(json.dumps(moved))
+    assert "hopper-mr-iql-none-s0.json: params seed = 7, but the study file sets 0" in err
+    other = {**rec, "commit": "f" * 40}
+    err = refused(json.dumps(other))
+    assert "cells come from 2 commits" in err and "--mix-commits" in err
+    mixed = sh(clone, *STUDY, "report", TINY, "--mix-commits", **home)
+    assert "ffffffffff (1 cells)" in mixed.stdout
+    assert (clone / "results" / "tiny" / "report" / "table1.md").read_text().startswith("**Mixed commits**")
+
+    target.write_text(json.dumps({**rec, "pretrain_score": rec["pretrain_score"] + 1.0}))
+    sh(clone, *STUDY, "report", TINY, **home)
+    paired = (clone / "results" / "tiny" / "report" / "paired.md").read_text()
+    assert "seed 0: CFDG and Base differ in their pretrained agent" in paired or (
+        "seed 0: Base and CFDG differ in their pretrained agent" in paired
+    )
+    target.write_text(original)
 
 
 # --------------------------------------------------------------------------------------------
@@ -367,4 +422,6 @@ def test_paired_table_reads_noise_as_noise():
     table = paired_table(base + clear + wobble)
     assert "| d | APL | CFDG − Base | 5 | +10.0 |" in table and "better than base" in table
     assert "SynthER − Base | 5 |" in table and "no difference (interval holds 0)" in table
-    assert "moved (≥ 5 points and > 2 std)" in table  # base: +10 … +14 over pretrained
+    assert "moved (≥ +5 points and > 2 std)" in table  # base: +10 … +14 over pretrained
+    worse = [rec("none", s, 30.0, 20.0 + s) for s in range(5)]  # a base that got worse did not "move"
+    assert "did not measurably improve" in paired_table(worse + clear)

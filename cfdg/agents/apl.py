@@ -49,8 +49,9 @@ def actor_loss(
     return -scale * q.mean(), torch.zeros((), device=q.device)
 
 
-class _APL(Agent):
-    """What both forms share: APL0's Bernoulli replay with a 20K FIFO online buffer."""
+class APL(Agent):
+    """What both forms share: APL0's Bernoulli replay with a 20K FIFO online buffer. Not an agent by
+    itself: `registry.make_agent` builds the engine `agent.apl_engine` names."""
 
     algo = "apl"
     paradigm = "bernoulli"
@@ -58,7 +59,7 @@ class _APL(Agent):
     legacy_engine = "td3bc"  # checkpoints from before the engines were named are TD3+BC
 
 
-class APLTD3BC(_APL):
+class APLTD3BC(APL):
     engine = "td3bc"
     _modules = ("actor", "target_actor", "critic", "target_critic")
     _optims = ("actor_optim", "critic_optim")
@@ -132,7 +133,7 @@ def rlkit_init_(module: nn.Module, last_init_w: float) -> None:
         last.bias.uniform_(-last_init_w, last_init_w)
 
 
-class APLCQL(_APL):
+class APLCQL(APL):
     engine = "cql"
     _modules = ("actor", "critic", "target_critic", "log_alpha")
     _optims = ("actor_optim", "critic_optim", "alpha_optim")
@@ -221,4 +222,4 @@ class APLCQL(_APL):
         return a.clamp(-self.max_action, self.max_action).cpu().numpy()
 
 
-ENGINES: dict[str, type[_APL]] = {"td3bc": APLTD3BC, "cql": APLCQL}
+ENGINES: dict[str, type[APL]] = {"td3bc": APLTD3BC, "cql": APLCQL}

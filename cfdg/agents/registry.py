@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from cfdg.agents.apl import APL
 from cfdg.agents.apl import ENGINES as APL_ENGINES
 from cfdg.agents.base import Agent
 from cfdg.agents.calql import CalQL
@@ -15,7 +16,8 @@ from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import IQL
 from cfdg.agents.pex import PEX
 
-AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "calql": CalQL}
+# The algorithm name -> its class; APL's is the base its two engines share (`agent_class` picks one).
+AGENTS: dict[str, type[Agent]] = {"iql": IQL, "pex": PEX, "apl": APL, "calql": CalQL}
 
 
 def agent_class(cfg: AgentConfig) -> type[Agent]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from cfdg.agents.apl import actor_loss
+from cfdg.agents.apl import APLCQL, APLTD3BC, actor_loss
+from cfdg.agents.calql import sample_actions
 from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import expectile_loss
 from cfdg.agents.networks import TwinQ
@@ -107,6 +109,89 @@ def test_pex_act_picks_candidate_with_much_higher_q():
     assert all(p > 0.9 for p in picks)  # softmax(10·(~3 − ~−3)) ≈ 1 for the new policy
 
 
+def constant_mean_(policy, value: float) -> None:
+    """A GaussianPolicy whose mean is `value` in every state: zero weights, last bias atanh(value)."""
+    linears = [m for m in policy.net if isinstance(m, nn.Linear)]
+    for layer in linears:
+        layer.weight.zero_()
+        layer.bias.zero_()
+    linears[-1].bias.fill_(float(np.arctanh(value)))
+
+
+def sum_of_actions_critic_(critic: TwinQ) -> None:
+    """Both heads of a real TwinQ set to Q(s, a) = Σ a (a first unit that carries Σa + 10 through the ReLUs)."""
+    first, *rest = critic.layers
+    first.weight.zero_()
+    first.bias.zero_()
+    first.weight[:, 5:, 0] = 1.0  # the action inputs (obs_dim 5)
+    first.bias[:, :, 0] = 10.0
+    for layer in rest:
+        layer.weight.zero_()
+        layer.bias.zero_()
+        layer.weight[:, 0, 0] = 1.0
+    critic.head.weight.zero_()
+    critic.head.weight[:, 0, 0] = 1.0
+    critic.head.bias.fill_(-10.0)
+
+
+@torch.no_grad()
+def test_pex_awr_targets_are_the_expanded_policys_sampled_choices():
+    """PEX's policy_update (pex/algorithms/pex.py): the new policy regresses on the action the expanded
+    policy picks per state: the offline policy's mean, or a *sample* of the new policy, picked with
+    softmax(inv_temperature · Q). Known policies (offline mean +0.5, new N(−0.5, 0.1²)) and a critic
+    Q = Σa make the outcome exact: P(new) = E[σ(0.2·(Σa_new − 1.5))] ≈ 0.354. Regressing on the new
+    policy's mean, or on uniform random actions, fails here."""
+    a = agent("pex", inv_temperature=0.2)
+    a.start_online()
+    constant_mean_(a.offline_actor, 0.5)
+    constant_mean_(a.actor, -0.5)
+    a.actor.log_std.fill_(float(np.log(0.1)))
+    sum_of_actions_critic_(a.critic)
+    sum_of_actions_critic_(a.target_critic)
+    n = 4000
+    obs = torch.randn(n, 5, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(1)
+    v = torch.randn(n)
+    chosen, adv = a.awr_targets(obs, torch.zeros(n, 3), torch.zeros(n), v)
+
+    offline = torch.isclose(chosen, torch.full_like(chosen, 0.5), atol=1e-6).all(-1)
+    new = chosen[~offline]
+    z = torch.randn(200_000, 3, generator=torch.Generator().manual_seed(2))
+    p_new = torch.sigmoid(0.2 * ((-0.5 + 0.1 * z).sum(-1) - 1.5)).mean().item()
+    assert (~offline).float().mean().item() == pytest.approx(p_new, abs=0.03)  # sd ≈ 0.008
+    assert new.mean().item() == pytest.approx(-0.5, abs=0.01)  # the new policy's samples ...
+    assert new.std().item() == pytest.approx(0.1, abs=0.01)  # ... not its mean
+    torch.testing.assert_close(adv, chosen.sum(-1) - v)  # Q_target(s, chosen) − V(s)
+
+
+def test_pex_update_regresses_the_new_policy_on_awr_targets():
+    """`update` trains the new policy by AWR on `awr_targets`' actions and advantages (the same random
+    draws), not on the batch's own actions: its actor gradient is that loss's gradient."""
+    a = agent("pex", iql_beta=10.0)
+    a.start_online()
+    batch = batches(1, seed=7)[0]
+    torch.manual_seed(5)
+    a.update(batch)
+    got = [p.grad.clone() for p in a.actor.parameters()]
+
+    b = agent("pex", iql_beta=10.0)
+    b.start_online()
+    obs = b.norm(batch.observations)
+    with torch.no_grad():
+        v = b.vf(obs)
+        adv = b.target_critic.min(obs, batch.actions) - v
+    torch.manual_seed(5)
+    act, awr_adv = b.awr_targets(obs, batch.actions, adv, v)
+    weights = torch.exp(10.0 * awr_adv).clamp(max=100.0)
+    loss = (weights * -b.actor.log_prob(obs, act)).mean()
+    want = torch.autograd.grad(loss, list(b.actor.parameters()))
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+    plain = (torch.exp(10.0 * adv).clamp(max=100.0) * -b.actor.log_prob(obs, batch.actions)).mean()
+    plain_grads = torch.autograd.grad(plain, list(b.actor.parameters()))
+    assert any(not torch.allclose(g, w) for g, w in zip(got, plain_grads, strict=True))
+
+
 # --- APL -------------------------------------------------------------------------------------
 
 
@@ -147,6 +232,91 @@ def test_apl_update_uses_batch_lambda():
     off = a.update(batches(1, lam=1.0, seed=1)[0])
     assert on["bc_loss"].item() == 0.0
     assert off["bc_loss"].item() > 0.0
+
+
+def test_apl_engine_picks_the_form_and_checks_its_name():
+    """`agent.apl_engine`: td3bc (APL0 td3_bc_gc.py) or cql (APL0 GCQL.py: 5 Q heads, rlkit policy)."""
+    assert type(agent("apl")) is APLTD3BC  # the default: what the CPU studies ran
+    cql = agent("apl", apl_engine="cql", log_std_min=-5.0)
+    assert type(cql) is APLCQL and cql.algo == "apl" and cql.paradigm == "bernoulli"
+    assert cql.critic(torch.zeros(7, 5), torch.zeros(7, 3)).shape == (5, 7)
+    assert (cql.actor.log_std_min, cql.actor.log_std_max) == (-5.0, 2.0)
+    assert not hasattr(cql.actor, "log_std_offset")  # rlkit's policy: no learnt affine on the log-std
+    with pytest.raises(ConfigError, match="agent.apl_engine"):
+        from_mapping(AgentConfig, {"algo": "apl", "apl_engine": "sac"}, "agent")
+    with pytest.raises(ConfigError, match="agent.apl_critics"):
+        from_mapping(AgentConfig, {"apl_critics": 1}, "agent")
+
+
+def gcql_critic_grads(a, batch, lam: float, cql_alpha: float) -> list[torch.Tensor]:
+    """The critic's gradient of one GCQL.py step, written out from APL0's formulas with the agent's draws."""
+    obs, next_obs = batch.observations, batch.next_observations
+    sample_actions(a.actor, obs)  # the actor's sample (the same random draws as update)
+    next_act, _ = sample_actions(a.actor, next_obs)
+    heads = torch.randperm(5)[:2]
+    with torch.no_grad():
+        target = batch.rewards + 0.99 * (1 - batch.dones) * a.target_critic(next_obs, next_act)[heads].min(0).values
+    q_data = a.critic(obs, batch.actions)
+    loss = (q_data - target).pow(2).mean(dim=1).sum()  # qf_criterion per head
+    if lam:
+        with torch.no_grad():
+            rand = torch.rand((len(obs), 10, 3)) * 2 - 1
+            curr, logp_curr = sample_actions(a.actor, obs, 10)
+            nxt, logp_next = sample_actions(a.actor, next_obs, 10)
+
+        def q_at(acts):  # [heads, B, 10]
+            return a.critic(obs.repeat_interleave(10, 0), acts.reshape(-1, 3)).view(5, len(obs), 10)
+
+        random_density = 3 * np.log(0.5)
+        cat = torch.cat([q_at(rand) - random_density, q_at(nxt) - logp_next, q_at(curr) - logp_curr], dim=-1)
+        min_q = torch.logsumexp(cat, dim=-1).mean(dim=1) - q_data.mean(dim=1)  # GCQL min_qfi_loss / min_q_weight
+        loss = loss + cql_alpha * min_q.sum()
+    return list(torch.autograd.grad(loss, list(a.critic.parameters())))
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.0])
+def test_apl_cql_critic_step_is_gcqls(lam):
+    """Eq. 2-3 as GCQL.py runs them: λ = 1 adds cql_alpha·(logsumexp − Q(s, a)) to each head's TD
+    loss, λ = 0 (online batches) is the TD loss alone. The critic's gradient in `update` equals
+    the one written out from APL0's formulas, for both λ."""
+    batch = dataclasses.replace(batches(1, seed=3)[0], lam=lam)
+    a = agent("apl", apl_engine="cql", apl_critics=5, cql_alpha=5.0)
+    torch.manual_seed(11)
+    metrics = a.update(batch)
+    got = [p.grad.clone() for p in a.critic.parameters()]
+    assert (metrics["cql_gap"].item() > 0) is bool(lam)
+
+    fresh = agent("apl", apl_engine="cql", apl_critics=5, cql_alpha=5.0)
+    torch.manual_seed(11)
+    want = gcql_critic_grads(fresh, batch, lam, 5.0)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+    if lam:  # the conservative term is really in there: the TD-only gradient differs
+        torch.manual_seed(11)
+        td_only = gcql_critic_grads(agent("apl", apl_engine="cql", cql_alpha=5.0), batch, 0.0, 5.0)
+        assert any(not torch.allclose(g, t, rtol=1e-3) for g, t in zip(got, td_only, strict=True))
+
+
+def test_apl_cql_offline_updates_make_q_conservative():
+    """The behaviour eq. 2 is there for: trained on λ = 1 batches of a narrow behaviour policy
+    (actions near +0.6), Q of other actions falls below Q of the data's actions; on λ = 0 batches
+    (the same data as online rows) it does not."""
+    data = make_transitions(500, seed=4)
+    rng = np.random.default_rng(4)
+    data = dataclasses.replace(data, actions=np.clip(0.6 + 0.05 * rng.normal(size=(500, 3)), -1, 1).astype(np.float32))
+    buf = ReplayBuffer.from_transitions(data, CPU)
+    obs = torch.as_tensor(data.observations[:200])
+    gaps = {}
+    for lam in (0.0, 1.0):
+        a = agent("apl", apl_engine="cql", cql_alpha=5.0)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(200):
+            a.update(sample_uniform(buf, 64, gen, lam=lam))
+        with torch.no_grad():
+            q_data = a.critic(obs, torch.full((200, 3), 0.6)).mean()
+            q_other = a.critic(obs, torch.full((200, 3), -0.6)).mean()
+        gaps[lam] = (q_data - q_other).item()
+    assert gaps[1.0] > 1.0 and abs(gaps[0.0]) < 0.5 * gaps[1.0]
 
 
 # --- IQL and shared parts --------------------------------------------------------------------
@@ -234,9 +404,9 @@ def test_soft_update_is_polyak():
     torch.testing.assert_close(dst.weight.detach(), expected)
 
 
-@pytest.mark.parametrize("algo", ["iql", "pex", "apl"])
-def test_state_round_trip_through_weights_only_load(algo):
-    a = agent(algo)
+@pytest.mark.parametrize(("algo", "kw"), [("iql", {}), ("pex", {}), ("apl", {}), ("apl", {"apl_engine": "cql"})])
+def test_state_round_trip_through_weights_only_load(algo, kw):
+    a = agent(algo, **kw)
     for b in batches(4, lam=1.0):
         a.update(b)
     a.start_online()
@@ -244,7 +414,7 @@ def test_state_round_trip_through_weights_only_load(algo):
     torch.save(a.state_dict(), buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
-    b2 = agent(algo, seed=123)
+    b2 = agent(algo, seed=123, **kw)
     b2.load_state_dict(state)
     assert b2.phase == "online" and b2.grad_steps == a.grad_steps
     gen1, gen2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
@@ -263,6 +433,21 @@ def test_state_round_trip_through_weights_only_load(algo):
 def test_state_from_another_algorithm_is_rejected():
     with pytest.raises(CheckpointError, match="apl"):
         agent("apl").load_state_dict(agent("iql").state_dict())
+
+
+def test_apl_state_loads_only_as_its_engine():
+    """An APL state names its engine; a TD3+BC state never loads as CQL or the reverse. A state
+    from before engines existed (no `engine`) is TD3+BC, the only form there was."""
+    td3bc, cql = agent("apl").state_dict(), agent("apl", apl_engine="cql").state_dict()
+    assert (td3bc["engine"], cql["engine"]) == ("td3bc", "cql")
+    with pytest.raises(CheckpointError, match="engine td3bc, this apl agent's is cql"):
+        agent("apl", apl_engine="cql").load_state_dict(td3bc)
+    with pytest.raises(CheckpointError, match="engine cql, this apl agent's is td3bc"):
+        agent("apl").load_state_dict(cql)
+    legacy = {k: v for k, v in td3bc.items() if k != "engine"}
+    agent("apl").load_state_dict(legacy)
+    with pytest.raises(CheckpointError, match="engine td3bc"):
+        agent("apl", apl_engine="cql").load_state_dict(legacy)
 
 
 def test_agent_config_from_mapping_rejects_bad_values():

@@ -101,10 +101,11 @@ def rollout_cfg(steps: int, **kw) -> RolloutConfig:
 def pretrained(hopper_store, tmp_path_factory) -> dict[str, Path]:
     out = {}
     d = tmp_path_factory.mktemp("pre")
-    for algo in ("iql", "pex", "apl", "calql"):
-        cfg = AgentConfig(algo=algo, hidden_dims=(32, 32), batch_size=32)
-        pretrain(hopper_store, cfg, PretrainConfig(steps=40, eval_every=0, eval_episodes=1), d / f"{algo}.pt", 3, False)
-        out[algo] = d / f"{algo}.pt"
+    for name in ("iql", "pex", "apl", "apl-cql", "calql"):
+        algo, _, engine = name.partition("-")
+        cfg = AgentConfig(algo=algo, hidden_dims=(32, 32), batch_size=32, apl_engine=engine or "td3bc")
+        pretrain(hopper_store, cfg, PretrainConfig(steps=40, eval_every=0, eval_episodes=1), d / f"{name}.pt", 3, False)
+        out[name] = d / f"{name}.pt"
     return out
 
 
@@ -141,10 +142,11 @@ def assert_same_checkpoint(a: Path, b: Path) -> None:
         assert ca["counters"][key] == cb["counters"][key]
 
 
-@pytest.mark.parametrize("algo", ["iql", "pex", "apl", "calql"])
+@pytest.mark.parametrize("algo", ["iql", "pex", "apl", "apl-cql", "calql"])
 def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_store, tmp_path):
     syn = synthetic_store(tmp_path / "syn.zarr", seed=5)
-    extra = {"online_buffer_size": 100} if algo == "apl" else {}  # APL: the FIFO wraps within the run
+    apl = algo.startswith("apl")
+    extra = {"online_buffer_size": 100} if apl else {}  # APL: the FIFO wraps within the run
     long = run_round(
         pretrained[algo],
         hopper_store,
@@ -191,7 +193,7 @@ def test_two_rounds_equal_one_double_round_bit_for_bit(algo, pretrained, hopper_
     assert len(data) == 2 * K and attrs["round"] == 2 and attrs["kind"] == "online"
     drawn = r2["data_drawn"]
     assert drawn["synthetic_online"] > drawn["synthetic_offline"] > 0
-    if algo == "apl":
+    if apl:
         assert r2["apl_batches"]["online"] > 0 and r2["apl_batches"]["offline"] > 0
     else:
         assert r2["data_fractions"]["online"] == pytest.approx(1 / 3, abs=0.02)
@@ -338,6 +340,25 @@ def test_apl0_explore_train_cycles_count_and_resume_bit_for_bit(pretrained, hopp
     assert r1["gradient_steps"] == (K // 30) * 60
     assert r1["gradient_steps"] + r2["gradient_steps"] == long["gradient_steps"]
     assert_same_checkpoint(tmp_path / "l.pt", tmp_path / "b.pt")
+
+
+def test_apl_checkpoint_names_its_engine_and_loads_only_as_it(pretrained, hopper_store, tmp_path):
+    """The CQL form's checkpoint says `cql`, TD3+BC's `td3bc`; asking for the other is refused, and a
+    checkpoint whose config and state disagree is refused before any agent is built."""
+    for name, engine, other in (("apl", "td3bc", "cql"), ("apl-cql", "cql", "td3bc")):
+        ckpt = load_checkpoint(pretrained[name], algo="apl", apl_engine=engine)
+        assert ckpt["agent"]["engine"] == engine == ckpt["agent_config"]["apl_engine"]
+        assert type(agent_from_checkpoint(ckpt, pretrained[name])).engine == engine
+        with pytest.raises(CheckpointError, match=f"APL on the {engine} engine, not {other}"):
+            load_checkpoint(pretrained[name], apl_engine=other)
+    outs = (tmp_path / "x.pt", tmp_path / "x.zarr", 1, False)
+    with pytest.raises(CheckpointError, match="APL on the td3bc engine, not cql"):  # params.yaml against the artifact
+        run_round(pretrained["apl"], hopper_store, None, None, rollout_cfg(K), *outs, algo="apl", apl_engine="cql")
+    ckpt = torch.load(pretrained["apl-cql"], weights_only=True)
+    ckpt["agent_config"]["apl_engine"] = "td3bc"
+    torch.save(ckpt, tmp_path / "forged.pt")
+    with pytest.raises(CheckpointError, match="agent.engine is 'cql' but agent_config.apl_engine is 'td3bc'"):
+        load_checkpoint(tmp_path / "forged.pt")
 
 
 def test_pex_regresses_on_the_expanded_policys_actions(pretrained, hopper_store):

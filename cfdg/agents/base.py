@@ -40,9 +40,13 @@ class Agent:
     batch from online ⊕ offline ⊕ synthetic; "bernoulli" flips a coin per batch between the
     online and the offline side (APL's λ), and its offline side also receives every online row.
     `online_buffer` is the online buffer's capacity (None: keep every online row).
+    `engine` names the form of an algorithm that has several (APL: "td3bc" or "cql"); the state
+    records it and loads only into the same form (`legacy_engine`: what a state without it is).
     """
 
     algo: ClassVar[str] = "base"
+    engine: ClassVar[str | None] = None
+    legacy_engine: ClassVar[str | None] = None
     paradigm: ClassVar[Paradigm] = "concat"
     online_buffer: ClassVar[int | None] = None
     _modules: tuple[str, ...] = ()
@@ -98,9 +102,16 @@ class Agent:
             grad_steps=self.grad_steps,
             offline_steps_total=self.offline_steps_total,
         )
+        if self.engine is not None:
+            state["engine"] = self.engine
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("engine", self.legacy_engine)
+        if saved != self.engine:
+            raise CheckpointError(
+                f"checkpoint state is of engine {saved or 'none'}, this {self.algo} agent's is {self.engine or 'none'}"
+            )
         if state["phase"] == "online" and self.phase != "online":
             self.start_online()  # builds the online-only parts (PEX) before weights are loaded
         for name in self._stateful():

@@ -92,19 +92,35 @@ def orthogonal_init_(module: nn.Module) -> None:
 
 
 class TanhGaussianPolicy(nn.Module):
-    """SAC's policy as CORL writes it: an MLP gives mean and raw log-std; log_std = m·raw + b."""
+    """SAC's policy: an MLP gives mean and raw log-std, log_std = clamp(m·raw + b) and a = tanh(u).
 
-    def __init__(self, obs_dim: int, act_dim: int, hidden: tuple[int, ...], max_action: float) -> None:
+    CORL learns the affine m, b (init 1, −1); rlkit's policy, which APL0's CQL runs, has none
+    (`affine_log_std=False`: log_std = clamp(raw)) and clamps to [−5, 2] (`log_std_range`).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: tuple[int, ...],
+        max_action: float,
+        log_std_range: tuple[float, float] = (LOG_STD_MIN, LOG_STD_MAX),
+        affine_log_std: bool = True,
+    ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, hidden, 2 * act_dim)
-        self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
-        self.log_std_offset = nn.Parameter(torch.tensor(-1.0))
+        if affine_log_std:
+            self.log_std_multiplier = nn.Parameter(torch.tensor(1.0))
+            self.log_std_offset = nn.Parameter(torch.tensor(-1.0))
+        self.affine_log_std = affine_log_std
+        self.log_std_min, self.log_std_max = log_std_range
         self.act_dim, self.max_action = act_dim, max_action
 
     def dist(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, raw = self.net(obs).split(self.act_dim, dim=-1)
-        log_std = (self.log_std_multiplier * raw + self.log_std_offset).clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return mean, log_std
+        if self.affine_log_std:
+            raw = self.log_std_multiplier * raw + self.log_std_offset
+        return mean, raw.clamp(self.log_std_min, self.log_std_max)
 
     def forward(self, obs: torch.Tensor, eps: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(action, log π(action|s)); eps None gives the deterministic tanh(mean)."""
@@ -115,6 +131,22 @@ class TanhGaussianPolicy(nn.Module):
         normal = -0.5 * eps.pow(2) - log_std - 0.5 * math.log(2 * math.pi)
         squash = 2.0 * (math.log(2.0) - u - functional.softplus(-2.0 * u))  # log |d tanh(u)/du|
         return torch.tanh(u) * self.max_action, (normal - squash).sum(-1)
+
+
+def sample_actions(
+    actor: TanhGaussianPolicy, obs: torch.Tensor, n: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """π's reparameterised actions and log-probs at `obs`: [B, A], or `n` per state as [B, n, A]."""
+    if n is not None:
+        obs = obs.unsqueeze(1).expand(-1, n, -1)
+    return actor(obs, torch.randn((*obs.shape[:-1], actor.act_dim), device=obs.device))
+
+
+def q_many(critic: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+    """Q of [B, N, A] actions at [B, D] states: [heads, B, N]."""
+    b, n, _ = act.shape
+    q = critic(obs.unsqueeze(1).expand(-1, n, -1).reshape(b * n, -1), act.reshape(b * n, -1))
+    return q.view(q.shape[0], b, n)
 
 
 # --- the CQL term ----------------------------------------------------------------------------------
@@ -189,18 +221,6 @@ class CalQL(Agent):
         """CORL calibrates offline only (switch_calibration at the start of fine-tuning)."""
         return self.phase == "offline"
 
-    def _sample(self, obs: torch.Tensor, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """π's actions (and log-probs) at `obs`, `n` per state as [B, n, A] when n is given."""
-        if n is not None:
-            obs = obs.unsqueeze(1).expand(-1, n, -1)
-        return self.actor(obs, torch.randn((*obs.shape[:-1], self.act_dim), device=obs.device))
-
-    def _q_many(self, critic: nn.Module, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """Q of [B, N, A] actions at [B, D] states: [heads, B, N]."""
-        b, n, _ = act.shape
-        q = critic(obs.unsqueeze(1).expand(-1, n, -1).reshape(b * n, -1), act.reshape(b * n, -1))
-        return q.view(q.shape[0], b, n)
-
     # --- one gradient step -------------------------------------------------------------------------
     def update(self, batch) -> dict[str, torch.Tensor]:
         c = self.cfg
@@ -216,7 +236,7 @@ class CalQL(Agent):
 
         with self.autocast():
             # Policy and temperature (SAC).
-            pi, logp = self._sample(obs)
+            pi, logp = sample_actions(self.actor, obs)
             log_alpha = self.log_alpha["value"]
             alpha_loss = -(log_alpha * (logp + self.target_entropy).detach()).mean()
             alpha = (log_alpha.exp() * c.cql_alpha_multiplier).detach() if c.cql_auto_alpha else c.cql_alpha_multiplier
@@ -229,12 +249,12 @@ class CalQL(Agent):
             # TD target.
             with torch.no_grad():
                 if c.cql_max_target_backup:
-                    a2, logp2 = self._sample(next_obs, n)
-                    q2 = self._q_many(self.target_critic, next_obs, a2).min(0).values
+                    a2, logp2 = sample_actions(self.actor, next_obs, n)
+                    q2 = q_many(self.target_critic, next_obs, a2).min(0).values
                     target, idx = q2.max(-1)
                     logp2 = logp2.gather(-1, idx.unsqueeze(-1)).squeeze(-1)
                 else:
-                    a2, logp2 = self._sample(next_obs)
+                    a2, logp2 = sample_actions(self.actor, next_obs)
                     target = self.target_critic.min(next_obs, a2)
                 if c.cql_backup_entropy:
                     target = target - alpha * logp2
@@ -245,9 +265,9 @@ class CalQL(Agent):
             # CQL term on random, π(s) and π(s') actions, all evaluated at s.
             with torch.no_grad():
                 a_rand = torch.rand((obs.shape[0], n, self.act_dim), device=self.device) * 2 - 1
-                a_curr, logp_curr = self._sample(obs, n)
-                a_next, logp_next = self._sample(next_obs, n)
-            q_ood = self._q_many(self.critic, obs, torch.cat([a_rand, a_curr, a_next], dim=1)).float()
+                a_curr, logp_curr = sample_actions(self.actor, obs, n)
+                a_next, logp_next = sample_actions(self.actor, next_obs, n)
+            q_ood = q_many(self.critic, obs, torch.cat([a_rand, a_curr, a_next], dim=1)).float()
             q_rand, q_curr, q_next = q_ood.split(n, dim=-1)
             gap = cql_gap(
                 qs,

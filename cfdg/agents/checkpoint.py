@@ -1,10 +1,11 @@
 """The agent checkpoint format "cfdg-agent/1" (`atomic_torch_save`, read with weights_only=True).
 
 Keys: algo, env, obs_dim, act_dim, max_action, seed, agent_config (plain dict), agent (module +
-optimiser and lr-scheduler state dicts, obs normaliser, phase, grad_steps, offline_steps_total which fixes the
-actor's cosine lr), counters (env_steps_total, online_rows, rounds), rng (`resume.capture_rng`),
-env_state (`resume.capture_env`; None after pretraining). The online buffers are not saved: they
-are rebuilt from the online store, where row i sits at slot i % capacity.
+optimiser and lr-scheduler state dicts, obs normaliser, phase, grad_steps, offline_steps_total which
+fixes the actor's cosine lr; for APL its engine, td3bc or cql, absent before engines existed =
+td3bc), counters (env_steps_total, online_rows, rounds), rng (`resume.capture_rng`), env_state
+(`resume.capture_env`; None after pretraining). The online buffers are not saved: they are rebuilt
+from the online store, where row i sits at slot i % capacity.
 """
 
 from __future__ import annotations
@@ -60,9 +61,15 @@ def save_checkpoint(path: Path, agent: Agent, *, env: str, seed: int, counters: 
 
 
 def load_checkpoint(
-    path: str | Path, *, env: str | None = None, algo: str | None = None, obs_dim: int | None = None, act_dim=None
+    path: str | Path,
+    *,
+    env: str | None = None,
+    algo: str | None = None,
+    obs_dim: int | None = None,
+    act_dim: int | None = None,
+    apl_engine: str | None = None,
 ) -> dict[str, Any]:
-    """Load with weights_only=True and check it belongs to `env` / `algo` / dims when given.
+    """Load with weights_only=True and check it belongs to `env` / `algo` / dims / APL engine when given.
 
     First the checkpoint must agree with itself (`check_consistent`): a field held twice that
     disagrees would otherwise pass the check below on one copy and run on the other.
@@ -79,10 +86,19 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: checkpoint is for env '{ckpt['env']}', not '{envs.env_name(env)}'")
     if algo is not None and ckpt["algo"] != algo:
         raise CheckpointError(f"{path}: checkpoint is for algorithm '{ckpt['algo']}', not '{algo}'")
+    if apl_engine is not None and ckpt["algo"] == "apl" and checkpoint_engine(ckpt) != apl_engine:
+        raise CheckpointError(f"{path}: checkpoint is APL on the {checkpoint_engine(ckpt)} engine, not {apl_engine}")
     for name, want in (("obs_dim", obs_dim), ("act_dim", act_dim)):
         if want is not None and ckpt[name] != want:
             raise CheckpointError(f"{path}: checkpoint has {name} {ckpt[name]}, the data has {want}")
     return ckpt
+
+
+def checkpoint_engine(ckpt: dict[str, Any]) -> str | None:
+    """The agent form a checkpoint holds (APL: td3bc | cql; checkpoints before engines: td3bc)."""
+    if ckpt["algo"] != "apl":
+        return None
+    return ckpt["agent"].get("engine", "td3bc")
 
 
 def check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
@@ -104,6 +120,10 @@ def check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
     config_algo = config.get("algo", AgentConfig.algo)
     if ckpt["algo"] != config_algo:
         raise bad(f"algo is {ckpt['algo']!r} but agent_config.algo is {config_algo!r}")
+    if ckpt["algo"] == "apl":
+        config_engine = config.get("apl_engine", AgentConfig.apl_engine)
+        if checkpoint_engine(ckpt) != config_engine:
+            raise bad(f"agent.engine is {checkpoint_engine(ckpt)!r} but agent_config.apl_engine is {config_engine!r}")
     if not isinstance(ckpt["env"], str):
         raise bad(f"env is {ckpt['env']!r}, expected an env name")
     try:

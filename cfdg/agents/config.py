@@ -1,8 +1,8 @@
 """The agents' parameters: `AgentConfig` (params `agent:`), `PretrainConfig` (`pretrain:`) and
 `RolloutConfig` (`rollout:`, one online round), with the public implementations' defaults.
 
-Defaults follow CORL (IQL for locomotion) and APL0 (TD3/TD3+BC); the paper presets use the PEX
-repository's values (README "Paper settings"). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
+Defaults follow CORL (IQL for locomotion, Cal-QL) and APL0 (TD3/TD3+BC); the paper presets use the
+PEX repository's values and APL0's GCQL (docs/paper-settings.md). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
 `reward_shift: -1` in params.yaml.
 """
 
@@ -14,6 +14,7 @@ from typing import Literal
 from cfdg.config import check
 
 Algo = Literal["iql", "pex", "apl", "calql"]
+AplEngine = Literal["td3bc", "cql"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,19 +33,28 @@ class AgentConfig:
     iql_beta: float = 3.0  # inverse temperature of advantage weighting
     exp_adv_max: float = 100.0
     actor_cosine: bool = True  # cosine decay of the actor lr over the offline steps (online: constant)
+    # Log-std clamp of the IQL/PEX Gaussian policy and of APL's CQL policy. −20: CORL's IQL; PEX
+    # (pex/networks/policy.py) and APL0's rlkit policy (rlkit_cql/torch/sac/policies.py) use −5.
     log_std_min: float = -20.0
     log_std_max: float = 2.0
     actor_dropout: float = 0.0  # dropout after each hidden layer of the IQL/PEX actor (Adroit: 0.1)
     # PEX
     inv_temperature: float = 10.0
     pex_eval_eps: float = 0.1  # eval: greedy with prob 1 - eps (PEX's epsilon_greedy_sample)
-    # APL (TD3 online, TD3+BC offline)
+    # APL: the agent that carries the λ switch (paper eq. 2-3). `td3bc`: TD3 online, TD3+BC offline,
+    # APL0 agents/td3_bc_gc.py (the CPU studies run it). `cql`: CQL whose conservative term is
+    # skipped on online batches, APL0 agents/GCQL.py, the engine APL0's config/exp.yaml names
+    # (configs/paper/apl.yaml). Checkpoints record the engine and load only as it.
+    apl_engine: AplEngine = "td3bc"
+    apl_critics: int = 5  # APL's CQL: Q ensemble size (GCQL: 5; each TD target is the min of 2 random heads)
+    # APL's TD3+BC engine
     policy_noise: float = 0.2
     noise_clip: float = 0.5
     policy_delay: int = 2
     expl_noise: float = 0.1
     bc_alpha: float = 2.5
-    # Cal-QL (CQL with calibrated lower bound); CORL cal_ql.py TrainConfig defaults
+    # Cal-QL (CQL with calibrated lower bound); CORL cal_ql.py TrainConfig defaults. APL's CQL engine
+    # reads cql_alpha (its λ = 1 weight), cql_n_actions, cql_temp, cql_importance_sample, cql_policy_lr.
     cql_alpha: float = 10.0  # weight of the conservative term offline
     cql_alpha_online: float = 10.0  # ... and while fine-tuning
     cql_n_actions: int = 10  # sampled actions per state in the log-sum-exp
@@ -84,6 +94,7 @@ class AgentConfig:
         check(self.policy_delay >= 1, f"{w}.policy_delay", f"must be >= 1, got {self.policy_delay}")
         check(self.noise_clip >= 0 and self.policy_noise >= 0, w, "policy_noise and noise_clip must be >= 0")
         check(self.expl_noise >= 0, f"{w}.expl_noise", f"must be >= 0, got {self.expl_noise}")
+        check(self.apl_critics >= 2, f"{w}.apl_critics", f"must be >= 2 (targets take 2), got {self.apl_critics}")
         check(self.bc_alpha > 0, f"{w}.bc_alpha", f"must be > 0, got {self.bc_alpha}")
         check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")
         check(0 <= self.actor_dropout < 1, f"{w}.actor_dropout", f"must be in [0, 1), got {self.actor_dropout}")

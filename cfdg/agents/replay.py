@@ -102,7 +102,7 @@ class Batch:
     next_observations: torch.Tensor
     dones: torch.Tensor
     counts: dict[str, int]
-    lam: float | None = None  # APL: 0.0 online side (TD3), 1.0 offline side (TD3+BC)
+    lam: float | None = None  # APL: 0.0 online side, 1.0 offline side (TD3+BC's BC term, CQL's conservative term)
     mc_returns: torch.Tensor | None = None  # Cal-QL: when every source of the batch has them
 
     def __len__(self) -> int:

@@ -194,16 +194,20 @@ def run_round(
     round_index: int,
     progress: bool = True,
     algo: str | None = None,
+    apl_engine: str | None = None,
 ) -> dict[str, Any]:
     """Online fine-tuning for `cfg.steps` env steps; writes the checkpoint and the online store so far.
 
-    `algo`, when given, must match the checkpoint's algorithm (params.yaml against the artifact).
+    `algo` (and for an APL checkpoint `apl_engine`), when given, must match the checkpoint's
+    (params.yaml against the artifact).
     """
     checkpoint_in, offline_store = Path(checkpoint_in), Path(offline_store)
     out_checkpoint, out_online_store = Path(out_checkpoint), Path(out_online_store)
     offline, off_attrs = read_store(offline_store)
     env = envs.env_name(off_attrs["env_id"])
-    ckpt = load_checkpoint(checkpoint_in, env=env, algo=algo, obs_dim=offline.obs_dim, act_dim=offline.act_dim)
+    ckpt = load_checkpoint(
+        checkpoint_in, env=env, algo=algo, obs_dim=offline.obs_dim, act_dim=offline.act_dim, apl_engine=apl_engine
+    )
     agent = agent_from_checkpoint(ckpt, checkpoint_in)
     rngs = Rngs.seeded(0)
     restore_rng(ckpt["rng"], rngs)  # before anything random: PEX's new policy init draws from torch's RNG

@@ -103,5 +103,6 @@ def _round(args: argparse.Namespace) -> int:
         args.round_index,
         not args.no_progress,
         algo=s["agent"].get("algo"),
+        apl_engine=s["agent"].get("apl_engine"),
     )
     return _emit(args, metrics)

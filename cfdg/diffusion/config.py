@@ -84,6 +84,7 @@ class DiffusionConfig:
     width: int = 1024
     depth: int = 6
     activation: Literal["relu", "silu", "gelu"] = "relu"
+    # SynthER's Python default; its gin configs, and so the paper presets, turn it off.
     layer_norm: bool = True
     fourier_features: int = 16  # random Fourier features of c_noise (SynthER: 16)
     emb_dim: int = 256  # width of the noise-level embedding MLP (SynthER: 256)
@@ -111,8 +112,8 @@ class DiffusionConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 1.0  # max global grad norm; 0 disables
     ema_decay: float = 0.995
-    # Ho & Salimans (2021) found p_uncond 0.1-0.2 best (0.5 hurt); with only two classes a
-    # small drop rate keeps most of the signal for the conditional model.
+    # Chosen (the paper leaves it open): Ho & Salimans (2021) found 0.1-0.2 best (0.5 hurt), and
+    # 0.2 and 0.3 measured worse than 0.1 here. lucidrains' guidance UNet drops 0.5 (an image default).
     p_uncond: float = 0.1
     # Share of each training batch drawn from the online buffer (cfdg and joint, which see both
     # buffers); None = uniform over rows. Round 1 holds ~4x more offline than online rows, so
@@ -176,7 +177,8 @@ class SamplingConfig:
 
     # Classifier-free guidance, the paper's Eq. 7: ε = (1+w)·ε(x,c) − w·ε(x,∅).
     # w = 0 is the purely conditional model; w > 0 pushes samples away from the unconditional
-    # one. Ignored for the unconditional variants (synther, joint).
+    # one. Ignored for the unconditional variants (synther, joint). Chosen (the paper leaves w open;
+    # 0.5-2 measured best here); lucidrains' cond_scale is w + 1 (its image default 6 = w 5).
     guidance_w: float = 1.0
     # EDM sampler (Karras et al. 2022, Algorithm 2); stochastic = churn with the EDM ImageNet
     # settings (S_churn 80, S_tmin 0.05, S_tmax 50, S_noise 1.003), else deterministic Heun.

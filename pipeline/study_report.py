@@ -234,6 +234,13 @@ FIDELITY = (
 )
 
 
+def _round_values(rs: Sequence[Mapping[str, Any]], k: int, key: str, variant: str | None = None) -> list[float]:
+    """Round k's value of a quality key over the cells (of one variant, when given) that have it."""
+    return [
+        q[key] for r in rs if (variant is None or r["variant"] == variant) and key in (q := r["quality"].get(k) or {})
+    ]
+
+
 def _generates(rs: Sequence[Mapping[str, Any]], variant: str) -> bool:
     key = "generated_vs_online.state.classifier"
     return any(key in q for r in rs if r["variant"] == variant for q in r["quality"].values())
@@ -273,17 +280,10 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
         ]
         for k in rounds:
             for div in DIVERGENCES:
-                off = [
-                    q[key]
-                    for r in rs
-                    if (q := r["quality"].get(k)) and (key := f"offline_vs_online.{div}.classifier") in q
-                ]
-                cols = [
-                    _fmt([q[key] for r in rs if r["variant"] == v and (q := r["quality"].get(k))
-                          and (key := f"generated_vs_online.{div}.classifier") in q], 2)
-                    for v in gens
-                ]  # fmt: skip
-                lines.append(f"| {k} | {div} | {_fmt(off, 2)} | " + " | ".join(cols) + " |")
+                off = _fmt(_round_values(rs, k, f"offline_vs_online.{div}.classifier"), 2)
+                key = f"generated_vs_online.{div}.classifier"
+                cols = [_fmt(_round_values(rs, k, key, v), 2) for v in gens]
+                lines.append(f"| {k} | {div} | {off} | " + " | ".join(cols) + " |")
         lines.append("")
         if gens:
             fidelity += [
@@ -294,10 +294,7 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
             ]
             for k in rounds:
                 for key, label in FIDELITY:
-                    cols = [
-                        _fmt([q[key] for r in rs if r["variant"] == v and (q := r["quality"].get(k)) and key in q], 3)
-                        for v in gens
-                    ]
+                    cols = [_fmt(_round_values(rs, k, key, v), 3) for v in gens]
                     fidelity.append(f"| {k} | {label} | " + " | ".join(cols) + " |")
             fidelity.append("")
     return "\n".join([*lines, "### Simulator fidelity per round", "", *fidelity])

@@ -216,7 +216,8 @@ def test_report_tables_and_curves(tiny_study):
     table1 = (report / "table1.md").read_text()
     assert "IQL Base" in table1 and "IQL CFDG" in table1 and table1.count("(n=2)") == 2
     table2 = (report / "table2.md").read_text()
-    assert "| hopper-mr | IQL | CFDG | 1 | state |" in table2
+    assert "**IQL on hopper-mr**" in table2 and "| Round | Divergence | Offline | CFDG |" in table2
+    assert "\n| 1 | state | " in table2 and "| 1 | next-state rel. error |" in table2
     table3 = (report / "table3.md").read_text()
     assert "| Dataset | Algorithm | wo-guidance | wo-offline-da | CFDG |" in table3
     assert "| hopper-mr | IQL |" in table3

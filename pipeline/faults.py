@@ -103,7 +103,7 @@ def classify(target: str, code: int, lines: Sequence[str], root: Path | None = N
             stage = line.split("'")[1]
     for line in lines:
         if m := _STAGE_ERROR.match(line):
-            return Fault(target, m["stage"], "bad-input", m["what"])
+            return Fault(target, m["stage"], "bad-input", m["what"].removeprefix(f"{m['stage']}: "))
         if m := _STAGE_FAULT.match(line):
             return Fault(target, m["stage"], m["kind"], m["what"])
     errors = [ln for ln in lines if ln.startswith("ERROR:")]
@@ -335,7 +335,7 @@ def api_url() -> str | None:
         from prefect.client.orchestration import get_client
 
         with get_client(sync_client=True) as client:
-            return str(client.api_url)
+            return str(client.api_url).rstrip("/")
     except Exception:  # no Prefect context, or no client could be made: nothing to watch
         return None
 
@@ -372,14 +372,13 @@ def stop_for_lost_server(url: str, reason: str, where: str, done: Sequence[str],
 
     kept = kept_text(done)
     after = f" after {done[-1]}" if done else ""
-    print(
+    line = (
         f"cfdg: {where}: the Prefect server at {url} was lost ({reason}); stopped cleanly{after}, no stage "
         f"failed; `dvc status` lists what remains: start the server again and rerun {rerun}"
-        + (f" — {kept}" if kept else ""),
-        file=sys.stderr,
-        flush=True,
+        + (f" — {kept}" if kept else "")
     )
     sys.stdout.flush()
+    os.write(2, (line + "\n").encode())  # not print(): a flow's log_prints would make it a log record
     runlock.release_all()
     os._exit(EXIT_SERVER_LOST)
 

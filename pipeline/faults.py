@@ -92,7 +92,7 @@ class StageFault(RuntimeError):
         return f"{self.fault.stage}: {self.fault.what}"
 
     def __repr__(self) -> str:
-        return f"StageFault({str(self)!r})"
+        return f"{type(self).__name__}({str(self)!r})"
 
 
 def classify(target: str, code: int, lines: Sequence[str], root: Path | None = None) -> Fault:
@@ -258,7 +258,10 @@ class _QuietFilter(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, StageFault):
             return False
-        return not ("Finished in state Failed(" in str(record.msg) and StageFault.__name__ in record.getMessage())
+        if "Finished in state Failed(" not in str(record.msg):
+            return True
+        message = record.getMessage()
+        return not any(c.__name__ in message for c in (StageFault, *StageFault.__subclasses__()))
 
 
 class _NoTraceback(logging.Formatter):

@@ -115,6 +115,12 @@ def classify(target: str, code: int, lines: Sequence[str], root: Path | None = N
     for line in errors:
         if (m := _ERRNO.search(line)) and (kind := ERRNO_KINDS.get(int(m["errno"]))):
             return Fault(target, _dvc_stage(line, stage), kind, _errno_text(kind, m, root))
+        if "database or disk is full" in line:  # DVC's state database (sqlite) in .dvc/tmp
+            free = free_bytes(root or Path.cwd())
+            room = "" if free is None else f" ({human_bytes(free)} free)"
+            return Fault(
+                target, _dvc_stage(line, stage), "no-space", f"no space left on device for DVC's .dvc/tmp{room}"
+            )
     for line in errors:
         if "failed to run" in line and (m := _EXITED.search(line)) and int(m["code"]) < 0:
             return Fault(target, _dvc_stage(line, stage), "killed", f"killed by signal {-int(m['code'])}")

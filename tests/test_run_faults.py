@@ -422,6 +422,8 @@ def test_dvc_errors_are_classified_from_their_real_text(tmp_path):
     f = classify("dataset", 255, busy, tmp_path)
     assert (f.kind, f.retry) == ("busy", False)
     assert f.what == "the repository is busy: PID 9545 (dvc repro rollout@1) holds artifacts/dataset/metrics.json"
+    full = "ERROR: unexpected error - database or disk is full"
+    assert classify("fit@1", 255, [full], tmp_path).what.startswith("no space left on device for DVC's .dvc/tmp (")
     killed = "ERROR: failed to reproduce 'fit@1': failed to run: python -m stages.fit --round 1, exited with -9"
     f = classify("fit@1", 255, ["Running stage 'fit@1':", killed])
     assert (f.kind, f.what, f.retry) == ("killed", "killed by signal 9", True)

@@ -127,8 +127,11 @@ def free_bytes(path: Path) -> int | None:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    """`512 bytes`, `72.0 KB`, `12.3 MB`, `1.5 GB`."""
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    for unit in ("KB", "MB"):
         n /= 1024
-    return f"{n:.1f} TB"
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GB"

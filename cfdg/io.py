@@ -77,9 +77,31 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         kill_point("temp-dir")
         replace_path(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        name_destination(e, tmp, path)
         raise
+
+
+def name_destination(error: BaseException, tmp: Path, path: Path) -> None:
+    """Make an OSError of a write name the output, not its (removed) temporary.
+
+    A failed write() names no file at all (`[Errno 28] No space left on device`), and a temporary's
+    name means nothing to a user; the output's path says what could not be written. An error naming
+    another file (an input read inside the block) is left as it is. The error keeps its type and errno.
+    """
+    if not isinstance(error, OSError):
+        return
+    named = error.filename
+    if named is not None:
+        try:
+            inside = Path(os.fsdecode(named)).resolve().is_relative_to(tmp.resolve())
+        except (OSError, ValueError, TypeError):
+            inside = False
+        if not inside:
+            return
+    error.filename = str(path)  # an enclosing write, whose temporary held this one, renames it again
+    error.add_note(f"while writing {path} (its temporary {tmp.name} was removed)")
 
 
 def replace_path(src: Path, dst: Path) -> None:
@@ -104,8 +126,9 @@ def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         kill_point("temp-file")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        name_destination(e, tmp, path)
         raise
 
 

@@ -31,44 +31,52 @@ import yaml
 import pipeline  # noqa: F401  (environment defaults before prefect is imported)
 from cfdg.cli import add_library_commands, dispatch, new_parser
 from cfdg.errors import CfdgError, ConfigError
-from pipeline import sections
+from pipeline import faults, runlock, sections
 from pipeline.preset import apply_preset
 from stages.report import table_main
 
 LOCAL_API = "http://127.0.0.1:4200/api"
-RERUN_HINT = (
-    "pipeline: finished stages are kept; after fixing the cause rerun `cfdg run` "
-    "(or `dvc repro`): it redoes only the failed stage and what follows."
-)
+
+
+def _fault_exit(fault: faults.Fault, command: str) -> int:
+    """The fault's one line, last on the terminal (Prefect's closing lines are muted)."""
+    faults.mute_console()
+    print(f"cfdg: {fault.line(command)}", file=sys.stderr)
+    return 1
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    checked_params(Path(args.root) / "params.yaml")  # a bad param is one line, before Prefect starts
-    from pipeline.flows import StageFailed, cfdg_run
+    root = Path(args.root)
+    runlock.begin_command(root, "cfdg run", args.verbose)
+    checked_params(root / "params.yaml")  # a bad param is one line, before Prefect starts
+    from pipeline.flows import cfdg_run
 
+    faults.quiet_console()
     try:
-        report = cfdg_run(root=str(Path(args.root).resolve()), retries=args.retries)
-    except StageFailed as e:
-        print(f"pipeline: {e}", file=sys.stderr)
-        print(RERUN_HINT, file=sys.stderr)
-        return 1
+        report = cfdg_run(root=str(root.resolve()), retries=args.retries)
+    except faults.StageFault as e:
+        return _fault_exit(e.fault, "cfdg run")
+    faults.mute_console()
     print(f"cfdg: report written to {report}")
     return 0
 
 
 def _cmd_round(args: argparse.Namespace) -> int:
-    path = Path(args.root) / "params.yaml"
+    root = Path(args.root)
+    command = f"cfdg round {args.k}"
+    runlock.begin_command(root, command, args.verbose)
+    path = root / "params.yaml"
     table = checked_params(path).rounds
     if args.k not in table:
         raise ConfigError(f"{path}:rounds: round {args.k} is not in the table (rounds {list(table)})")
-    from pipeline.flows import StageFailed, cfdg_round
+    from pipeline.flows import cfdg_round
 
+    faults.quiet_console()
     try:
-        row = cfdg_round(args.k, root=str(Path(args.root).resolve()), retries=args.retries)
-    except StageFailed as e:
-        print(f"pipeline: {e}", file=sys.stderr)
-        print(RERUN_HINT, file=sys.stderr)
-        return 1
+        row = cfdg_round(args.k, root=str(root.resolve()), retries=args.retries)
+    except faults.StageFault as e:
+        return _fault_exit(e.fault, command)
+    faults.mute_console()
     print(json.dumps(row))
     return 0
 
@@ -78,15 +86,19 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     check_server(url)
     checked_params(Path(args.root) / "params.yaml")
     os.environ["PREFECT_API_URL"] = url  # only once the server answers: a refused serve leaves the env as it was
+    if args.verbose:
+        os.environ[faults.VERBOSE_ENV] = "1"  # the flow runs' processes inherit it
     from prefect import serve
 
     from pipeline.flows import deployments
 
+    faults.quiet_console()
     root = str(Path(args.root).resolve())
     print(
         f"cfdg: serving deployments cfdg-run/cfdg-run and cfdg-round/cfdg-round for {root}",
         f"at {os.environ['PREFECT_API_URL']}",
     )
+    faults.watch_server(url, what="cfdg serve")
     serve(*deployments(root))
     return 0
 
@@ -97,17 +109,11 @@ class ServerError(CfdgError):
 
 def check_server(api_url: str, timeout: float = 3.0) -> None:
     """One line, not Prefect's connection traceback, when nothing answers at `api_url`."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{api_url.rstrip('/')}/health", timeout=timeout) as response:
-            response.read()
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        reason = getattr(e, "reason", e)
+    reason = faults.health(api_url, timeout)
+    if reason is not None:
         raise ServerError(
             f"no Prefect server at {api_url} ({reason}); start `cfdg server` first (or set PREFECT_API_URL)"
-        ) from None
+        )
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
@@ -151,22 +157,30 @@ def _cmd_table(args: argparse.Namespace) -> int:
     return table_main(args.summaries, args.out)
 
 
+VERBOSE_HELP = "print a failed stage's traceback and Prefect's own failure reports too (docs/faults.md)"
+
+
 def register_loop(sub: argparse._SubParsersAction) -> None:
     """run, round, serve, server, preset, check, table."""
     p = sub.add_parser("run", help="run the whole loop now (no server needed) and print where the report is")
     p.add_argument("--root", default=".", help="project root holding dvc.yaml and params.yaml")
-    p.add_argument("--retries", type=int, default=1, help="retries of a failed stage before the run fails")
+    p.add_argument(
+        "--retries", type=int, default=1, help="retries of a stage that failed in a way a retry may cure (default 1)"
+    )
+    p.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("round", help="run (or redo) one generation round k: rollout, fit, materialise")
     p.add_argument("k", type=int)
     p.add_argument("--root", default=".")
     p.add_argument("--retries", type=int, default=1)
+    p.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_round)
 
     p = sub.add_parser("serve", help="register the deployments with a Prefect server and run them on request")
     p.add_argument("--root", default=".")
     p.add_argument("--api-url", default=LOCAL_API, help=f"Prefect API (default {LOCAL_API}; PREFECT_API_URL wins)")
+    p.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("server", help="start a local Prefect server (telemetry off)")
@@ -207,7 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(build_parser(), argv)
+    try:
+        return dispatch(build_parser(), argv)
+    finally:
+        runlock.release_all()  # an emptied lock file: this command ended, it did not die
 
 
 if __name__ == "__main__":

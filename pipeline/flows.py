@@ -5,12 +5,19 @@ produced from what, and a rerun (Prefect retry, UI "Retry", or plain `dvc repro`
 stage whose inputs are unchanged: a failed round is redone from its failed stage, earlier
 rounds are left as they are. Prefect adds retries, logs, a progress bar per round, a table
 of round metrics and the report's images as artifacts.
+
+Faults (pipeline/faults.py, docs/faults.md): a failed stage is classified, and retried only when
+a retry can help (never a full disk, a permission, a bad input or a busy repository); its whole
+output goes to `artifacts/logs/<stage>.log`. Between stages a flow checks that its Prefect server
+still answers and, if it was lost, stops cleanly there with one line. A flow holds the
+repository's run lock (pipeline/runlock.py) while it runs.
 """
 
 from __future__ import annotations
 
 import base64
 import codecs
+import contextlib
 import json
 import os
 import re
@@ -31,15 +38,13 @@ from prefect.artifacts import (
 from prefect.states import Completed, State
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
-from pipeline import sections
+from pipeline import faults, runlock, sections
+from pipeline.faults import StageFault
 from stages import layout, params
 from stages.runner import PROGRESS_ENV
 
-ROUND_STAGES = ("rollout", "fit", "materialise")
-
-
-class StageFailed(RuntimeError):
-    """`dvc repro <stage>` exited non-zero; the message carries the end of its output."""
+ROUND_STAGES = faults.ROUND_STAGES
+StageFailed = StageFault  # the name before issue 29
 
 
 # DVC's advice lines after each stage; noise in a flow's log.
@@ -65,11 +70,15 @@ def _split_output(stream: Any) -> Iterator[tuple[str, bool]]:
         yield buf, False
 
 
-def dvc_repro(root: Path, target: str, log: Any = None, redraw_every_s: float = 15.0) -> tuple[int, list[str]]:
+def dvc_repro(
+    root: Path, target: str, log: Any = None, redraw_every_s: float = 15.0, detail: Any = None
+) -> tuple[int, list[str]]:
     """Run `dvc repro <target>` in `root`, passing each output line to `log` as it comes.
 
     The stages' progress bars are forced on (their stderr is a pipe here) and every
     `redraw_every_s` seconds the latest one is logged, so a long stage shows how far it is.
+    From a failure's first line on (the stage's own line, a DVC error) lines go to `detail`
+    instead, when given: the traceback is for the log and --verbose, not for the terminal.
     """
     env = {**os.environ, PROGRESS_ENV: os.environ.get(PROGRESS_ENV, "1")}
     proc = subprocess.Popen(
@@ -81,6 +90,7 @@ def dvc_repro(root: Path, target: str, log: Any = None, redraw_every_s: float = 
     )
     lines: list[str] = []
     last_redraw = 0.0
+    failing = False
     assert proc.stdout is not None
     for raw, redraw in _split_output(proc.stdout):
         line = raw.rstrip()
@@ -93,33 +103,98 @@ def dvc_repro(root: Path, target: str, log: Any = None, redraw_every_s: float = 
                 log(line.strip())
             continue
         lines.append(line)
-        if log is not None and not line.strip().startswith(_QUIET):
-            log(line)
+        failing = failing or faults.failure_begins(line)
+        sink = detail if failing and detail is not None else log
+        if sink is not None and not line.strip().startswith(_QUIET):
+            sink(line)
     return proc.wait(), lines
 
 
-@task(name="dvc-repro", task_run_name="{target}", retries=1, retry_delay_seconds=2)
+@task(
+    name="dvc-repro",
+    task_run_name="{target}",
+    retries=1,
+    retry_delay_seconds=2,
+    retry_condition_fn=faults.retry_transient,
+)
 def repro(target: str, root: str = ".") -> list[str] | State:
     """`dvc repro <target>`: runs the stage (and anything stale upstream); returns the stages it ran.
 
     When DVC ran nothing (every input unchanged) the task ends in a Completed state named
-    "Skipped", so the UI tells a stage DVC skipped from one that ran.
+    "Skipped", so the UI tells a stage DVC skipped from one that ran. A failure raises a
+    StageFault, which the task retries only when a retry can help (faults.retry_transient).
     """
     logger = get_run_logger()
-    code, lines = dvc_repro(Path(root), target, logger.info)
+    base = Path(root)
+    code, lines = dvc_repro(
+        base, target, logger.info, detail=lambda line: logger.info(line, extra={faults.DETAIL: True})
+    )
+    log = faults.write_stage_log(base, target, lines, f"$ dvc repro {target}    # exit code {code}, {time.ctime()}")
     if code != 0:
-        tail = "\n".join(lines[-15:])
-        raise StageFailed(f"dvc repro {target} failed with exit code {code}:\n{tail}")
+        fault = faults.classify(target, code, lines, base)
+        fault.log = log
+        raise StageFault(fault)
     ran = ran_stages(lines)
     if not ran:
         return Completed(name="Skipped", message=f"{target}: up to date, DVC ran nothing", data=ran)
     return ran
 
 
-def run_stage(target: str, root: str, retries: int) -> list[str]:
-    """The `repro` task for `target`: the stages DVC ran ([] when it skipped them); raises if it failed."""
+def run_stage(target: str, root: str, retries: int, done: list[str] | None = None) -> list[str]:
+    """The `repro` task for `target`: the stages DVC ran ([] when it skipped them); raises if it failed.
+
+    `done`: the targets this command finished before (the fault's "rounds 0–1 are kept"); `target`
+    is added to it once it succeeds.
+    """
+    done = [] if done is None else done
     state = repro.with_options(retries=retries)(target, root, return_state=True)
-    return state.result()
+    try:
+        ran = state.result()
+    except StageFault as e:
+        e.fault.done = list(done)
+        raise
+    done.append(target)
+    return ran
+
+
+def _rerun(default: str) -> str:
+    """What the user reruns: the CLI's command, or (a deployment's flow run) `default`."""
+    return os.environ.get(faults.COMMAND_ENV) or default
+
+
+@contextlib.contextmanager
+def _flow_guard(root: Path, where: str, rerun: str, done: list[str]) -> Iterator[None]:
+    """A flow's frame: the repository's run lock, a quiet console, and one line for what ends it.
+
+    A StageFault in a deployment's flow run (no CLI to print it) is logged as its one line; an
+    error talking to a Prefect server that is gone stops the process cleanly with one line.
+    """
+    faults.quiet_console()
+    try:
+        with runlock.held(root, os.environ.get(faults.COMMAND_ENV) or f"flow run {where}"):
+            yield
+    except StageFault as e:
+        if faults.COMMAND_ENV not in os.environ and not _is_subflow():
+            get_run_logger().error("cfdg: %s", e.fault.line(rerun))
+        raise
+    except Exception as e:
+        if faults.is_connection_error(e) and (url := faults.api_url()) and (reason := faults.server_lost(url)):
+            faults.stop_for_lost_server(url, reason, where, done, rerun)
+        raise
+
+
+def _is_subflow() -> bool:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    return bool(ctx and ctx.flow_run and ctx.flow_run.parent_task_run_id)
+
+
+def _server_or_stop(where: str, rerun: str, done: list[str]) -> None:
+    """Between stages: if the Prefect server stopped answering, stop here, cleanly, with one line."""
+    url = faults.api_url()
+    if url and (reason := faults.server_lost(url)):
+        faults.stop_for_lost_server(url, reason, where, done, rerun)
 
 
 def ran_stages(lines: list[str]) -> list[str]:
@@ -170,20 +245,23 @@ def cfdg_round(k: int, root: str = ".", retries: int = 1) -> dict[str, Any]:
     """One generation round k: rollout@k -> fit@k -> materialise@k, each through DVC."""
     logger = get_run_logger()
     base = Path(root)
-    table = params.rounds(params.read_params(base / "params.yaml"), base / "params.yaml")
-    if k not in table:
-        raise ValueError(f"round {k} is not in the rounds table of {base / 'params.yaml'} (rounds {list(table)})")
-    progress = create_progress_artifact(
-        0.0, key=f"round-{k}-progress", description=f"round {k}: rollout, fit, materialise"
-    )
-    ran: list[str] = []
-    for i, stage in enumerate(ROUND_STAGES):
-        done = run_stage(f"{stage}@{k}", root, retries)
-        logger.info("%s@%d: %s", stage, k, f"ran {done}" if done else "up to date")
-        ran += done
-        update_progress_artifact(progress, 100.0 * (i + 1) / len(ROUND_STAGES))
-    row = round_row(base, k)
-    create_table_artifact([row], key=f"round-{k}-metrics", description=f"round {k} metrics")
+    where, rerun, done = f"round {k}", _rerun(f"the flow run (or `cfdg round {k}` in {base})"), []
+    with _flow_guard(base, where, rerun, done):
+        table = params.rounds(params.read_params(base / "params.yaml"), base / "params.yaml")
+        if k not in table:
+            raise ValueError(f"round {k} is not in the rounds table of {base / 'params.yaml'} (rounds {list(table)})")
+        progress = create_progress_artifact(
+            0.0, key=f"round-{k}-progress", description=f"round {k}: rollout, fit, materialise"
+        )
+        ran: list[str] = []
+        for i, stage in enumerate(ROUND_STAGES):
+            did = run_stage(f"{stage}@{k}", root, retries, done)
+            _server_or_stop(where, rerun, done)
+            logger.info("%s@%d: %s", stage, k, f"ran {did}" if did else "up to date")
+            ran += did
+            update_progress_artifact(progress, 100.0 * (i + 1) / len(ROUND_STAGES))
+        row = round_row(base, k)
+        create_table_artifact([row], key=f"round-{k}-metrics", description=f"round {k} metrics")
     return {**row, "ran": ran}
 
 
@@ -192,24 +270,32 @@ def cfdg_run(root: str = ".", retries: int = 1) -> str:
     """The whole loop: dataset, pretrain, every round of params.yaml, report. Returns the report path."""
     logger = get_run_logger()
     base = Path(root)
-    checked = sections.load_all(base / "params.yaml")  # every section validated before anything runs
-    rounds = list(checked.rounds)
-    overall = create_progress_artifact(0.0, key="cfdg-run-progress", description="rounds completed")
-    for target in ("dataset", "pretrain"):
-        run_stage(target, root, retries)
-    rows = [round_row(base, 0)]
-    for i, k in enumerate(rounds):
-        row = cfdg_round(k, root, retries)
-        rows.append({key: value for key, value in row.items() if key != "ran"})
-        update_progress_artifact(overall, 100.0 * (i + 1) / len(rounds))
-        create_table_artifact(rows, key="cfdg-round-metrics", description="metrics of the rounds so far")
-    run_stage("report", root, retries)
-    report_dir = base / layout.REPORT_DIR
-    report_md = report_dir / "report.md"
-    if report_md.is_file():  # one artifact with the pictures inside, not a base64 URL per picture
-        text = inline_images(report_md.read_text(), report_dir)
-        create_markdown_artifact(text, key="cfdg-report", description=str(report_md.resolve()))
-    logger.info("report: %s", report_md.resolve())
+    rerun, done = _rerun(f"the flow run (or `cfdg run` in {base})"), []
+    with _flow_guard(base, "cfdg run", rerun, done):
+        checked = sections.load_all(base / "params.yaml")  # every section validated before anything runs
+        rounds = list(checked.rounds)
+        overall = create_progress_artifact(0.0, key="cfdg-run-progress", description="rounds completed")
+        for target in ("dataset", "pretrain"):
+            run_stage(target, root, retries, done)
+            _server_or_stop(target, rerun, done)
+        rows = [round_row(base, 0)]
+        for i, k in enumerate(rounds):
+            try:
+                row = cfdg_round(k, root, retries)
+            except StageFault as e:
+                e.fault.done = [*done, *e.fault.done]
+                raise
+            done += [f"{s}@{k}" for s in ROUND_STAGES]
+            rows.append({key: value for key, value in row.items() if key != "ran"})
+            update_progress_artifact(overall, 100.0 * (i + 1) / len(rounds))
+            create_table_artifact(rows, key="cfdg-round-metrics", description="metrics of the rounds so far")
+        run_stage("report", root, retries, done)
+        report_dir = base / layout.REPORT_DIR
+        report_md = report_dir / "report.md"
+        if report_md.is_file():  # one artifact with the pictures inside, not a base64 URL per picture
+            text = inline_images(report_md.read_text(), report_dir)
+            create_markdown_artifact(text, key="cfdg-report", description=str(report_md.resolve()))
+        logger.info("report: %s", report_md.resolve())
     return str(report_md.resolve())
 
 

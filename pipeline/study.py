@@ -41,6 +41,8 @@ import yaml
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
 from cfdg.errors import CfdgError, ConfigError
 from cfdg.io import atomic_write_json, atomic_write_text
+from pipeline import faults, runlock
+from pipeline.faults import Fault, StageFault
 from pipeline.study_results import committed, export_cell
 from pipeline.study_spec import Cell, Study, load_study, slug
 from stages import params as params_yaml
@@ -53,8 +55,22 @@ FAIL_CELL_ENV = "CFDG_FAIL_CELL"
 DVC = (sys.executable, "-m", "dvc")
 
 
-class CellFailed(RuntimeError):
-    """A stage of a cell failed; the message names the cell, the stage and the end of its output."""
+class CellFailed(StageFault):
+    """A stage of a cell failed: the cell and its classified Fault (str: the fault's one line).
+
+    A StageFault, so a fault a retry cannot cure (a full disk, a bad input) retries neither the
+    stage nor the cell (faults.retry_transient).
+    """
+
+    def __init__(self, cell: str, fault: Fault) -> None:
+        super().__init__(fault)
+        self.cell = cell
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.cell, self.fault))
+
+    def __str__(self) -> str:
+        return self.fault.line("cfdg study run")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,9 +227,15 @@ class StageRun:
 
 
 def run_target(
-    ws: Path, target: str, env: Mapping[str, str], log: Callable[[str], None], pull: bool = False
+    ws: Path,
+    target: str,
+    env: Mapping[str, str],
+    log: Callable[[str], None],
+    pull: bool = False,
+    detail: Callable[[str], None] | None = None,
 ) -> StageRun:
-    """`dvc repro [--pull] <target>` in `ws`, its output passed to `log` line by line.
+    """`dvc repro [--pull] <target>` in `ws`, its output passed to `log` line by line (from a
+    failure's first line on, to `detail` when given: tracebacks are for the log and --verbose).
 
     Peak memory is sampled (every 0.2 s) over the processes DVC starts, the stage itself, not
     DVC's own (larger) footprint; rusage cannot tell them apart, nor cells running in threads.
@@ -245,14 +267,16 @@ def run_target(
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     lines: list[str] = []
+    failing = False
     assert proc.stdout is not None
     for raw, redraw in _split_output(proc.stdout):
         line = raw.rstrip()
         if not line.strip() or redraw:
             continue
         lines.append(line)
+        failing = failing or faults.failure_begins(line)
         if not line.strip().startswith(_QUIET):
-            log(line)
+            (detail if failing and detail is not None else log)(line)
     code = proc.wait()
     finished.set()
     sampler.join()
@@ -295,10 +319,12 @@ def execute_cell(
     progress: Callable[[float], None] = lambda _: None,
     pull: bool = False,
     stage_retries: int = 0,
+    detail: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run the cell's stages in order; the state file is rewritten after each one (nothing is lost
-    when a later stage fails). Stages whose key is in `shared` (all, if None) take a lock.
-    Returns the final state."""
+    when a later stage fails). Stages whose key is in `shared` (all, if None) take a lock. A failed
+    stage is retried (`stage_retries`) only if a retry can cure its fault; its output is in the
+    cell's `artifacts/logs/<stage>.log`. Returns the final state."""
     env = cell_env(cell)
     state: dict[str, Any] = {
         "cell": cell.name,
@@ -309,14 +335,24 @@ def execute_cell(
     }
     stages: dict[str, Any] = read_state(state_file).get("stages", {})
     todo = targets(cell)
+    done: list[str] = []
     for i, target in enumerate(todo):
         key = keys[target]
+        fault = None
         for attempt in range(stage_retries + 1):
             with stage_lock(lock_dir, key if shared is None or key in shared else None):
-                run = run_target(ws, target, env, log, pull=pull)
+                run = run_target(ws, target, env, log, pull=pull, detail=detail)
+            header = f"$ dvc repro {target}    # cell {cell.name}, exit code {run.code}, {time.ctime()}"
+            where = faults.write_stage_log(ws, target, run.lines, header)
             if run.code == 0:
                 break
-            log(f"{cell.name}: {target} failed (attempt {attempt + 1}/{stage_retries + 1})")
+            fault = faults.classify(target, run.code, run.lines, ws)
+            fault.log, fault.done = where, list(done)
+            log(
+                f"{cell.name}: {target} failed (attempt {attempt + 1}/{stage_retries + 1}): {fault.stage}: {fault.what}"
+            )
+            if not fault.retry:
+                break
         previous = stages.get(target, {})
         did_run, restored = target in run.ran, target in run.restored
         last = "ran" if did_run else "restored" if restored else "unchanged"
@@ -337,8 +373,9 @@ def execute_cell(
         if run.code != 0:
             state.update(status="failed", failed_stage=target, stages=stages)
             atomic_write_json(state_file, state)
-            tail = "\n".join(run.lines[-12:])
-            raise CellFailed(f"cell {cell.name}: dvc repro {target} exited {run.code}:\n{tail}")
+            assert fault is not None
+            raise CellFailed(cell.name, fault)
+        done.append(target)
         state["stages"] = stages
         atomic_write_json(state_file, state)
         progress(100.0 * (i + 1) / len(todo))
@@ -382,6 +419,7 @@ def _cell_flow():
             logger.info,
             lambda pct: update_progress_artifact(progress_id, pct),
             stage_retries=stage_retries,
+            detail=lambda line: logger.info(line, extra={faults.DETAIL: True}),
         )
 
     return cfdg_study_cell
@@ -465,10 +503,17 @@ def run_study(
     from prefect.futures import as_completed
     from prefect.task_runners import ThreadPoolTaskRunner
 
+    faults.quiet_console()
     cell_flow = _cell_flow()
     root_s = str(plan.root)
 
-    @task(name="study-cell", task_run_name="{name}", retries=cell_retries, retry_delay_seconds=1)
+    @task(
+        name="study-cell",
+        task_run_name="{name}",
+        retries=cell_retries,
+        retry_delay_seconds=1,
+        retry_condition_fn=faults.retry_transient,
+    )
     def cell_task(name: str) -> dict[str, Any]:
         return cell_flow(name, str(study_file), root_s, stage_retries, allow_dirty)
 
@@ -563,9 +608,11 @@ def cell_row(plan: Plan, cell: Cell) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    runlock.begin_command(Path(args.root), "cfdg study run", args.verbose)
     if args.pool:
         from pipeline.study_pool import run_on_pool
 
+        faults.quiet_console()
         result = run_on_pool(
             args.study, root=args.root, pool=args.pool, remote=args.remote, repo=args.repo, allow_dirty=args.allow_dirty
         )
@@ -579,6 +626,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             allow_dirty=args.allow_dirty,
             only=args.only or (),
         )
+    faults.mute_console()  # Prefect's closing lines would follow the summary
     for name, why in result["failed"].items():
         print(f"study: cell {name} failed: {why}", file=sys.stderr)
     print(
@@ -623,6 +671,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stage-retries", type=int, default=0, help="retries of a failed stage before its cell fails")
     p.add_argument("--allow-dirty", action="store_true", help="run although tracked code has uncommitted changes")
     p.add_argument("--only", nargs="+", metavar="PATTERN", help="run only the pending cells matching these names/globs")
+    p.add_argument("--verbose", "-v", action="store_true", help="print failed stages' tracebacks too (docs/faults.md)")
     p.add_argument("--pool", help="run the cells as flow runs on this Prefect work pool (see docs/studies.md)")
     p.add_argument("--remote", help="with --pool: DVC remote URL the cells push to and pull from")
     p.add_argument("--repo", help="with --pool: git URL the workers clone (default: this project's directory)")
@@ -652,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
     except CfdgError as e:
         print(f"study: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        runlock.release_all()
 
 
 if __name__ == "__main__":

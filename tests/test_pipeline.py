@@ -93,7 +93,9 @@ def test_failed_round_is_retried_and_matches_an_uninterrupted_run(finished, tmp_
     # The main command (Prefect, ephemeral server), with fit@2 made to crash.
     failed = sh(repo, sys.executable, "-m", "pipeline", "run", "--retries", "0", check=False, CFDG_FAIL_STAGE="fit@2")
     assert failed.returncode == 1, failed.stderr[-2000:]
-    assert "dvc repro fit@2 failed" in failed.stderr and "CFDG_FAIL_STAGE" in failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("cfdg: fit@2: failing on purpose because CFDG_FAIL_STAGE"), failed.stderr[-2000:]
+    assert last.endswith("; fix it and rerun cfdg run — rounds 0–1 and rollout@2 are kept"), last
     art, ref = repo / "artifacts", finished / "artifacts"
     assert tree_digests(art / "rounds" / "1") == tree_digests(ref / "rounds" / "1")  # earlier rounds intact
     assert (art / "rounds" / "2" / "agent.pt").exists() and not (art / "rounds" / "2" / "diffusion.pt").exists()

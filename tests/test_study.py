@@ -139,8 +139,8 @@ def tiny_study(tmp_path_factory):
     base = tmp_path_factory.mktemp("study")
     project = make_project(base / "project", preset="")
     prefect_home = base / "prefect"
-    first = sh(
-        project, *STUDY, "run", TINY, "--parallel", "2", "--retries", "0", check=False,
+    first = sh(  # retries on: a bad input (here the injected failure) must retry neither the stage nor the cell
+        project, *STUDY, "run", TINY, "--parallel", "2", "--retries", "1", "--stage-retries", "1", check=False,
         CFDG_FAIL_CELL=f"{FAILING}:fit@1", PREFECT_HOME=str(prefect_home),
     )  # fmt: skip
     after_first = _states(project)
@@ -152,7 +152,8 @@ def tiny_study(tmp_path_factory):
 def test_failed_cell_is_retried_alone_and_loses_nothing(tiny_study):
     first, second, before = tiny_study["first"], tiny_study["second"], tiny_study["after_first"]
     assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-2000:]
-    assert f"cell {FAILING} failed" in first.stderr
+    assert f"cell {FAILING} failed: fit@1: failing on purpose because CFDG_FAIL_STAGE" in first.stderr
+    assert "fix it and rerun cfdg study run — round 0 and rollout@1 are kept" in first.stderr
     assert before[FAILING]["status"] == "failed" and before[FAILING]["failed_stage"] == "fit@1"
     assert set(before[FAILING]["stages"]) == {"dataset", "pretrain", "rollout@1", "fit@1"}
     assert all(s["status"] == "done" for name, s in before.items() if name != FAILING)
@@ -207,7 +208,10 @@ def test_each_cell_is_a_prefect_flow_run_named_after_it(tiny_study):
     assert {f"hopper-mr-iql-{v}-s{s}" for v in ("none", "cfdg") for s in (0, 1)} <= names
     assert "study-tiny" in names
     failed = [n for n, st in runs if st == "FAILED"]
-    assert FAILING in failed
+    assert failed.count(FAILING) == 1, "the failed cell (a bad input) was retried"
+    with sqlite3.connect(tiny_study["prefect"] / "prefect.db") as db:
+        attempts = [m for (m,) in db.execute("select message from log where message like '%fit@1 failed (attempt%'")]
+    assert len(attempts) == 1 and "(attempt 1/2)" in attempts[0], attempts  # nor was its stage
 
 
 @pytest.mark.slow

@@ -420,7 +420,7 @@ def test_server_lost_mid_round_stops_cleanly_and_a_rerun_completes(finished, ser
         stop(lost)
     text = log.read_text()
     ending = [ln for ln in text.splitlines() if ln.strip()][-1]
-    assert ending.startswith(f"cfdg: cfdg serve: the Prefect server at {api} was lost"), text[-3000:]
+    assert ending.startswith(f"cfdg: serve: the Prefect server at {api} was lost"), text[-3000:]
     assert f"round 2: the Prefect server at {api} was lost" in text and "stopped cleanly after rollout@2" in text
     assert "failed to reproduce" not in text and "StageFault" not in text, "a stage was blamed"
     # rollout@2 finished and DVC recorded it; what remains is fit@2 onwards.

@@ -179,12 +179,16 @@ def fill(fs: Path, leave: int) -> Path:
 
 
 def stage_log(repo: Path, target: str) -> str:
-    """The stage's log: in the project, or (no room there) in the temporary directory."""
+    """The stage's log: in the project, or (no room there) in the temporary directory (removed)."""
     digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:10]
-    for folder in (repo / "artifacts" / "logs", Path(tempfile.gettempdir()) / f"cfdg-logs-{digest}"):
-        if (folder / f"{target}.log").is_file():
-            return (folder / f"{target}.log").read_text()
-    raise AssertionError(f"no log of {target}")
+    fallback = Path(tempfile.gettempdir()) / f"cfdg-logs-{digest}"
+    try:
+        for folder in (repo / "artifacts" / "logs", fallback):
+            if (folder / f"{target}.log").is_file():
+                return (folder / f"{target}.log").read_text()
+        raise AssertionError(f"no log of {target}")
+    finally:
+        shutil.rmtree(fallback, ignore_errors=True)
 
 
 @pytest.mark.slow

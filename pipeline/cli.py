@@ -98,7 +98,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         f"cfdg: serving deployments cfdg-run/cfdg-run and cfdg-round/cfdg-round for {root}",
         f"at {os.environ['PREFECT_API_URL']}",
     )
-    faults.watch_server(url, what="cfdg serve")
+    faults.watch_server(url, what="serve")
     serve(*deployments(root))
     return 0
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from pipeline_project import clone, dvc, env, finished_project, forget, sh, tree_digests
+from pipeline_project import clone, commit, dvc, env, finished_project, forget, make_project, sh, tree_digests
 
 CFDG = (sys.executable, "-m", "pipeline")
 ROUND2 = ["rollout@2", "fit@2", "materialise@2", "report"]
@@ -179,12 +179,16 @@ def fill(fs: Path, leave: int) -> Path:
 
 
 def stage_log(repo: Path, target: str) -> str:
-    """The stage's log: in the project, or (no room there) in the temporary directory."""
+    """The stage's log: in the project, or (no room there) in the temporary directory (removed)."""
     digest = hashlib.sha256(str(repo.resolve()).encode()).hexdigest()[:10]
-    for folder in (repo / "artifacts" / "logs", Path(tempfile.gettempdir()) / f"cfdg-logs-{digest}"):
-        if (folder / f"{target}.log").is_file():
-            return (folder / f"{target}.log").read_text()
-    raise AssertionError(f"no log of {target}")
+    fallback = Path(tempfile.gettempdir()) / f"cfdg-logs-{digest}"
+    try:
+        for folder in (repo / "artifacts" / "logs", fallback):
+            if (folder / f"{target}.log").is_file():
+                return (folder / f"{target}.log").read_text()
+        raise AssertionError(f"no log of {target}")
+    finally:
+        shutil.rmtree(fallback, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -299,6 +303,46 @@ def test_a_second_command_refuses_at_once_and_a_stale_lock_is_taken_over(finishe
     same_artifacts(repo, finished)
 
 
+TWO_CELLS = """name: two
+preset: configs/tiny.yaml
+rounds: 1
+axes:
+  dataset:
+    hopper-mr: {dataset: {env: hopper, kind: medium-replay}}
+  algo: [iql]
+  variant: [none]
+  seed: [0, 1]
+"""
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_cell_resumes_on_the_next_run(server, tmp_path):
+    """SIGKILL a study while its second cell runs: the rerun says the lock was stale, skips the
+    finished cell and completes the other."""
+    project = make_project(tmp_path / "project", preset="")
+    (project / "configs" / "study" / "two.yaml").write_text(TWO_CELLS)
+    commit(project, "a two-cell study")
+    states = project / "studies" / "two" / "cells"
+
+    def status(cell: str) -> str | None:
+        try:
+            return json.loads((states / f"hopper-mr-iql-none-{cell}.json").read_text()).get("status")
+        except (OSError, ValueError):
+            return None
+
+    study = start_cfdg(project, tmp_path / "study.log", "study", "run", "configs/study/two.yaml", "-j", "1", **server)
+    try:
+        wait_for("one cell done, the other running", lambda: {status("s0"), status("s1")} == {"done", "running"})
+    finally:
+        stop(study)  # SIGKILL, the whole process group: the study, its dvc repro and the stage
+    again = cfdg(project, "study", "run", "configs/study/two.yaml", "-j", "1", **server)
+    assert again.returncode == 0, output(again)[-3000:]
+    assert "2 cells, 1 already finished, 0 failed" in again.stdout, output(again)[-3000:]
+    stale = [ln for ln in again.stderr.splitlines() if "stale lock" in ln]
+    assert len(stale) == 1 and f"PID {study.pid}" in stale[0], again.stderr[-3000:]
+    assert status("s0") == status("s1") == "done"
+
+
 @pytest.mark.slow
 def test_dvc_holding_the_repository_is_one_line_naming_it_and_not_retried(finished, server, tmp_path):
     repo = clone(finished, tmp_path / "project")
@@ -380,7 +424,7 @@ def test_server_lost_mid_round_stops_cleanly_and_a_rerun_completes(finished, ser
         stop(lost)
     text = log.read_text()
     ending = [ln for ln in text.splitlines() if ln.strip()][-1]
-    assert ending.startswith(f"cfdg: cfdg serve: the Prefect server at {api} was lost"), text[-3000:]
+    assert ending.startswith(f"cfdg: serve: the Prefect server at {api} was lost"), text[-3000:]
     assert f"round 2: the Prefect server at {api} was lost" in text and "stopped cleanly after rollout@2" in text
     assert "failed to reproduce" not in text and "StageFault" not in text, "a stage was blamed"
     # rollout@2 finished and DVC recorded it; what remains is fit@2 onwards.

@@ -241,6 +241,13 @@ def _round_values(rs: Sequence[Mapping[str, Any]], k: int, key: str, variant: st
     ]
 
 
+def _panel_head(title: str, first: list[str], variants: Sequence[str]) -> list[str]:
+    """A bold title and a table header: the `first` columns (the second left-aligned), then one per variant."""
+    cols = [*first, *(_vname(v) for v in variants)]
+    align = ["---:" if i != 1 else "---" for i in range(len(cols))]
+    return [f"**{title}**", "", "| " + " | ".join(cols) + " |", "|" + "|".join(align) + "|"]
+
+
 def _generates(rs: Sequence[Mapping[str, Any]], variant: str) -> bool:
     key = "generated_vs_online.state.classifier"
     return any(key in q for r in rs if r["variant"] == variant for q in r["quality"].values())
@@ -272,12 +279,7 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
     for (d, a), rs in sorted(panels.items()):
         gens = [v for v in _variants(rs) if _generates(rs, v)]
         rounds = sorted({k for r in rs for k in r["quality"]})
-        lines += [
-            f"**{a.upper()} on {d}**",
-            "",
-            "| Round | Divergence | Offline | " + " | ".join(_vname(v) for v in gens) + " |",
-            "|---:|---|---:|" + "---:|" * len(gens),
-        ]
+        lines += _panel_head(f"{a.upper()} on {d}", ["Round", "Divergence", "Offline"], gens)
         for k in rounds:
             for div in DIVERGENCES:
                 off = _fmt(_round_values(rs, k, f"offline_vs_online.{div}.classifier"), 2)
@@ -286,12 +288,7 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
                 lines.append(f"| {k} | {div} | {off} | " + " | ".join(cols) + " |")
         lines.append("")
         if gens:
-            fidelity += [
-                f"**{a.upper()} on {d}**",
-                "",
-                "| Round | Measure | " + " | ".join(_vname(v) for v in gens) + " |",
-                "|---:|---|" + "---:|" * len(gens),
-            ]
+            fidelity += _panel_head(f"{a.upper()} on {d}", ["Round", "Measure"], gens)
             for k in rounds:
                 for key, label in FIDELITY:
                     cols = [_fmt(_round_values(rs, k, key, v), 3) for v in gens]

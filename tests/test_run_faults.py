@@ -146,6 +146,14 @@ def up_to_date(repo: Path) -> bool:
     return "Data and pipelines are up to date" in dvc(repo, "status").stdout
 
 
+def rerun_completes(repo: Path, finished: Path, server: dict[str, str]) -> None:
+    """Once the cause is gone, a plain `cfdg run` finishes and the artifacts equal an unfaulted run's."""
+    again = cfdg(repo, "run", **server)
+    assert again.returncode == 0, output(again)[-3000:]
+    assert up_to_date(repo)
+    same_artifacts(repo, finished)
+
+
 def same_artifacts(repo: Path, reference: Path) -> None:
     got, want = tree_digests(repo / "artifacts"), tree_digests(reference / "artifacts")
     assert got == want, sorted(k for k in set(got) | set(want) if got.get(k) != want.get(k))
@@ -219,10 +227,8 @@ def test_full_disk_is_one_line_not_retried_and_a_rerun_completes(finished, serve
     assert room.sub("", last_line(verbose)) == room.sub("", line), output(verbose)[-3000:]
 
     filler.unlink()
-    again = cfdg(repo, "run", **server)
-    assert again.returncode == 0, output(again)[-3000:]
-    assert up_to_date(repo) and temps(repo) == []
-    same_artifacts(repo, finished)
+    rerun_completes(repo, finished, server)
+    assert temps(repo) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,10 +264,7 @@ def test_permission_denied_is_one_line_not_retried_and_a_rerun_completes(finishe
     assert output(failed).count("Running stage 'report'") == 1, "a permission fault was retried"
     assert "Traceback" in (repo / "artifacts" / "logs" / "report.log").read_text()
 
-    again = cfdg(repo, "run", **server)
-    assert again.returncode == 0, output(again)[-3000:]
-    assert up_to_date(repo)
-    same_artifacts(repo, finished)
+    rerun_completes(repo, finished, server)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,10 +372,7 @@ def test_dvc_holding_the_repository_is_one_line_naming_it_and_not_retried(finish
     assert "PID" not in line or f"PID {plain.pid} " in line, line
     assert "Retry" not in output(busy) and "Traceback" not in output(busy), output(busy)[-3000:]
 
-    again = cfdg(repo, "run", **server)
-    assert again.returncode == 0, output(again)[-3000:]
-    assert up_to_date(repo)
-    same_artifacts(repo, finished)
+    rerun_completes(repo, finished, server)
 
 
 @pytest.mark.slow

@@ -44,15 +44,9 @@ def _json(path: Path) -> Any:
         return None
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, float]:
+def flatten(obj: Any) -> dict[str, float]:
     """Numeric leaves of nested metrics as dotted keys."""
-    out: dict[str, float] = {}
-    if isinstance(obj, Mapping):
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    elif isinstance(obj, int | float) and not isinstance(obj, bool):
-        out[prefix[:-1]] = float(obj)
-    return out
+    return {k: float(v) for k, v in leaves(obj).items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 def workspace_results(ws: Path) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -171,7 +172,8 @@ def t_interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float, 
 def paired_table(records: Sequence[Mapping[str, Any]]) -> str:
     """Each variant against the base (`none`) on the same seeds: the paired difference of final
     scores with its 95% t-interval, so a reader sees whether a difference is noise; and whether the
-    base agent itself moved (final − pretrained ≥ 5 points and > 2 × the std of that change)."""
+    base agent itself moved (final − pretrained ≥ 5 points and > 2 × the std of that change); then
+    CFDG against each other generator on the same seeds."""
     main = [r for r in records if not r["ablation"]]
     by: dict[tuple[str, str], dict[str, dict[int, Mapping[str, Any]]]] = defaultdict(lambda: defaultdict(dict))
     for r in main:
@@ -214,16 +216,19 @@ def paired_table(records: Sequence[Mapping[str, Any]]) -> str:
                 f"| {d} | {a.upper()} | {_vname(v)} − {_vname('none')} | {len(seeds)} | {m:+.1f} | "
                 f"[{lo:+.1f}, {hi:+.1f}] | {verdict} |"
             )
-        if "synther" in variants and "cfdg" in variants:
-            seeds = sorted(set(variants["synther"]) & set(variants["cfdg"]))
-            if len(seeds) >= 2:
-                diffs = [variants["cfdg"][s]["final_score"] - variants["synther"][s]["final_score"] for s in seeds]
-                m, lo, hi = t_interval(diffs)
-                verdict = "CFDG better" if lo > 0 else "CFDG worse" if hi < 0 else "no difference (interval holds 0)"
-                lines.append(
-                    f"| {d} | {a.upper()} | {_vname('cfdg')} − {_vname('synther')} | {len(seeds)} | {m:+.1f} | "
-                    f"[{lo:+.1f}, {hi:+.1f}] | {verdict} |"
-                )
+        for other in (v for v in _variants([{"variant": v} for v in variants]) if v not in ("none", "cfdg")):
+            if "cfdg" not in variants:
+                break
+            seeds = sorted(set(variants[other]) & set(variants["cfdg"]))
+            if len(seeds) < 2:
+                continue
+            diffs = [variants["cfdg"][s]["final_score"] - variants[other][s]["final_score"] for s in seeds]
+            m, lo, hi = t_interval(diffs)
+            verdict = "CFDG better" if lo > 0 else "CFDG worse" if hi < 0 else "no difference (interval holds 0)"
+            lines.append(
+                f"| {d} | {a.upper()} | {_vname('cfdg')} − {_vname(other)} | {len(seeds)} | {m:+.1f} | "
+                f"[{lo:+.1f}, {hi:+.1f}] | {verdict} |"
+            )
     return "\n".join([*lines, "", *moves]) + "\n"
 
 
@@ -232,6 +237,9 @@ FIDELITY = (
     ("fidelity.generated.reward_rel_error", "reward rel. error"),
     ("memorisation.ratio", "memorisation ratio"),
 )
+
+
+ENERGY_ACC = re.compile(r"energy_(\w+)_accuracy")
 
 
 def _round_values(rs: Sequence[Mapping[str, Any]], k: int, key: str, variant: str | None = None) -> list[float]:
@@ -294,7 +302,37 @@ def table2(records: Sequence[Mapping[str, Any]]) -> str:
                     cols = [_fmt(_round_values(rs, k, key, v), 3) for v in gens]
                     fidelity.append(f"| {k} | {label} | " + " | ".join(cols) + " |")
             fidelity.append("")
-    return "\n".join([*lines, "### Simulator fidelity per round", "", *fidelity])
+    return "\n".join([*lines, "### Simulator fidelity per round", "", *fidelity, *energy_table(panels)])
+
+
+def energy_table(panels: Mapping[tuple[str, str], Sequence[Mapping[str, Any]]]) -> list[str]:
+    """EDIS's energy functions per round: how often each picks the real online row out of it and its
+    K model rows (top-1 accuracy, chance 1/(K+1)), on its last training batch. Empty without EDIS cells."""
+    out: list[str] = []
+    for (d, a), rs in sorted(panels.items()):
+        names = sorted({key for r in rs for f in r["fit"].values() for key in f if ENERGY_ACC.fullmatch(key)})
+        if not names:
+            continue
+        cells = [r for r in rs if any(n in f for f in r["fit"].values() for n in names)]
+        rounds = sorted({k for r in cells for k in r["fit"]})
+        negatives = {f["energy_negatives"] for r in cells for f in r["fit"].values() if "energy_negatives" in f}
+        chance = ", ".join(f"{1 / (k + 1):.3f}" for k in sorted(negatives))
+        out += [
+            "### EDIS's energy functions per round",
+            "",
+            "Top-1 accuracy of each energy at telling the round's real online row from its model rows, on its "
+            f"last training batch (chance {chance}). Mean ± {STD} over the EDIS cells.",
+            "",
+            f"**{a.upper()} on {d}**",
+            "",
+            "| Round | " + " | ".join(ENERGY_ACC.fullmatch(n)[1] for n in names) + " |",
+            "|---:|" + "---:|" * len(names),
+        ]
+        for k in rounds:
+            cols = [_fmt([r["fit"][k][n] for r in cells if n in r["fit"].get(k, {})], 3) for n in names]
+            out.append(f"| {k} | " + " | ".join(cols) + " |")
+        out.append("")
+    return out
 
 
 def table3(records: Sequence[Mapping[str, Any]]) -> str:

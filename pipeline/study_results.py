@@ -159,5 +159,6 @@ def report_record(rec: Mapping[str, Any]) -> dict[str, Any]:
         "pretrain_score": rec["pretrain_score"],
         "final_score": rec["final_score"],
         "quality": {int(k): flatten(v) for k, v in rec.get("quality", {}).items()},
+        "fit": {int(k): flatten(v["fit"]) for k, v in (rec.get("rounds") or {}).items() if "fit" in v},
         "stages": rec.get("stages", {}),
     }

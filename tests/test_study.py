@@ -430,3 +430,35 @@ def test_paired_table_reads_noise_as_noise():
     assert "moved (≥ +5 points and > 2 std)" in table  # base: +10 … +14 over pretrained
     worse = [rec("none", s, 30.0, 20.0 + s) for s in range(5)]  # a base that got worse did not "move"
     assert "did not measurably improve" in paired_table(worse + clear)
+
+
+def test_paired_table_sets_cfdg_against_every_other_generator():
+    """CFDG − SynthER and CFDG − EDIS on the same seeds, each with its own interval and verdict."""
+    from pipeline.study_report import paired_table
+
+    def rec(variant, seed, final):
+        return {"dataset": "d", "algo": "apl", "variant": variant, "seed": seed, "ablation": None,
+                "pretrain_score": 0.0, "final_score": final}  # fmt: skip
+
+    cells = [rec(v, s, f + s + 0.1 * (-1) ** s) for s in range(4) for v, f in (("none", 20.0), ("cfdg", 25.0))]
+    cells += [rec("synther", s, 25.0 + s) for s in range(4)] + [rec("edis", s, 30.0 + s) for s in range(4)]
+    table = paired_table(cells)
+    assert "| d | APL | CFDG − SynthER | 4 | +0.0 |" in table
+    assert "| d | APL | CFDG − EDIS | 4 | -5.0 |" in table and "CFDG worse" in table
+    assert "CFDG − CFDG" not in table and "CFDG − Base" in table
+
+
+def test_energy_table_shows_edis_energy_accuracy_per_round_against_chance():
+    """The report's EDIS section: each energy's accuracy per round over the EDIS cells, chance named."""
+    from pipeline.study_report import energy_table
+
+    def rec(variant, seed, fit):
+        return {"dataset": "d", "algo": "apl", "variant": variant, "seed": seed, "fit": fit}
+
+    fit = {k: {"energy_negatives": 10, "energy_state_accuracy": 0.2 * k, "energy_transition_accuracy": 0.1}
+           for k in (1, 2)}  # fmt: skip
+    rows = [rec("edis", 0, fit), rec("edis", 1, {k: {**v, "energy_state_accuracy": 0.3 * k} for k, v in fit.items()})]
+    lines = "\n".join(energy_table({("d", "apl"): [*rows, rec("cfdg", 0, {1: {"final_loss": 0.5}})]}))
+    assert "chance 0.091" in lines and "| Round | state | transition |" in lines
+    assert "| 1 | 0.250 ± 0.071 | 0.100 ± 0.000 |" in lines and "| 2 | 0.500 ± 0.141 |" in lines
+    assert energy_table({("d", "apl"): [rec("cfdg", 0, {1: {"final_loss": 0.5}})]}) == []

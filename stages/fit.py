@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cfdg.device import resolve_precision, select_device
 from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion
 from cfdg.diffusion.config import DiffusionConfig, fit_record
 from cfdg.diffusion.placeholder import save_no_model
@@ -77,7 +78,9 @@ def fit_stage(
         )
         metrics = {**metrics, **extra}
         variant.save(model, out_model)
-    recorded = {"seed": seed, "diffusion": fit_record(cfg)}
+    # `auto` precision depends on the machine: say what it was here
+    precision = resolve_precision(cfg.precision, select_device(cfg.device))
+    recorded = {"seed": seed, "diffusion": fit_record(cfg), "precision": precision}
     write_json(out_model.parent / "fit.provenance.json", provenance(f"fit@{k}", inputs, recorded))
     return {"round": k, **dict(metrics)}
 

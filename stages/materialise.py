@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from cfdg import store
+from cfdg.device import resolve_precision, select_device
 from cfdg.diffusion.checkpoint import checkpoint_summary
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.sample import sample_to_store
@@ -95,6 +96,8 @@ def materialise_stage(
             annotate=measure,
         )
     recorded = {"seed": seed, "variant": variant, "sampling": config_dict(cfg), "quality": config_dict(quality_cfg)}
+    if spec.fits_model:  # `auto` precision depends on the machine: say what it was here
+        recorded["precision"] = resolve_precision(cfg.precision, select_device("auto"))
     write_json(out_store.parent / "materialise.provenance.json", provenance(f"materialise@{k}", inputs, recorded))
     return quality
 

@@ -572,3 +572,22 @@ def test_film_model_checkpoint_round_trip(tmp_path):
     assert loaded.cfg.conditioning == "film" and loaded.net.film
     few = dataclasses.replace(SAMPLING, steps=4)
     np.testing.assert_array_equal(sample(model, 64, 1, 2, few).observations, sample(loaded, 64, 1, 2, few).observations)
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(tmp_path):
+    """`auto` reads the CPU's flags: AVX512-BF16 or AMX → bf16; a CPU that would emulate bf16 → fp32."""
+    from cfdg.device import cpu_has_native_bf16, resolve_precision
+    from cfdg.errors import ConfigError
+
+    flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\n"
+    zen3, zen4, spr = (tmp_path / n for n in ("zen3", "zen4", "spr"))
+    zen3.write_text(flags.format(""))
+    zen4.write_text(flags.format("avx512_bf16"))
+    spr.write_text(flags.format("amx_bf16 amx_tile"))
+    assert [cpu_has_native_bf16(str(p)) for p in (zen3, zen4, spr)] == [False, True, True]
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        resolve_precision("fp16", cpu)

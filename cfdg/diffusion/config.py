@@ -14,6 +14,7 @@ import dataclasses
 from typing import Literal
 
 from cfdg.config import check, to_dict
+from cfdg.device import PRECISIONS
 
 SOLVERS = ("heun", "dpmpp2m")
 # The keys that fix the network's shape: a warm start needs them equal to the previous round's.
@@ -128,7 +129,7 @@ class DiffusionConfig:
     warm_start_steps: int = 0
 
     # Execution. bf16: autocast in training (fp32 master weights).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     compile: bool = False  # torch.compile the denoiser (CUDA only)
     device: str = "auto"
     threads: int = 0  # torch intra-op threads while fitting; 0 leaves torch's setting
@@ -167,7 +168,7 @@ class DiffusionConfig:
             f"{w}.batch_online_share",
             f"must be null (uniform over rows) or in (0, 1), got {self.batch_online_share}",
         )
-        check(self.precision in ("fp32", "bf16"), f"{w}.precision", "must be 'fp32' or 'bf16'")
+        check(self.precision in PRECISIONS, f"{w}.precision", f"must be one of {list(PRECISIONS)}")
         check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
 
 
@@ -197,7 +198,7 @@ class SamplingConfig:
     n_rows: int = 1_000_000  # rows generated per round
     batch: int = 4096  # rows per sampler call (x2 with guidance): big GEMMs
     # bf16: a bf16 copy of the EMA network (the sampler state and EDM arithmetic stay fp32).
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     threads: int = 0  # torch intra-op threads while sampling; 0 leaves torch's setting
     # The synthetic buffer across rounds: `replace` = round k's store is round k's samples;
     # `fifo` = the newest `capacity` rows of (round k-1's store ∪ round k's samples).
@@ -217,7 +218,7 @@ class SamplingConfig:
         check(0 <= self.online_label_share <= 1, f"{w}.online_label_share", "must be in [0, 1]")
         check(self.n_rows >= 0, f"{w}.n_rows", f"must be >= 0, got {self.n_rows}")
         check(self.batch >= 1, f"{w}.batch", f"must be >= 1, got {self.batch}")
-        check(self.precision in ("fp32", "bf16"), f"{w}.precision", "must be 'fp32' or 'bf16'")
+        check(self.precision in PRECISIONS, f"{w}.precision", f"must be one of {list(PRECISIONS)}")
         check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
         check(self.buffer in BUFFERS, f"{w}.buffer", f"must be one of {list(BUFFERS)}, got {self.buffer!r}")
         if self.buffer == "fifo":

@@ -12,7 +12,7 @@ from torch import nn
 from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.denoiser import Denoiser
 from cfdg.diffusion.normaliser import Normaliser, vector_dim
-from cfdg.errors import ConfigError
+from cfdg.device import resolve_precision
 
 
 def build_denoiser(cfg: DiffusionConfig, obs_dim: int, act_dim: int, seed: int) -> Denoiser:
@@ -58,8 +58,7 @@ class DiffusionModel:
         faster than autocast on CPU). The sampler's state and EDM arithmetic stay fp32.
         Compiled once when cfg.compile is set and the device is CUDA.
         """
-        if precision not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+        precision = resolve_precision(precision, self.device)
         if precision not in self._sampling_nets:
             net = self.ema
             if precision == "bf16":

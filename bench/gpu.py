@@ -332,7 +332,12 @@ def readme(result: dict[str, Any]) -> str:
         )
     lines.append("torch.compile: the denoiser only (the agents have no compile option), on CUDA only.")
     lines += ["", "## One round of the APL paper preset, shortened", ""]
-    lines.append("Budget over configs/paper/apl.yaml (`rounds: 1`): `" + json.dumps(result["round_budget"]) + "`")
+    lines += ["Budget over configs/paper/apl.yaml (`rounds: 1`; the paper runs 10 rounds):", ""]
+    lines += ["| setting | paper preset | this run |", "|---|---:|---:|"]
+    paper = preset("apl")
+    for section, values in result["round_budget"].items():
+        for key, value in values.items():
+            lines.append(f"| {section}.{key} | {paper.get(section, {}).get(key, '(yours)')} | {value} |")
     lines += ["", "| stage | wall s | status |", "|---|---:|---|"]
     for r in result["round"]:
         lines.append(f"| {r['stage']} | {fmt(r.get('wall_s'))} | {r['status']} |")

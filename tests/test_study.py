@@ -1,6 +1,7 @@
 """Studies: a grid of real pipeline runs (real dvc repro in git worktrees sharing one DVC cache,
 real Prefect), bad study files refused before anything starts, the paper's grids counted, and
-the same study on a real local Prefect server with a work pool, two workers and a DVC remote.
+the same study on a real local Prefect server with a work pool, two workers and a DVC remote, and
+a study SIGKILLed mid-cell resuming. One tiny study (module fixture) serves them all.
 """
 
 from __future__ import annotations
@@ -8,17 +9,17 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
+import signal
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_project import ROOT, commit, dvc, env, make_project, sh
+from pipeline_project import ROOT, commit, dvc, env, make_project, sh, start_server, stop
 
 from cfdg.errors import ConfigError
 from pipeline.study_spec import load_study
@@ -326,40 +327,31 @@ def test_report_checks_the_committed_cells_it_reads(tiny_study, tmp_path):
 # Past one machine: a Prefect server, a work pool, two workers, a DVC remote
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"prefect server exited {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"prefect server at {url} not healthy after {timeout_s} s")
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """One real Prefect server for the pool and the killed study (each start costs seconds)."""
+    base = tmp_path_factory.mktemp("prefect-server")
+    proc, api = start_server(base / "home", base / "server.log")
+    try:
+        yield {"PREFECT_API_URL": api, "PREFECT_HOME": str(base / "client")}
+    finally:
+        stop(proc, signal.SIGTERM)
 
 
 @pytest.mark.slow
-def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(tiny_study, tmp_path):
+def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(tiny_study, server, tmp_path):
+    """Two cells, one per worker (each takes one at a time), computed in the workers' own cache
+    and pushed to a DVC remote: the same numbers and the same Table 1 as the single-process run."""
     project = tiny_study["project"]
     pool_study = project / "configs" / "study" / "tiny-pool.yaml"
     doc = yaml.safe_load((project / TINY).read_text())
     doc.update(name="tiny-pool")
     doc.pop("ablations"), doc.pop("ablation_axes")
-    pool_study.write_text(yaml.safe_dump(doc))  # the 2x2 part of the tiny study
-    commit(project, "2x2 study for the pool")
+    doc["axes"]["variant"] = ["cfdg"]
+    pool_study.write_text(yaml.safe_dump(doc))  # CFDG on both seeds: two cells of the tiny study
+    commit(project, "two cells for the pool")
 
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    base_env = env(project, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_API_URL=api)
+    base_env = env(project, **server)
     base_env.pop("PYTHONPATH")  # the workers run the code they clone, not this checkout
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -373,8 +365,6 @@ def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(ti
 
     prefect = (sys.executable, "-m", "prefect")
     try:
-        server = start("server", *prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port))
-        _wait_healthy(api, server)
         worker_env = {"CFDG_STUDY_CACHE": str(tmp_path / "worker-cache"), "CFDG_STUDY_WORKDIR": str(tmp_path / "work")}
         for i in (1, 2):
             start(f"worker{i}", *prefect, "worker", "start", "--pool", "cfdg-test", "--type", "process",
@@ -395,8 +385,11 @@ def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(ti
             except subprocess.TimeoutExpired:
                 p.kill()
 
+    from pipeline.study_report import table1
+
     states = _states(project, "tiny-pool")
-    assert len(states) == 4 and all(s["status"] == "done" for s in states.values())
+    assert sorted(states) == ["hopper-mr-iql-cfdg-s0", "hopper-mr-iql-cfdg-s1"]
+    assert all(s["status"] == "done" for s in states.values())
     assert len({s["worker_pid"] for s in states.values()}) == 2, "both workers should have run cells"
     for name in states:  # every cell's artifacts are in the remote: the local copy came from it
         ws = project / "studies" / "tiny-pool" / "cells" / name
@@ -404,10 +397,63 @@ def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(ti
         assert "up to date" in dvc(ws, "status").stdout
     local = json.loads((project / "results" / "tiny" / "report" / "results.json").read_text())
     pooled = json.loads((project / "results" / "tiny-pool" / "report" / "results.json").read_text())
-    assert pooled == {name: local[name] for name in pooled}
-    table1 = "results/{}/report/table1.md"
-    assert (project / table1.format("tiny-pool")).read_text() == (project / table1.format("tiny")).read_text()
+    assert pooled == {name: local[name] for name in states}
+    records = [json.loads((project / "results" / "tiny" / "cells" / f"{name}.json").read_text()) for name in states]
+    assert (project / "results" / "tiny-pool" / "report" / "table1.md").read_text() == table1(records)
     assert os.listdir(tmp_path / "worker-cache")  # the workers computed in their own cache
+
+
+TWO_CELLS = """name: two
+preset: configs/tiny.yaml
+rounds: 1
+axes:
+  dataset:
+    hopper-mr: {dataset: {env: hopper, kind: medium-replay}}
+  algo: [iql]
+  variant: [none]
+  seed: [0, 1]
+"""
+
+
+@pytest.mark.slow
+def test_a_study_killed_mid_cell_resumes_on_the_next_run(tiny_study, server, tmp_path):
+    """SIGKILL a study (the whole process group: the study, its dvc repro and the stage) while its
+    second cell runs: the rerun says the lock was stale, skips the finished cell and completes the
+    other. The two cells are the tiny study's base cells under another study, so their stages come
+    out of the project's DVC cache: what runs, and is killed, is the study machinery itself."""
+    project = tiny_study["project"]
+    (project / "configs" / "study" / "two.yaml").write_text(TWO_CELLS)
+    commit(project, "a two-cell study")
+    states = project / "studies" / "two" / "cells"
+    cfdg = (sys.executable, "-m", "pipeline", "study", "run", "configs/study/two.yaml", "-j", "1")
+
+    def status(cell: str) -> str | None:
+        try:
+            return json.loads((states / f"hopper-mr-iql-none-{cell}.json").read_text()).get("status")
+        except (OSError, ValueError):
+            return None
+
+    log = tmp_path / "study.log"
+    study = subprocess.Popen(
+        cfdg, cwd=project, env=env(project, **server), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while {status("s0"), status("s1")} != {"done", "running"}:
+            assert study.poll() is None, (
+                f"the study ended before it could be killed mid-cell:\n{log.read_text()[-3000:]}"
+            )
+            assert time.monotonic() < deadline, "timed out waiting for one cell done, the other running"
+            time.sleep(0.2)
+    finally:
+        stop(study)  # SIGKILL, the whole process group
+    again = sh(project, *cfdg, check=False, **server)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "2 cells, 1 already finished, 0 failed" in again.stdout, again.stdout[-3000:] + again.stderr[-3000:]
+    stale = [ln for ln in again.stderr.splitlines() if "stale lock" in ln]
+    assert len(stale) == 1 and f"PID {study.pid}" in stale[0], again.stderr[-3000:]
+    assert status("s0") == status("s1") == "done"
 
 
 def test_paired_table_reads_noise_as_noise():

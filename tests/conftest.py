@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers each start Prefect's temporary server: one SQLite database per worker, not
+    # the user's ~/.prefect shared by two servers at once. It is kept between runs (migrated once).
+    os.environ["PREFECT_HOME"] = str(Path(tempfile.gettempdir()) / f"cfdg-tests-prefect-{worker}")
 
 from cfdg.fake_data import make_transitions
 from cfdg.store import StoreMeta, Transitions

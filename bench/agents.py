@@ -24,8 +24,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cfdg.agents.config import AgentConfig
-from cfdg.agents.registry import make_agent
+from cfdg.agents.registry import agent_config, make_agent
 from cfdg.agents.replay import BatchMixer, ReplayBuffer, sample_uniform
 from cfdg.device import select_device
 from cfdg.fake_data import make_transitions
@@ -117,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = {"hidden_dims": hidden, "batch_size": args.batch, "device": args.device}
     device = select_device(args.device)
     agents = {
-        (a, prec): make_agent(AgentConfig(algo=a, precision=prec, **cfg), OBS, ACT, 1.0, device)
+        (a, prec): make_agent(agent_config({**cfg, "algo": a, "precision": prec}), OBS, ACT, 1.0, device)
         for a in ("iql", "pex", "apl", "calql")
         for prec in ("fp32", "bf16")
     }

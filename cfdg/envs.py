@@ -368,11 +368,3 @@ def check_layout(env: str, obs_dim: int, act_dim: int, where: object) -> None:
             f"{where}: rows are {obs_dim} (obs) / {act_dim} (action) wide but env '{env_name(env)}' "
             f"({layout}) yields {want[0]} / {want[1]}; the dataset is not a {fam} dataset in that layout"
         )
-
-
-def check_algo(env: str, algo: str) -> None:
-    """APL runs on locomotion only, as in the paper (its TD3/TD3+BC settings are locomotion's)."""
-    if algo == "apl" and is_robotics(env):
-        raise ConfigError(
-            f"agent.algo: apl runs on locomotion only (as the paper); env '{env_name(env)}' needs iql, pex or calql"
-        )

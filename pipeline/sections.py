@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
+from cfdg.agents.registry import agent_config, agent_keys
 from cfdg.datasets.build import DatasetConfig
 from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
 from cfdg.errors import ConfigError
 from stages import params
 from stages.params import QualityParams, ReportParams
 
+# `agent` is the base every agent's own config extends: the section parses into the config of the
+# agent `agent.algo` names (`PARSERS`) and accepts every agent's keys (`section_keys`).
 CONFIG_CLASSES: dict[str, type] = {
     "dataset": DatasetConfig,
     "agent": AgentConfig,
@@ -30,12 +33,22 @@ CONFIG_CLASSES: dict[str, type] = {
 }
 
 
+PARSERS: dict[str, Any] = {**CONFIG_CLASSES, "agent": agent_config}
+
+
 def config_class(name: str) -> type:
-    """The dataclass of section `name`."""
+    """The dataclass of section `name` (for `agent`, the base of every agent's config)."""
     try:
         return CONFIG_CLASSES[name]
     except KeyError:
         raise ConfigError(f"params: unknown section {name!r}; known: {list(params.SECTIONS)}") from None
+
+
+def section_keys(name: str) -> set[str]:
+    """The keys section `name` accepts (for `agent`, every agent's)."""
+    if name == "agent":
+        return agent_keys()
+    return {f.name for f in dataclasses.fields(config_class(name)) if f.init}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +67,7 @@ def validate(raw: dict[str, Any], path: str | Path = params.PARAMS_FILE) -> Para
         seed=params.seed(raw, path),
         source=params.dataset_source(raw, path),
         rounds=params.rounds(raw, path),
-        sections={name: params.section(raw, name, cls, path) for name, cls in CONFIG_CLASSES.items()},
+        sections={name: params.section(raw, name, parse, path) for name, parse in PARSERS.items()},
     )
 
 

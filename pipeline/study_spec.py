@@ -99,7 +99,7 @@ def _known_keys(section: str) -> set[str] | None:
     """Keys a params section accepts (None: a scalar top-level key such as `seed`)."""
     if section not in params_yaml.SECTIONS:
         return None
-    keys = {f.name for f in dataclasses.fields(sections.config_class(section)) if f.init}
+    keys = sections.section_keys(section)
     if section == "dataset":
         keys.add(params_yaml.DATASET_SOURCE_KEY)
     return keys

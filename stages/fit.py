@@ -90,7 +90,8 @@ def round_policy(agent: Path, seed: int) -> Policy:
 
     One state at a time: every agent's `act` takes one (PEX chooses between its policies per state).
     """
-    from cfdg.agents.checkpoint import agent_from_checkpoint, load_checkpoint
+    from cfdg.agents.checkpoint import load_checkpoint
+    from cfdg.agents.registry import agent_from_checkpoint
 
     actor = agent_from_checkpoint(load_checkpoint(agent), agent)
     gen = torch.Generator().manual_seed(seed)

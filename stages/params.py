@@ -9,7 +9,7 @@ hour of pretraining. Every error names the file and the key, e.g. `params.yaml:d
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,18 +80,27 @@ def _where(path: str | Path, key: str) -> str:
     return f"{Path(path).name}:{key}"
 
 
-def section(params: Mapping[str, Any], name: str, config: type[T], path: str | Path = PARAMS_FILE) -> T:
+def section(
+    params: Mapping[str, Any],
+    name: str,
+    config: type[T] | Callable[[Mapping[str, Any], str], T],
+    path: str | Path = PARAMS_FILE,
+) -> T:
     """Section `name` as its typed `config`; missing keys keep the dataclass defaults.
 
-    The stage names the dataclass itself, so its imports say which components it loads (and
-    dvc.yaml's deps can list exactly those)."""
+    `config` is the section's dataclass, or a parser `(mapping, where) -> config` where the class
+    depends on the section (`agent:` → the config of the agent `algo` names: `registry.agent_config`).
+    The stage names it itself, so its imports say which components it loads (and dvc.yaml's deps
+    can list exactly those)."""
     raw = params.get(name) or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{_where(path, name)}: must be a mapping, got {raw!r}")
     if name == "dataset":
         raw = {k: v for k, v in raw.items() if k != DATASET_SOURCE_KEY}
     try:
-        return from_mapping(config, raw, _where(path, name))
+        if isinstance(config, type):
+            return from_mapping(config, raw, _where(path, name))
+        return config(raw, _where(path, name))
     except ConfigError as e:  # range checks in __post_init__ name `section.key` without the file
         prefix = f"{Path(path).name}:"
         raise ConfigError(str(e) if str(e).startswith(prefix) else f"{prefix}{e}") from None

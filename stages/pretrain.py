@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cfdg import store
-from cfdg.agents.config import AgentConfig, PretrainConfig
+from cfdg.agents.config import PretrainConfig
+from cfdg.agents.registry import agent_config
 from cfdg.agents.train import pretrain
 from cfdg.diffusion.placeholder import save_no_model
 from cfdg.store import StoreMeta
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = layout.round_dir(0)
         metrics = pretrain_stage(
             layout.OFFLINE,
-            params.section(raw, "agent", AgentConfig, args.params),
+            params.section(raw, "agent", agent_config, args.params),
             params.section(raw, "pretrain", PretrainConfig, args.params),
             params.seed(raw, args.params),
             out_dir,

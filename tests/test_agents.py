@@ -12,12 +12,11 @@ from torch import nn
 
 from cfdg.agents.apl import APLCQL, APLTD3BC, actor_loss
 from cfdg.agents.calql import sample_actions
-from cfdg.agents.config import AgentConfig
 from cfdg.agents.iql import expectile_loss
 from cfdg.agents.networks import TwinQ
 from cfdg.agents.optim import soft_update
 from cfdg.agents.pex import choice_probs, choose
-from cfdg.agents.registry import make_agent
+from cfdg.agents.registry import agent_config, make_agent
 from cfdg.agents.replay import ReplayBuffer, sample_uniform
 from cfdg.config import from_mapping
 from cfdg.errors import CheckpointError, ConfigError
@@ -29,7 +28,7 @@ SMALL = {"hidden_dims": (32, 32), "batch_size": 64}
 
 def agent(algo: str, seed: int = 0, **kw):
     torch.manual_seed(seed)
-    return make_agent(AgentConfig(algo=algo, **{**SMALL, **kw}), 5, 3, 1.0, CPU)
+    return make_agent(agent_config({**SMALL, **kw, "algo": algo}), 5, 3, 1.0, CPU)
 
 
 def batches(n: int, lam=None, seed: int = 0):
@@ -243,9 +242,9 @@ def test_apl_engine_picks_the_form_and_checks_its_name():
     assert (cql.actor.log_std_min, cql.actor.log_std_max) == (-5.0, 2.0)
     assert not hasattr(cql.actor, "log_std_offset")  # rlkit's policy: no learnt affine on the log-std
     with pytest.raises(ConfigError, match="agent.apl_engine"):
-        from_mapping(AgentConfig, {"algo": "apl", "apl_engine": "sac"}, "agent")
+        agent_config({"algo": "apl", "apl_engine": "sac"}, "agent")
     with pytest.raises(ConfigError, match="agent.apl_critics"):
-        from_mapping(AgentConfig, {"apl_critics": 1}, "agent")
+        agent_config({"apl_critics": 1}, "agent")
 
 
 def gcql_critic_grads(a, batch, lam: float, cql_alpha: float) -> list[torch.Tensor]:
@@ -451,11 +450,80 @@ def test_apl_state_loads_only_as_its_engine():
 
 
 def test_agent_config_from_mapping_rejects_bad_values():
-    cfg = from_mapping(AgentConfig, {"algo": "pex", "hidden_dims": [64, 64], "iql_tau": 0.9}, "agent")
+    cfg = agent_config({"algo": "pex", "hidden_dims": [64, 64], "iql_tau": 0.9}, "agent")
     assert cfg.hidden_dims == (64, 64) and cfg.algo == "pex"
     with pytest.raises(ConfigError, match="agent.algo"):
-        from_mapping(AgentConfig, {"algo": "sac"}, "agent")
+        agent_config({"algo": "sac"}, "agent")
     with pytest.raises(ConfigError, match="agent.iql_tau"):
-        from_mapping(AgentConfig, {"iql_tau": 1.5}, "agent")
+        agent_config({"iql_tau": 1.5}, "agent")
     with pytest.raises(ConfigError, match="unknown"):
-        from_mapping(AgentConfig, {"taus": 0.5}, "agent")
+        agent_config({"taus": 0.5}, "agent")
+
+
+# --- one TD3; each agent owns its config ---------------------------------------------------------
+
+
+def test_apl_td3bc_and_the_dataset_builder_run_the_one_td3_update():
+    """The builder's behaviour policy and APL's `td3bc` engine are both `td3.TD3`: from the same seed
+    and batch they take the same critic step (smoothing noise, twin-Q loss, Adam), the same Polyak
+    step of the target critic, and differ only where APL overrides the actor loss."""
+    from cfdg.agents.td3 import TD3
+    from cfdg.datasets.build import DatasetConfig
+
+    built = DatasetConfig(hidden=32, batch_size=64).td3()
+    torch.manual_seed(0)
+    td3 = TD3(built, 5, 3, 1.0, CPU)
+    apl = agent("apl", normalize_obs=False)  # seed 0, (32, 32), batch 64: the builder's sizes
+    assert isinstance(apl, TD3) and type(apl).update is TD3.update
+    for b, step in zip(batches(2, lam=0.0), (1, 2), strict=True):
+        for x in (td3, apl):
+            torch.manual_seed(step)  # the smoothing noise
+            x.update(b)
+        for name in ("critic", "target_critic") if step == 2 else td3._modules:
+            for p, q in zip(getattr(td3, name).parameters(), getattr(apl, name).parameters(), strict=True):
+                assert torch.equal(p, q), (step, name)
+    # The second update moved the actors (policy_delay 2), each by its own loss: TD3's −mean Q and
+    # APL's −(α / mean|Q|)·mean Q.
+    assert not torch.equal(td3.actor.net[0].weight, apl.actor.net[0].weight)
+
+
+def test_each_agent_config_holds_only_its_algorithms_keys():
+    """Each agent's config refuses another agent's key by name, in one line; the `agent:` section
+    accepts it (presets stack: AntMaze's IQL keys under Cal-QL), checks its value, and leaves it out."""
+    from cfdg.agents.registry import AGENTS, agent_keys, algos_reading
+
+    assert "iql_tau" not in {f.name for f in dataclasses.fields(AGENTS["apl"].config_class)}
+    for algo, cls in AGENTS.items():
+        own = {f.name for f in dataclasses.fields(cls.config_class)}
+        key = sorted(agent_keys() - own)[0]
+        owner = AGENTS[algos_reading(key)[0]].config_class
+        value = getattr(owner(), key)
+        with pytest.raises(ConfigError, match=rf"unknown key\(s\) \['{key}'\]") as err:
+            from_mapping(cls.config_class, {key: value}, "agent")
+        assert "\n" not in str(err.value)
+        cfg = agent_config({"algo": algo, key: value})
+        assert type(cfg) is cls.config_class and not hasattr(cfg, key)
+    with pytest.raises(ConfigError, match="agent.iql_tau: must be in"):
+        agent_config({"algo": "calql", "iql_tau": 1.5})
+    assert algos_reading("cql_alpha") == ["apl", "calql"] and algos_reading("iql_tau") == ["iql", "pex"]
+
+
+def test_checkpoint_with_every_agents_keys_still_loads(tmp_path):
+    """A checkpoint written before the configs were split holds every agent's keys in agent_config."""
+    from cfdg.agents.checkpoint import load_checkpoint, save_checkpoint
+    from cfdg.agents.registry import AGENTS, agent_from_checkpoint
+    from cfdg.config import to_dict
+
+    a = make_agent(agent_config({"algo": "pex", "iql_tau": 0.9}), 11, 3, 1.0, CPU)  # Hopper's widths
+    save_checkpoint(tmp_path / "a.pt", a, env="hopper", seed=0, counters={}, rng={}, env_state=None)
+    ckpt = load_checkpoint(tmp_path / "a.pt")
+    assert set(ckpt["agent_config"]) == {f.name for f in dataclasses.fields(AGENTS["pex"].config_class)}
+    every = {}
+    for cls in AGENTS.values():
+        every.update(to_dict(cls.config_class()))
+    ckpt["agent_config"] = {**every, **ckpt["agent_config"]}  # the old, single config's keys
+    b = agent_from_checkpoint(ckpt, tmp_path / "a.pt")
+    assert type(b) is type(a) and b.cfg == a.cfg
+    ckpt["agent_config"]["cql_alpha"] = -1.0
+    with pytest.raises(CheckpointError, match="agent.cql_alpha: must be >= 0"):
+        agent_from_checkpoint(ckpt, tmp_path / "a.pt")

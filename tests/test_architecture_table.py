@@ -10,6 +10,7 @@ import re
 import pytest
 from pipeline_project import ROOT
 
+from cfdg.agents.registry import algos_reading
 from cfdg.config import to_dict
 from cfdg.errors import ConfigError
 from pipeline import sections
@@ -48,6 +49,12 @@ def accept_key(key: str, raw: dict) -> object:
         assert key in params.TOP_LEVEL
         return sections.resolved(sections.validate(raw))[key]
     section, _, rest = key.partition(".")
+    if section == "agent":  # an agent key resolves as the first agent whose config holds it gets it
+        readers = algos_reading(rest)
+        if not readers:
+            raise KeyError(key)
+        if raw.get("agent", {}).get("algo") not in readers:
+            raw = {**raw, "agent": {**raw.get("agent", {}), "algo": readers[0]}}
     cfg = sections.validate(raw).sections[section]  # KeyError: not a section
     value = to_dict(cfg)
     for part in rest.split("."):

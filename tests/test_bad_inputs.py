@@ -227,12 +227,13 @@ def pretrained_agent(tmp: Path, change: Callable[[dict], None] | None = None) ->
     """tmp/agent.pt: a real IQL checkpoint (2 offline steps on good_store's hopper rows, built once per
     session and kept as bytes), with `change` applied to the loaded dict before it is saved again."""
     if not _PRETRAINED:
-        from cfdg.agents.config import AgentConfig, PretrainConfig
+        from cfdg.agents.config import PretrainConfig
+        from cfdg.agents.registry import agent_config
         from cfdg.agents.train import pretrain
 
         work = tmp / "pretrain-work"
         store = good_store(work, "pre.zarr")
-        cfg = AgentConfig(algo="iql", hidden_dims=(16, 16), batch_size=16, device="cpu")
+        cfg = agent_config({"algo": "iql", "hidden_dims": (16, 16), "batch_size": 16, "device": "cpu"})
         pretrain(store, cfg, PretrainConfig(steps=2, eval_every=0, eval_episodes=1), work / "agent.pt", 0, False)
         _PRETRAINED["iql"] = (work / "agent.pt").read_bytes()
         shutil.rmtree(work)

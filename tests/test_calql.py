@@ -11,9 +11,7 @@ import torch
 from torch.distributions import Normal, TanhTransform, TransformedDistribution
 
 from cfdg.agents.calql import TanhGaussianPolicy, cql_gap, episode_ends, mc_returns
-from cfdg.agents.config import AgentConfig
-from cfdg.agents.registry import make_agent
-from cfdg.config import from_mapping
+from cfdg.agents.registry import agent_config, make_agent
 from cfdg.errors import ConfigError
 from cfdg.store import Transitions
 from tests.conftest import make_transitions
@@ -83,7 +81,7 @@ def test_tanh_gaussian_log_prob_matches_torch_distribution():
 
 def agent(**kw):
     torch.manual_seed(0)
-    cfg = AgentConfig(algo="calql", hidden_dims=(32, 32), batch_size=64, **kw)
+    cfg = agent_config({"algo": "calql", "hidden_dims": (32, 32), "batch_size": 64, **kw})
     return make_agent(cfg, 5, 3, 1.0, CPU)
 
 
@@ -138,10 +136,10 @@ def test_offline_steps_lower_q_on_random_actions_but_not_below_the_bound():
 
 def test_calql_config_validation():
     with pytest.raises(ConfigError, match="agent.cql_n_actions: must be >= 1"):
-        from_mapping(AgentConfig, {"algo": "calql", "cql_n_actions": 0}, "agent")
+        agent_config({"algo": "calql", "cql_n_actions": 0}, "agent")
     with pytest.raises(ConfigError, match="agent.algo"):
-        from_mapping(AgentConfig, {"algo": "cql"}, "agent")
-    cfg = from_mapping(AgentConfig, {"algo": "calql", "cql_clip_diff_min": -200}, "agent")
+        agent_config({"algo": "cql"}, "agent")
+    cfg = agent_config({"algo": "calql", "cql_clip_diff_min": -200}, "agent")
     assert dataclasses.asdict(cfg)["cql_clip_diff_min"] == -200.0
 
 
@@ -168,7 +166,9 @@ def test_state_round_trip_and_another_algorithms_state_refused():
         for p, q in zip(getattr(a, name).parameters(), getattr(b, name).parameters(), strict=True):
             assert torch.equal(p, q), name
     with pytest.raises(CheckpointError, match="calql"):
-        b.load_state_dict(make_agent(AgentConfig(algo="iql", hidden_dims=(32, 32)), 5, 3, 1.0, CPU).state_dict())
+        b.load_state_dict(
+            make_agent(agent_config({"algo": "iql", "hidden_dims": (32, 32)}), 5, 3, 1.0, CPU).state_dict()
+        )
 
 
 def test_calql_pretraining_beats_random_policy(tmp_path):
@@ -185,7 +185,9 @@ def test_calql_pretraining_beats_random_policy(tmp_path):
 
     data = rollouts(3000, lambda o, rng: np.clip(pd_action(o) + rng.normal(0, 0.3, 3), -1, 1), seed=0)
     store = write_store(tmp_path / "h.zarr", data, StoreMeta(kind="offline", env_id="Hopper-v5", source="pd"))
-    cfg = AgentConfig(algo="calql", hidden_dims=(64, 64), batch_size=64, cql_policy_lr=3e-4, discount=0.9)
+    cfg = agent_config(
+        {"algo": "calql", "hidden_dims": (64, 64), "batch_size": 64, "cql_policy_lr": 3e-4, "discount": 0.9}
+    )
     m = pretrain(store, cfg, PretrainConfig(steps=2000, eval_every=0, eval_episodes=3), tmp_path / "c.pt", 0, False)
     rand = float(np.mean(random_returns(3, seed=10_000)))
     assert m["final_return"] > max(10 * rand, 500), (m["final_return"], rand)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from pipeline_project import ROOT
 
-from cfdg.agents.registry import AGENTS
+from cfdg.agents.registry import AGENTS, algos_reading
 from cfdg.diffusion.variants.registry import VARIANTS
 from pipeline import sections
 
@@ -154,8 +154,14 @@ def test_configuration_doc_names_every_key():
     text = (ROOT / "docs" / "configuration.md").read_text()
     for name, cls in sections.CONFIG_CLASSES.items():
         documented = {code(row["key"]) for row in table(text, f"### `{name}`")}
-        expected = _keys(cls)
+        expected = sections.section_keys(name) if name == "agent" else _keys(cls)  # agent: every agent's keys
         assert documented == expected, f"{name}: missing {expected - documented}, unknown {documented - expected}"
+
+
+def test_configuration_doc_says_whose_config_holds_each_agent_key():
+    for row in table((ROOT / "docs" / "configuration.md").read_text(), "### `agent`"):
+        owners = algos_reading(code(row["key"]))
+        assert row["config of"] == ("every agent" if owners == list(AGENTS) else ", ".join(owners)), row
 
 
 def _metrics_paths() -> tuple[set[str], set[str]]:

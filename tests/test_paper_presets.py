@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from cfdg.agents.registry import AGENTS, algos_reading
 from cfdg.envs import make_env
 from cfdg.store import StoreMeta, Transitions, write_store
 from pipeline import sections
@@ -196,6 +197,9 @@ def test_paper_preset_does_not_inherit_params_yaml(tmp_path, algo):
         cell = row[column]
         if cell in ("–", "") or not cell.startswith("`"):
             continue
+        if key.startswith("agent.") and key not in by_preset:  # the IQL / PEX column: PEX's keys under IQL
+            assert algo not in algos_reading(key.removeprefix("agent.")), key
+            continue
         want = value(cell)
         got = by_preset[key]
         assert got == want, f"cfdg preset configs/paper/{algo}.yaml: {key} = {got!r}, table {want!r}"
@@ -207,11 +211,20 @@ def test_paper_preset_does_not_inherit_params_yaml(tmp_path, algo):
 
 
 def test_cpu_default_column_is_the_embedded_default():
-    resolved = sections.resolved(sections.load_all(ROOT / "params.yaml"))
+    """An agent key the embedded run's agent does not read is resolved as the first agent reading it
+    would get it from params.yaml (IQL's expectile: IQL on the embedded run)."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    resolved = sections.resolved(sections.validate(raw))
     for key, row in table_rows():
         cell = row["CPU default"]
-        if cell.startswith("`"):
-            assert resolved[key] == value(cell), f"params.yaml {key} = {resolved[key]!r}, table says {cell}"
+        if not cell.startswith("`"):
+            continue
+        got = resolved.get(key)
+        if key not in resolved:
+            algo = algos_reading(key.removeprefix("agent."))[0]
+            other = {**raw, "agent": {**raw["agent"], "algo": algo}}
+            got = sections.resolved(sections.validate(other))[key]
+        assert got == value(cell), f"params.yaml {key} = {got!r}, table says {cell}"
 
 
 def test_check_resolved_prints_every_setting(tmp_path):
@@ -227,7 +240,9 @@ def test_check_resolved_prints_every_setting(tmp_path):
     assert flat["diffusion.conditioning"] == "film" and flat["rollout.train_every"] == 7
     assert flat["agent.reward_scale"] == 1.0  # a default nobody wrote down is printed too
     assert flat["sampling.s_churn"] == 80.0
-    assert set(flat) >= {f"{s}.{k}" for s, keys in PERTURBED.items() for k in keys}
+    read = {f"agent.{k}" for k in PERTURBED["agent"] if "apl" in algos_reading(k)}  # params.yaml runs APL
+    assert set(flat) >= {f"{s}.{k}" for s, keys in PERTURBED.items() if s != "agent" for k in keys} | read
+    assert "agent.iql_tau" not in flat  # IQL's key: accepted, but APL does not read it
 
 
 # --- every setting a preset writes is read on its path ----------------------------------------------
@@ -273,7 +288,9 @@ def record_reads(monkeypatch: pytest.MonkeyPatch) -> set[str]:
 
         return __getattribute__
 
-    for section, cls in sections.CONFIG_CLASSES.items():
+    classes = [(section, cls) for section, cls in sections.CONFIG_CLASSES.items() if section != "agent"]
+    classes += [("agent", cls.config_class) for cls in AGENTS.values()]  # each agent's own config
+    for section, cls in classes:
         names = frozenset(f.name for f in dataclasses.fields(cls))
         monkeypatch.setattr(cls, "__getattribute__", recorder(section, names))
     return reads

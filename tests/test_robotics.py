@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("gymnasium_robotics")
 
 from cfdg import envs
-from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
+from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.registry import agent_config
 from cfdg.agents.resume import capture_env, restore_env
 from cfdg.agents.train import pretrain, run_round
 from cfdg.cli import main
@@ -160,7 +161,15 @@ def write_d4rl(path: Path, rows: dict[str, np.ndarray]) -> Path:
 
 
 def tiny_loop(store: Path, tmp: Path, algo: str = "iql") -> dict:
-    cfg = AgentConfig(algo=algo, hidden_dims=(32, 32), batch_size=32, iql_tau=0.9, iql_beta=10.0, reward_shift=-1.0)
+    agent = {
+        "algo": algo,
+        "hidden_dims": (32, 32),
+        "batch_size": 32,
+        "iql_tau": 0.9,
+        "iql_beta": 10.0,
+        "reward_shift": -1.0,
+    }
+    cfg = agent_config(agent)
     pre = pretrain(store, cfg, PretrainConfig(steps=20, eval_every=0, eval_episodes=1), tmp / "a0.pt", 0, False)
     online = RolloutConfig(steps=60, warmup_steps=30, eval_episodes=1, chunk_rows=60, log_every=30)
     m = run_round(tmp / "a0.pt", store, None, None, online, tmp / "a1.pt", tmp / "online.zarr", 1, False, algo=algo)
@@ -335,7 +344,9 @@ def test_apl_is_refused_on_antmaze_and_adroit(tmp_path):
     cfg = from_mapping(DatasetConfig, {"env": "relocate", "kind": "random", "transitions": 50}, "dataset")
     build_dataset(cfg, tmp_path / "r.zarr", None, progress=False)
     with pytest.raises(ConfigError, match="agent.algo: apl runs on locomotion only"):
-        pretrain(tmp_path / "r.zarr", AgentConfig(algo="apl"), PretrainConfig(steps=1), tmp_path / "a.pt", 0, False)
+        pretrain(
+            tmp_path / "r.zarr", agent_config({"algo": "apl"}), PretrainConfig(steps=1), tmp_path / "a.pt", 0, False
+        )
     assert not (tmp_path / "a.pt").exists()
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from cfdg.agents.checkpoint import agent_from_checkpoint, load_checkpoint
-from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
+from cfdg.agents.checkpoint import load_checkpoint
+from cfdg.agents.config import PretrainConfig, RolloutConfig
+from cfdg.agents.registry import agent_config, agent_from_checkpoint
 from cfdg.agents.train import pretrain, run_round
 from cfdg.config import from_mapping
 from cfdg.envs import make_env, normalized_score
@@ -60,7 +61,7 @@ def random_returns(episodes: int, seed: int) -> list[float]:
 
 
 def test_iql_pretraining_beats_random_policy(hopper_store, tmp_path):
-    cfg = AgentConfig(algo="iql", hidden_dims=(64, 64))
+    cfg = agent_config({"algo": "iql", "hidden_dims": (64, 64)})
     m = pretrain(
         hopper_store, cfg, PretrainConfig(steps=1500, eval_every=750, eval_episodes=3), tmp_path / "iql.pt", 0, False
     )
@@ -103,7 +104,7 @@ def pretrained(hopper_store, tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("pre")
     for name in ("iql", "pex", "apl", "apl-cql", "calql"):
         algo, _, engine = name.partition("-")
-        cfg = AgentConfig(algo=algo, hidden_dims=(32, 32), batch_size=32, apl_engine=engine or "td3bc")
+        cfg = agent_config({"algo": algo, "hidden_dims": (32, 32), "batch_size": 32, "apl_engine": engine or "td3bc"})
         pretrain(hopper_store, cfg, PretrainConfig(steps=40, eval_every=0, eval_episodes=1), d / f"{name}.pt", 3, False)
         out[name] = d / f"{name}.pt"
     return out

@@ -10,32 +10,61 @@ conservative term on offline-side batches only:
   Q:  Σ_heads MSE(Q_i(s, a), r + γ(1 − d)·min of two random target heads at a' ~ π(s'))
       + λ·cql_alpha·(logsumexp over {random, π(s), π(s')} actions of Q_i − Q_i(s, a)),
   π:  α·log π(ã|s) − mean_i Q_i(s, ã), α tuned to entropy −|A|.
-The CQL term is `cql_gap` of cfdg/agents/calql.py (one CQL in the project); rlkit's
+The CQL term is `conservative_gap` of cfdg/agents/calql.py (one CQL in the project); rlkit's
 tanh-Gaussian policy and init (rlkit_cql/torch/sac/policies.py, networks.py) as APL0 builds them.
 
-`td3bc` (`APLTD3BC`), APL0 `agents/td3_bc_gc.py`: TD3 whose actor loss switches its BC term,
+`td3bc` (`APLTD3BC`), APL0 `agents/td3_bc_gc.py`: the project's TD3 (cfdg/agents/td3.py: clipped
+double Q, target policy smoothing, the actor and all targets every `policy_delay` critic steps)
+with only its actor loss overridden, which switches its BC term (as d3rlpy's TD3+BC extends TD3),
   L_π = −(α / mean|Q|)·mean Q(s, π(s)) + λ·MSE(π(s), a).
 Q is normalised on both sides, so online and offline actor gradients have the same scale and
-share Adam's moments sensibly; only the behaviour-cloning term switches. The critic is plain TD3
-(clipped double Q, target policy smoothing); the actor and all targets move every
-`policy_delay` critic steps. Offline pretraining is TD3+BC (every batch λ = 1). The CPU studies
-run this form (cheaper per update).
+share Adam's moments sensibly; only the behaviour-cloning term switches. Offline pretraining is
+TD3+BC (every batch λ = 1). The CPU studies run this form (cheaper per update).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.functional import mse_loss
 
+from cfdg import envs
 from cfdg.agents.base import Agent, Mode, noise
-from cfdg.agents.calql import TanhGaussianPolicy, cql_gap, q_many, sample_actions
-from cfdg.agents.config import AgentConfig
-from cfdg.agents.networks import DeterministicPolicy, EnsembleLinear, TwinQ
-from cfdg.agents.optim import adam, frozen_copy, soft_update
+from cfdg.agents.calql import CQLConfig, TanhGaussianPolicy, conservative_gap, sample_actions
+from cfdg.agents.networks import EnsembleLinear, TwinQ
+from cfdg.agents.optim import adam, frozen_copy, soft_update, step
+from cfdg.agents.td3 import TD3, TD3Config
+from cfdg.config import check
+
+AplEngine = Literal["td3bc", "cql"]
+
+
+@dataclasses.dataclass(frozen=True)
+class APLConfig(TD3Config, CQLConfig):
+    """APL's keys: the engine, TD3's keys (`td3bc`), the CQL term's (`cql`) and each engine's own."""
+
+    algo: str = "apl"
+    # `td3bc`: TD3 online, TD3+BC offline, APL0 agents/td3_bc_gc.py (the CPU studies run it). `cql`:
+    # CQL whose conservative term is skipped on online batches, APL0 agents/GCQL.py, the engine APL0's
+    # config/exp.yaml names (configs/paper/apl.yaml). Checkpoints record the engine and load only as it.
+    apl_engine: AplEngine = "td3bc"
+    bc_alpha: float = 2.5  # `td3bc`: α of the Q-normalised actor loss
+    apl_critics: int = 5  # `cql`: Q ensemble size (GCQL: 5; each TD target is the min of 2 random heads)
+    # `cql`: log-std clamp of its policy; APL0's rlkit policy (rlkit_cql/torch/sac/policies.py) uses −5.
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = "agent"
+        check(self.bc_alpha > 0, f"{w}.bc_alpha", f"must be > 0, got {self.bc_alpha}")
+        check(self.apl_critics >= 2, f"{w}.apl_critics", f"must be >= 2 (targets take 2), got {self.apl_critics}")
+        check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")
 
 
 def actor_loss(
@@ -50,70 +79,35 @@ def actor_loss(
 
 
 class APL(Agent):
-    """What both forms share: APL0's Bernoulli replay with a 20K FIFO online buffer. Not an agent by
-    itself: `registry.make_agent` builds the engine `agent.apl_engine` names."""
+    """What both forms share: APL0's Bernoulli replay with a 20K FIFO online buffer, locomotion only.
+    Not an agent by itself: `registry.make_agent` builds the engine `agent.apl_engine` names."""
 
     algo = "apl"
+    config_class = APLConfig
     paradigm = "bernoulli"
     online_buffer = 20_000  # APL0 online_size
+    runs_on = "locomotion only, as the paper"  # its TD3/TD3+BC and GCQL settings are locomotion's
     legacy_engine = "td3bc"  # checkpoints from before the engines were named are TD3+BC
 
+    @classmethod
+    def supports(cls, env: str) -> bool:
+        return not envs.is_robotics(env)
 
-class APLTD3BC(APL):
+    @classmethod
+    def form(cls, cfg: APLConfig) -> type[Agent]:
+        return ENGINES[cfg.apl_engine]
+
+
+class APLTD3BC(APL, TD3):
+    """TD3 (cfdg/agents/td3.py) with APL's actor loss; everything else is TD3's."""
+
     engine = "td3bc"
-    _modules = ("actor", "target_actor", "critic", "target_critic")
-    _optims = ("actor_optim", "critic_optim")
+    actor_metrics = ("actor_loss", "bc_loss")
 
-    def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
-        super().__init__(cfg, obs_dim, act_dim, max_action, device)
-        self.actor = DeterministicPolicy(obs_dim, act_dim, cfg.hidden_dims, self.max_action).to(device)
-        self.target_actor = frozen_copy(self.actor)
-        self.critic = TwinQ(obs_dim, act_dim, cfg.hidden_dims).to(device)
-        self.target_critic = frozen_copy(self.critic)
-        self.actor_optim = adam(self.actor.parameters(), cfg.lr, device, cfg.fused_adam)
-        self.critic_optim = adam(self.critic.parameters(), cfg.lr, device, cfg.fused_adam)
-        self._last_actor = {"actor_loss": torch.zeros((), device=device), "bc_loss": torch.zeros((), device=device)}
-
-    def update(self, batch) -> dict[str, torch.Tensor]:
-        c = self.cfg
+    def actor_loss(self, q: torch.Tensor, pi: torch.Tensor, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         lam = 1.0 if batch.lam is None else batch.lam
-        obs, next_obs = self.norm(batch.observations), self.norm(batch.next_observations)
-        act = batch.actions
-        with self.autocast():
-            with torch.no_grad():
-                smoothing = (torch.randn_like(act) * c.policy_noise).clamp(-c.noise_clip, c.noise_clip)
-                next_act = (self.target_actor(next_obs) + smoothing * self.max_action).clamp(
-                    -self.max_action, self.max_action
-                )
-                target_q = self.target_critic.min(next_obs, next_act).float()
-                q_target = self.reward(batch.rewards) + c.discount * (1.0 - batch.dones) * target_q
-            qs = self.critic(obs, act).float()
-            q_loss = (qs - q_target).pow(2).mean(dim=1).sum()  # TD3: MSE(Q1) + MSE(Q2)
-        self.critic_optim.zero_grad(set_to_none=True)
-        q_loss.backward()
-        self.critic_optim.step()
-        self.grad_steps += 1
-
-        if self.grad_steps % c.policy_delay == 0:
-            with self.autocast():
-                pi = self.actor(obs)
-                q = self.critic(obs, pi)[0].float()  # TD3 uses the first head for the actor
-                loss, bc = actor_loss(q, pi.float(), act, lam, c.bc_alpha)
-            self.actor_optim.zero_grad(set_to_none=True)
-            loss.backward()
-            self.actor_optim.step()
-            soft_update(self.target_critic, self.critic, c.target_rate)
-            soft_update(self.target_actor, self.actor, c.target_rate)
-            self._last_actor = {"actor_loss": loss.detach(), "bc_loss": bc.detach()}
-        return {"q_loss": q_loss.detach(), "q_mean": qs.detach().mean(), **self._last_actor}
-
-    @torch.no_grad()
-    def act(self, obs: np.ndarray, mode: Mode, gen: torch.Generator) -> np.ndarray:
-        """TD3 exploration: Gaussian noise of std expl_noise·max_action; the mean in evaluation."""
-        a = self.actor(self.obs_tensor(obs))
-        if mode == "explore":
-            a = a + self.cfg.expl_noise * self.max_action * noise(a.shape, gen, self.device)
-        return a.clamp(-self.max_action, self.max_action).cpu().numpy()
+        loss, bc = actor_loss(q, pi, batch.actions, lam, self.cfg.bc_alpha)
+        return loss, {"bc_loss": bc}
 
 
 # --- the CQL engine (APL0 agents/GCQL.py) ----------------------------------------------------------
@@ -138,7 +132,7 @@ class APLCQL(APL):
     _modules = ("actor", "critic", "target_critic", "log_alpha")
     _optims = ("actor_optim", "critic_optim", "alpha_optim")
 
-    def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
+    def __init__(self, cfg: APLConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
         super().__init__(cfg, obs_dim, act_dim, max_action, device)
         h = cfg.hidden_dims  # APL0: [256, 256, 256] for the policy and every Q
         log_std_range = (cfg.log_std_min, cfg.log_std_max)
@@ -165,9 +159,7 @@ class APLCQL(APL):
             pi, logp = sample_actions(self.actor, obs)
             log_alpha = self.log_alpha["value"]
             alpha_loss = -(log_alpha * (logp + self.target_entropy).detach()).mean()
-        self.alpha_optim.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        self.alpha_optim.step()
+        step(self.alpha_optim, alpha_loss)
         alpha = log_alpha.detach().exp()
 
         with self.autocast():
@@ -184,25 +176,13 @@ class APLCQL(APL):
             critic_loss = td_loss.sum()
             gap = torch.zeros((), device=self.device)
             if lam:  # offline side (λ = 1): CQL's conservative term; online batches skip it
-                n = c.cql_n_actions
-                with torch.no_grad():
-                    a_rand = torch.rand((obs.shape[0], n, self.act_dim), device=self.device) * 2 - 1
-                    a_curr, logp_curr = sample_actions(self.actor, obs, n)
-                    a_next, logp_next = sample_actions(self.actor, next_obs, n)
-                q_ood = q_many(self.critic, obs, torch.cat([a_rand, a_curr, a_next], dim=1)).float()
-                q_rand, q_curr, q_next = q_ood.split(n, dim=-1)
-                args = (logp_curr, logp_next, None, self.act_dim, c.cql_temp, c.cql_importance_sample)
-                gaps = cql_gap(qs, q_rand, q_curr, q_next, *args).mean(dim=1)  # [heads]
+                gaps = conservative_gap(self.actor, self.critic, obs, next_obs, qs, c)[0].mean(dim=1)  # [heads]
                 critic_loss = critic_loss + c.cql_alpha * gaps.sum()
                 gap = gaps.detach().mean()
 
         # Every loss is formed with the critic before its step (CORL's order, as calql.py).
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
-        self.actor_optim.step()
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward(inputs=list(self.critic.parameters()))
-        self.critic_optim.step()
+        step(self.actor_optim, actor_loss)
+        step(self.critic_optim, critic_loss)
         soft_update(self.target_critic, self.critic, c.target_rate)
         self.grad_steps += 1
         return {

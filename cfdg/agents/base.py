@@ -1,4 +1,6 @@
-"""The agent shell IQL, PEX and APL share: device, observation normaliser, state, random draws.
+"""The agent shell every agent shares: device, observation normaliser, state, random draws, and the
+class attributes that say how the loop treats an agent (its config, batch paradigm, online buffer,
+the envs it runs on), so `train.run_round` is the loop only and never asks which agent it runs.
 
 Every random draw of an agent comes from a CPU `torch.Generator` passed in by the loop, so the
 same seed gives the same actions on every device and a checkpointed generator resumes them.
@@ -29,7 +31,7 @@ def uniform(shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
 
 
 class Agent:
-    """Shell shared by IQL, PEX and APL: device, observation normaliser, state (de)serialisation.
+    """Shell shared by every agent: device, observation normaliser, state (de)serialisation.
 
     Subclasses list their modules in `_modules`, optimisers in `_optims` and lr schedulers in
     `_schedulers` (all checkpointed), and implement
@@ -40,18 +42,34 @@ class Agent:
     batch from online ⊕ offline ⊕ synthetic; "bernoulli" flips a coin per batch between the
     online and the offline side (APL's λ), and its offline side also receives every online row.
     `online_buffer` is the online buffer's capacity (None: keep every online row).
+    `config_class` is the agent's own config (the `agent:` keys it reads); `supports(env)` says
+    whether it runs on an env (`runs_on` in words); `form(cfg)` the class to build for a config.
+    `needs_mc_returns`: its offline batches carry Monte-Carlo returns (Cal-QL's calibration).
     `engine` names the form of an algorithm that has several (APL: "td3bc" or "cql"); the state
     records it and loads only into the same form (`legacy_engine`: what a state without it is).
     """
 
     algo: ClassVar[str] = "base"
+    config_class: ClassVar[type[AgentConfig]] = AgentConfig
     engine: ClassVar[str | None] = None
     legacy_engine: ClassVar[str | None] = None
     paradigm: ClassVar[Paradigm] = "concat"
     online_buffer: ClassVar[int | None] = None
+    needs_mc_returns: ClassVar[bool] = False
+    runs_on: ClassVar[str] = "every env"
     _modules: tuple[str, ...] = ()
     _optims: tuple[str, ...] = ()
     _schedulers: tuple[str, ...] = ()  # lr schedulers; loaded after the optimisers they drive
+
+    @classmethod
+    def supports(cls, env: str) -> bool:
+        """Whether this agent runs on `env`."""
+        return True
+
+    @classmethod
+    def form(cls, cfg: AgentConfig) -> type[Agent]:
+        """The class that `cfg` builds: this one, or for an algorithm with several forms the one it names."""
+        return cls
 
     def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
         self.cfg, self.obs_dim, self.act_dim = cfg, obs_dim, act_dim

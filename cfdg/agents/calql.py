@@ -21,6 +21,7 @@ discount. Sparse rewards (AntMaze, `calql_sparse_mc`): an episode that ends on t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -31,10 +32,65 @@ from torch.nn import functional
 from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
 from cfdg.agents.networks import TwinQ, mlp
-from cfdg.agents.optim import adam, frozen_copy, soft_update
+from cfdg.agents.optim import adam, frozen_copy, soft_update, step
+from cfdg.config import check
 from cfdg.store import Transitions
 
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+# --- configs -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CQLConfig(AgentConfig):
+    """The keys of CQL's conservative term and its SAC policy: Cal-QL's, and APL's `cql` engine's
+    (which reads these and no other `cql_*` key). CORL cal_ql.py TrainConfig defaults."""
+
+    cql_alpha: float = 10.0  # weight of the conservative term (Cal-QL: offline; APL: λ = 1 batches)
+    cql_n_actions: int = 10  # sampled actions per state in the log-sum-exp
+    cql_temp: float = 1.0
+    cql_importance_sample: bool = True
+    cql_policy_lr: float = 3e-5  # actor and SAC temperature lr (critics use `lr`)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = "agent"
+        check(self.cql_alpha >= 0, f"{w}.cql_alpha", f"must be >= 0, got {self.cql_alpha}")
+        check(self.cql_n_actions >= 1, f"{w}.cql_n_actions", f"must be >= 1, got {self.cql_n_actions}")
+        check(self.cql_temp > 0, f"{w}.cql_temp", f"must be > 0, got {self.cql_temp}")
+        check(self.cql_policy_lr > 0, f"{w}.cql_policy_lr", f"must be > 0, got {self.cql_policy_lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CalQLConfig(CQLConfig):
+    """Cal-QL's keys: the conservative term's plus CORL's further CQL options and the calibration's."""
+
+    algo: str = "calql"
+    cql_alpha_online: float = 10.0  # cql_alpha while fine-tuning
+    cql_lagrange: bool = False  # tune the conservative weight towards cql_target_action_gap
+    cql_target_action_gap: float = -1.0
+    cql_max_target_backup: bool = False  # TD target: max over cql_n_actions sampled next actions
+    cql_clip_diff_min: float | None = None  # clip of the CQL gap; None: no clip (CORL: -inf)
+    cql_clip_diff_max: float | None = None
+    cql_auto_alpha: bool = True  # tune SAC's temperature to entropy -|A|
+    cql_alpha_multiplier: float = 1.0
+    cql_backup_entropy: bool = False
+    cql_bc_steps: int = 0  # first gradient steps clone the data's actions
+    cql_orthogonal_init: bool = True
+    cql_actor_layers: int = 3  # hidden layers of width hidden_dims[0] (CORL: 3 x 256)
+    cql_q_layers: int = 2  # CORL q_n_hidden_layers (AntMaze 5, Adroit 3)
+    calql_sparse_mc: bool = False  # CORL is_sparse_reward: failed episodes get r/(1-γ) (AntMaze)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = "agent"
+        check(self.cql_alpha_online >= 0, f"{w}.cql_alpha_online", f"must be >= 0, got {self.cql_alpha_online}")
+        check(self.cql_bc_steps >= 0, f"{w}.cql_bc_steps", f"must be >= 0, got {self.cql_bc_steps}")
+        check(self.cql_actor_layers >= 1, f"{w}.cql_actor_layers", f"must be >= 1, got {self.cql_actor_layers}")
+        check(self.cql_q_layers >= 1, f"{w}.cql_q_layers", f"must be >= 1, got {self.cql_q_layers}")
+        lo, hi = self.cql_clip_diff_min, self.cql_clip_diff_max
+        check(lo is None or hi is None or lo < hi, f"{w}.cql_clip_diff_min", "must be < cql_clip_diff_max")
 
 
 # --- Monte-Carlo returns ------------------------------------------------------------------------
@@ -181,14 +237,37 @@ def cql_gap(
     return ood - q_data  # [h, B]; the caller clips and averages
 
 
+def conservative_gap(
+    actor: TanhGaussianPolicy,
+    critic: nn.Module,
+    obs: torch.Tensor,
+    next_obs: torch.Tensor,
+    q_data: torch.Tensor,
+    cfg: CQLConfig,
+    lower_bound: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cql_gap` on `cfg.cql_n_actions` random, π(s) and π(s') actions per state, all evaluated at s:
+    ([heads, B], Q at the π(s) actions [heads, B, N]). Cal-QL's and APL's CQL engine's one CQL term."""
+    n, act_dim = cfg.cql_n_actions, actor.act_dim
+    with torch.no_grad():
+        a_rand = torch.rand((obs.shape[0], n, act_dim), device=obs.device) * 2 - 1
+        a_curr, logp_curr = sample_actions(actor, obs, n)
+        a_next, logp_next = sample_actions(actor, next_obs, n)
+    q_ood = q_many(critic, obs, torch.cat([a_rand, a_curr, a_next], dim=1)).float()
+    q_rand, q_curr, q_next = q_ood.split(n, dim=-1)
+    args = (logp_curr, logp_next, lower_bound, act_dim, cfg.cql_temp, cfg.cql_importance_sample)
+    return cql_gap(q_data, q_rand, q_curr, q_next, *args), q_curr
+
+
 class CalQL(Agent):
     algo = "calql"
+    config_class = CalQLConfig
     paradigm = "concat"
-    needs_mc_returns = True
+    needs_mc_returns = True  # offline batches carry the return-to-go calibration needs
     _modules = ("actor", "critic", "target_critic", "log_alpha", "log_alpha_prime")
     _optims = ("actor_optim", "critic_optim", "alpha_optim", "alpha_prime_optim")
 
-    def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
+    def __init__(self, cfg: CalQLConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
         super().__init__(cfg, obs_dim, act_dim, max_action, device)
         width = cfg.hidden_dims[0]
         self.actor = TanhGaussianPolicy(obs_dim, act_dim, (width,) * cfg.cql_actor_layers, self.max_action)
@@ -263,24 +342,7 @@ class CalQL(Agent):
             td_loss = (qs - q_target).pow(2).mean(dim=1)  # [heads]
 
             # CQL term on random, π(s) and π(s') actions, all evaluated at s.
-            with torch.no_grad():
-                a_rand = torch.rand((obs.shape[0], n, self.act_dim), device=self.device) * 2 - 1
-                a_curr, logp_curr = sample_actions(self.actor, obs, n)
-                a_next, logp_next = sample_actions(self.actor, next_obs, n)
-            q_ood = q_many(self.critic, obs, torch.cat([a_rand, a_curr, a_next], dim=1)).float()
-            q_rand, q_curr, q_next = q_ood.split(n, dim=-1)
-            gap = cql_gap(
-                qs,
-                q_rand,
-                q_curr,
-                q_next,
-                logp_curr,
-                logp_next,
-                bound,
-                self.act_dim,
-                c.cql_temp,
-                c.cql_importance_sample,
-            )
+            gap, q_curr = conservative_gap(self.actor, self.critic, obs, next_obs, qs, c, bound)
             lo = -math.inf if c.cql_clip_diff_min is None else c.cql_clip_diff_min
             hi = math.inf if c.cql_clip_diff_max is None else c.cql_clip_diff_max
             gap = gap.clamp(lo, hi).mean(dim=1)  # [heads]
@@ -296,19 +358,11 @@ class CalQL(Agent):
 
         # CORL's order: temperature, actor, (Lagrange multiplier), critic; every loss was formed above.
         if c.cql_auto_alpha:
-            self.alpha_optim.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_optim.step()
-        self.actor_optim.zero_grad(set_to_none=True)
-        actor_loss.backward(inputs=list(self.actor.parameters()))
-        self.actor_optim.step()
+            step(self.alpha_optim, alpha_loss)
+        step(self.actor_optim, actor_loss)
         if c.cql_lagrange:
-            self.alpha_prime_optim.zero_grad(set_to_none=True)
-            alpha_prime_loss.backward(inputs=list(self.log_alpha_prime.parameters()))
-            self.alpha_prime_optim.step()
-        self.critic_optim.zero_grad(set_to_none=True)
-        critic_loss.backward(inputs=list(self.critic.parameters()))
-        self.critic_optim.step()
+            step(self.alpha_prime_optim, alpha_prime_loss)
+        step(self.critic_optim, critic_loss)
         soft_update(self.target_critic, self.critic, c.target_rate)
         self.grad_steps += 1
         below = (

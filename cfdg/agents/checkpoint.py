@@ -5,7 +5,9 @@ optimiser and lr-scheduler state dicts, obs normaliser, phase, grad_steps, offli
 fixes the actor's cosine lr; for APL its engine, td3bc or cql, absent before engines existed =
 td3bc), counters (env_steps_total, online_rows, rounds), rng (`resume.capture_rng`), env_state
 (`resume.capture_env`; None after pretraining). The online buffers are not saved: they are rebuilt
-from the online store, where row i sits at slot i % capacity.
+from the online store, where row i sits at slot i % capacity. `agent_config` holds the keys of the
+agent's own config (checkpoints from before the configs were split hold every agent's keys; both
+load). This module sits below the registry: `registry.agent_from_checkpoint` builds the agent.
 """
 
 from __future__ import annotations
@@ -18,11 +20,8 @@ import torch
 
 from cfdg import envs
 from cfdg.agents.base import Agent
-from cfdg.agents.config import AgentConfig
-from cfdg.agents.registry import make_agent
-from cfdg.config import from_mapping, to_dict
-from cfdg.device import select_device
-from cfdg.errors import CfdgError, CheckpointError, ConfigError
+from cfdg.config import to_dict
+from cfdg.errors import CfdgError, CheckpointError
 from cfdg.io import atomic_torch_save, read_checkpoint
 
 CHECKPOINT_FORMAT = "cfdg-agent/1"
@@ -117,11 +116,11 @@ def check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
     config, state = ckpt["agent_config"], ckpt["agent"]
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise bad(f"agent_config is a {type(config).__name__} and agent a {type(state).__name__}, expected dicts")
-    config_algo = config.get("algo", AgentConfig.algo)
+    config_algo = config.get("algo")
     if ckpt["algo"] != config_algo:
         raise bad(f"algo is {ckpt['algo']!r} but agent_config.algo is {config_algo!r}")
     if ckpt["algo"] == "apl":
-        config_engine = config.get("apl_engine", AgentConfig.apl_engine)
+        config_engine = config.get("apl_engine", "td3bc")  # APLConfig's default
         if checkpoint_engine(ckpt) != config_engine:
             raise bad(f"agent.engine is {checkpoint_engine(ckpt)!r} but agent_config.apl_engine is {config_engine!r}")
     if not isinstance(ckpt["env"], str):
@@ -140,18 +139,3 @@ def check_consistent(path: Path, ckpt: dict[str, Any]) -> None:
             raise bad(f"agent.{key} is {shape}, obs_dim says {ckpt['obs_dim']}")
     if state.get("phase") not in ("offline", "online"):
         raise bad(f"agent.phase is {state.get('phase')!r}, expected 'offline' or 'online'")
-
-
-def agent_from_checkpoint(ckpt: dict[str, Any], where: Path) -> Agent:
-    try:
-        cfg = from_mapping(AgentConfig, ckpt["agent_config"], f"{where}: agent_config")
-    except ConfigError as e:
-        raise CheckpointError(str(e)) from e
-    if cfg.algo != ckpt["algo"]:  # load_checkpoint refuses this; the agent built must be the one named
-        raise CheckpointError(f"{where}: inconsistent agent checkpoint: algo {ckpt['algo']!r}, config {cfg.algo!r}")
-    agent = make_agent(cfg, ckpt["obs_dim"], ckpt["act_dim"], ckpt["max_action"], select_device(cfg.device))
-    try:
-        agent.load_state_dict(ckpt["agent"])
-    except CheckpointError as e:
-        raise CheckpointError(f"{where}: {e}") from e
-    return agent

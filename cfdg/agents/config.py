@@ -1,9 +1,11 @@
-"""The agents' parameters: `AgentConfig` (params `agent:`), `PretrainConfig` (`pretrain:`) and
-`RolloutConfig` (`rollout:`, one online round), with the public implementations' defaults.
+"""The agents' parameters every agent shares: `AgentConfig` (the keys of params `agent:` that every
+agent reads), `PretrainConfig` (`pretrain:`) and `RolloutConfig` (`rollout:`, one online round).
 
-Defaults follow CORL (IQL for locomotion, Cal-QL) and APL0 (TD3/TD3+BC); the paper presets use the
-PEX repository's values and APL0's GCQL (docs/paper-settings.md). AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
-`reward_shift: -1` in params.yaml.
+Each agent module extends `AgentConfig` with its own algorithm's keys (`IQLConfig` in iql.py,
+`TD3Config` in td3.py, ...), as each CORL file holds its own config; `registry.agent_config` parses
+an `agent:` section into the one `agent.algo` names. This module sits below the registry and knows
+no agent. Defaults follow CORL (IQL for locomotion, Cal-QL) and APL0 (TD3/TD3+BC); the paper presets
+use the PEX repository's values and APL0's GCQL (docs/paper-settings.md).
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ from typing import Literal
 
 from cfdg.config import check
 
-Algo = Literal["iql", "pex", "apl", "calql"]
-AplEngine = Literal["td3bc", "cql"]
-
 
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
-    algo: Algo = "iql"
+    """The keys every agent reads; an agent's own config adds its algorithm's keys."""
+
+    algo: str = ""  # each agent's config sets its own name here
     hidden_dims: tuple[int, ...] = (256, 256)
     lr: float = 3e-4
     discount: float = 0.99
@@ -28,52 +29,6 @@ class AgentConfig:
     normalize_obs: bool = True  # CORL IQL / TD3+BC standardise states with offline statistics
     reward_scale: float = 1.0
     reward_shift: float = 0.0  # -1 for AntMaze (IQL's r - 1)
-    # IQL / PEX
-    iql_tau: float = 0.7  # expectile
-    iql_beta: float = 3.0  # inverse temperature of advantage weighting
-    exp_adv_max: float = 100.0
-    actor_cosine: bool = True  # cosine decay of the actor lr over the offline steps (online: constant)
-    # Log-std clamp of the IQL/PEX Gaussian policy and of APL's CQL policy. −20: CORL's IQL; PEX
-    # (pex/networks/policy.py) and APL0's rlkit policy (rlkit_cql/torch/sac/policies.py) use −5.
-    log_std_min: float = -20.0
-    log_std_max: float = 2.0
-    actor_dropout: float = 0.0  # dropout after each hidden layer of the IQL/PEX actor (Adroit: 0.1)
-    # PEX
-    inv_temperature: float = 10.0
-    pex_eval_eps: float = 0.1  # eval: greedy with prob 1 - eps (PEX's epsilon_greedy_sample)
-    # APL: the agent that carries the λ switch (paper eq. 2-3). `td3bc`: TD3 online, TD3+BC offline,
-    # APL0 agents/td3_bc_gc.py (the CPU studies run it). `cql`: CQL whose conservative term is
-    # skipped on online batches, APL0 agents/GCQL.py, the engine APL0's config/exp.yaml names
-    # (configs/paper/apl.yaml). Checkpoints record the engine and load only as it.
-    apl_engine: AplEngine = "td3bc"
-    apl_critics: int = 5  # APL's CQL: Q ensemble size (GCQL: 5; each TD target is the min of 2 random heads)
-    # APL's TD3+BC engine
-    policy_noise: float = 0.2
-    noise_clip: float = 0.5
-    policy_delay: int = 2
-    expl_noise: float = 0.1
-    bc_alpha: float = 2.5
-    # Cal-QL (CQL with calibrated lower bound); CORL cal_ql.py TrainConfig defaults. APL's CQL engine
-    # reads cql_alpha (its λ = 1 weight), cql_n_actions, cql_temp, cql_importance_sample, cql_policy_lr.
-    cql_alpha: float = 10.0  # weight of the conservative term offline
-    cql_alpha_online: float = 10.0  # ... and while fine-tuning
-    cql_n_actions: int = 10  # sampled actions per state in the log-sum-exp
-    cql_temp: float = 1.0
-    cql_importance_sample: bool = True
-    cql_lagrange: bool = False  # tune the conservative weight towards cql_target_action_gap
-    cql_target_action_gap: float = -1.0
-    cql_max_target_backup: bool = False  # TD target: max over cql_n_actions sampled next actions
-    cql_clip_diff_min: float | None = None  # clip of the CQL gap; None: no clip (CORL: -inf)
-    cql_clip_diff_max: float | None = None
-    cql_policy_lr: float = 3e-5  # actor and SAC temperature lr (critics use `lr`)
-    cql_auto_alpha: bool = True  # tune SAC's temperature to entropy -|A|
-    cql_alpha_multiplier: float = 1.0
-    cql_backup_entropy: bool = False
-    cql_bc_steps: int = 0  # first gradient steps clone the data's actions
-    cql_orthogonal_init: bool = True
-    cql_actor_layers: int = 3  # hidden layers of width hidden_dims[0] (CORL: 3 x 256)
-    cql_q_layers: int = 2  # CORL q_n_hidden_layers (AntMaze 5, Adroit 3)
-    calql_sparse_mc: bool = False  # CORL is_sparse_reward: failed episodes get r/(1-γ) (AntMaze)
     # execution
     device: str = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
@@ -81,33 +36,13 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         w = "agent"
+        own = next(f.default for f in dataclasses.fields(self) if f.name == "algo")
+        check(self.algo == own, f"{w}.algo", f"{self.algo!r} given to {type(self).__name__}, the config of {own!r}")
         check(len(self.hidden_dims) >= 1 and all(h > 0 for h in self.hidden_dims), w, "hidden_dims must be positive")
         check(self.lr > 0, f"{w}.lr", f"must be > 0, got {self.lr}")
         check(0 < self.discount <= 1, f"{w}.discount", f"must be in (0, 1], got {self.discount}")
         check(0 < self.target_rate <= 1, f"{w}.target_rate", f"must be in (0, 1], got {self.target_rate}")
         check(self.batch_size >= 2, f"{w}.batch_size", f"must be >= 2, got {self.batch_size}")
-        check(0 < self.iql_tau < 1, f"{w}.iql_tau", f"must be in (0, 1), got {self.iql_tau}")
-        check(self.iql_beta >= 0, f"{w}.iql_beta", f"must be >= 0, got {self.iql_beta}")
-        check(self.exp_adv_max > 0, f"{w}.exp_adv_max", f"must be > 0, got {self.exp_adv_max}")
-        check(self.inv_temperature >= 0, f"{w}.inv_temperature", f"must be >= 0, got {self.inv_temperature}")
-        check(0 <= self.pex_eval_eps <= 1, f"{w}.pex_eval_eps", f"must be in [0, 1], got {self.pex_eval_eps}")
-        check(self.policy_delay >= 1, f"{w}.policy_delay", f"must be >= 1, got {self.policy_delay}")
-        check(self.noise_clip >= 0 and self.policy_noise >= 0, w, "policy_noise and noise_clip must be >= 0")
-        check(self.expl_noise >= 0, f"{w}.expl_noise", f"must be >= 0, got {self.expl_noise}")
-        check(self.apl_critics >= 2, f"{w}.apl_critics", f"must be >= 2 (targets take 2), got {self.apl_critics}")
-        check(self.bc_alpha > 0, f"{w}.bc_alpha", f"must be > 0, got {self.bc_alpha}")
-        check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")
-        check(0 <= self.actor_dropout < 1, f"{w}.actor_dropout", f"must be in [0, 1), got {self.actor_dropout}")
-        check(self.cql_alpha >= 0, f"{w}.cql_alpha", f"must be >= 0, got {self.cql_alpha}")
-        check(self.cql_alpha_online >= 0, f"{w}.cql_alpha_online", f"must be >= 0, got {self.cql_alpha_online}")
-        check(self.cql_n_actions >= 1, f"{w}.cql_n_actions", f"must be >= 1, got {self.cql_n_actions}")
-        check(self.cql_temp > 0, f"{w}.cql_temp", f"must be > 0, got {self.cql_temp}")
-        check(self.cql_policy_lr > 0, f"{w}.cql_policy_lr", f"must be > 0, got {self.cql_policy_lr}")
-        check(self.cql_bc_steps >= 0, f"{w}.cql_bc_steps", f"must be >= 0, got {self.cql_bc_steps}")
-        check(self.cql_actor_layers >= 1, f"{w}.cql_actor_layers", f"must be >= 1, got {self.cql_actor_layers}")
-        check(self.cql_q_layers >= 1, f"{w}.cql_q_layers", f"must be >= 1, got {self.cql_q_layers}")
-        lo, hi = self.cql_clip_diff_min, self.cql_clip_diff_max
-        check(lo is None or hi is None or lo < hi, f"{w}.cql_clip_diff_min", "must be < cql_clip_diff_max")
 
 
 @dataclasses.dataclass(frozen=True)

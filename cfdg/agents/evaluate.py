@@ -11,10 +11,11 @@ from cfdg import envs
 from cfdg.agents.base import Agent
 
 
-def evaluate(agent: Agent, env: str, episodes: int, seed: int) -> dict[str, Any]:
+def evaluate(agent: Agent, env: str, episodes: int, seed: int, max_steps: int | None = None) -> dict[str, Any]:
     """Deterministic-mode returns over `episodes` episodes reset with seeds seed, seed+1, ...
 
-    Uses its own env and generator, so evaluating never changes the training trajectory.
+    Uses its own env and generator, so evaluating never changes the training trajectory. Episodes
+    end where the env ends them, or after `max_steps` (the dataset builder's shorter episodes).
     """
     e = envs.make_env(env)
     gen = torch.Generator().manual_seed(seed)
@@ -24,7 +25,8 @@ def evaluate(agent: Agent, env: str, episodes: int, seed: int) -> dict[str, Any]
         total, n, done = 0.0, 0, False
         while not done:
             obs, r, term, trunc, _ = e.step(agent.act(obs, "eval", gen))
-            total, n, done = total + float(r), n + 1, term or trunc
+            total, n = total + float(r), n + 1
+            done = term or trunc or n == max_steps
         returns.append(total)
         lengths.append(n)
     e.close()

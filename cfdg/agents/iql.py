@@ -10,6 +10,7 @@ The actor's lr follows a cosine over the offline steps and stays at `lr` online:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -19,7 +20,33 @@ from torch.optim.lr_scheduler import LambdaLR
 from cfdg.agents.base import Agent, Mode, noise
 from cfdg.agents.config import AgentConfig
 from cfdg.agents.networks import GaussianPolicy, TwinQ, ValueNet, inference
-from cfdg.agents.optim import adam, frozen_copy, soft_update
+from cfdg.agents.optim import adam, frozen_copy, soft_update, step
+from cfdg.config import check
+
+
+@dataclasses.dataclass(frozen=True)
+class IQLConfig(AgentConfig):
+    """IQL's keys, CORL's locomotion defaults; AntMaze runs set `iql_tau: 0.9`, `iql_beta: 10` and
+    `reward_shift: -1` (configs/antmaze.yaml)."""
+
+    algo: str = "iql"
+    iql_tau: float = 0.7  # expectile
+    iql_beta: float = 3.0  # inverse temperature of advantage weighting
+    exp_adv_max: float = 100.0
+    actor_cosine: bool = True  # cosine decay of the actor lr over the offline steps (online: constant)
+    # Log-std clamp of the Gaussian policy: −20 is CORL's IQL; PEX (pex/networks/policy.py) uses −5.
+    log_std_min: float = -20.0
+    log_std_max: float = 2.0
+    actor_dropout: float = 0.0  # dropout after each hidden layer of the actor (Adroit: 0.1)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = "agent"
+        check(0 < self.iql_tau < 1, f"{w}.iql_tau", f"must be in (0, 1), got {self.iql_tau}")
+        check(self.iql_beta >= 0, f"{w}.iql_beta", f"must be >= 0, got {self.iql_beta}")
+        check(self.exp_adv_max > 0, f"{w}.exp_adv_max", f"must be > 0, got {self.exp_adv_max}")
+        check(self.log_std_min < self.log_std_max, w, "log_std_min must be < log_std_max")
+        check(0 <= self.actor_dropout < 1, f"{w}.actor_dropout", f"must be in [0, 1), got {self.actor_dropout}")
 
 
 def _constant(step: int) -> float:
@@ -35,12 +62,13 @@ def expectile_loss(diff: torch.Tensor, tau: float) -> torch.Tensor:
 
 class IQL(Agent):
     algo = "iql"
+    config_class = IQLConfig
     paradigm = "concat"
     _modules = ("critic", "target_critic", "vf", "actor")
     _optims = ("optim",)
     _schedulers = ("actor_sched",)
 
-    def __init__(self, cfg: AgentConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
+    def __init__(self, cfg: IQLConfig, obs_dim: int, act_dim: int, max_action: float, device: torch.device) -> None:
         super().__init__(cfg, obs_dim, act_dim, max_action, device)
         h = cfg.hidden_dims
         self.critic = TwinQ(obs_dim, act_dim, h).to(device)
@@ -106,9 +134,7 @@ class IQL(Agent):
             exp_adv = torch.exp(c.iql_beta * awr_adv.detach()).clamp(max=c.exp_adv_max)
             actor_loss = (exp_adv * -self.actor.log_prob(obs, awr_act).float()).mean()
 
-        self.optim.zero_grad(set_to_none=True)
-        (v_loss + q_loss + actor_loss).backward()
-        self.optim.step()
+        step(self.optim, v_loss + q_loss + actor_loss)
         self.actor_sched.step()  # sets the lr of update grad_steps + 1
         soft_update(self.target_critic, self.critic, c.target_rate)
         self.grad_steps += 1

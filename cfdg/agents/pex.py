@@ -14,13 +14,31 @@ actions, not on the batch's own actions as plain IQL.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from cfdg.agents.base import Mode, noise, uniform
-from cfdg.agents.iql import IQL
+from cfdg.agents.iql import IQL, IQLConfig
 from cfdg.agents.networks import inference
 from cfdg.agents.optim import adam, frozen_copy
+from cfdg.config import check
+
+
+@dataclasses.dataclass(frozen=True)
+class PEXConfig(IQLConfig):
+    """IQL's keys (PEX trains IQL offline and its new policy with IQL's losses) plus the choice's."""
+
+    algo: str = "pex"
+    inv_temperature: float = 10.0
+    pex_eval_eps: float = 0.1  # eval: greedy with prob 1 - eps (PEX's epsilon_greedy_sample)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        w = "agent"
+        check(self.inv_temperature >= 0, f"{w}.inv_temperature", f"must be >= 0, got {self.inv_temperature}")
+        check(0 <= self.pex_eval_eps <= 1, f"{w}.pex_eval_eps", f"must be in [0, 1], got {self.pex_eval_eps}")
 
 
 def choice_probs(q: torch.Tensor, inv_temperature: float) -> torch.Tensor:
@@ -44,6 +62,7 @@ def choose(
 
 class PEX(IQL):
     algo = "pex"
+    config_class = PEXConfig
 
     def start_online(self) -> None:
         """Freeze the offline policy and add a freshly initialised one with its own optimiser and schedule."""

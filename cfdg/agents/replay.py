@@ -1,4 +1,4 @@
-"""In-memory replay buffers and the two batch-mixing paradigms of paper 3.3.
+"""In-memory replay buffers, the log of new transitions, and the two batch-mixing paradigms of paper 3.3.
 
 Stores are read once (`read_store`) into device tensors; batches are index gathers, so no Zarr
 I/O happens per batch. Indices and coin flips come from one CPU `torch.Generator`, so the same
@@ -92,6 +92,44 @@ class ReplayBuffer:
         )
 
 
+class TransitionLog:
+    """New transitions in the order collected, preallocated on the host, timeouts included: what
+    becomes a store (an online round's new rows, the dataset builder's replay). The replay buffer
+    beside it is what training samples from."""
+
+    def __init__(self, n: int, obs_dim: int, act_dim: int) -> None:
+        self.obs = np.zeros((n, obs_dim), np.float32)
+        self.act = np.zeros((n, act_dim), np.float32)
+        self.rew = np.zeros(n, np.float32)
+        self.next_obs = np.zeros((n, obs_dim), np.float32)
+        self.term = np.zeros(n, bool)
+        self.trunc = np.zeros(n, bool)
+        self.n = 0
+
+    def add(self, obs, act, rew, next_obs, term, trunc) -> int:
+        """Append one row (cast to the log's dtypes); returns its index."""
+        i = self.n
+        self.obs[i], self.act[i], self.rew[i], self.next_obs[i] = obs, act, rew, next_obs
+        self.term[i], self.trunc[i] = term, trunc
+        self.n += 1
+        return i
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Copies of the rows so far in the store's layout (a timeout is a truncation that is not a terminal)."""
+        n = self.n
+        return {
+            "observations": self.obs[:n].copy(),
+            "actions": self.act[:n].copy(),
+            "rewards": self.rew[:n].copy(),
+            "next_observations": self.next_obs[:n].copy(),
+            "terminals": self.term[:n].copy(),
+            "timeouts": self.trunc[:n] & ~self.term[:n],
+        }
+
+    def transitions(self) -> Transitions:
+        return Transitions.from_arrays(self.arrays())
+
+
 @dataclasses.dataclass(frozen=True)
 class Batch:
     """One training batch plus what it drew from each source and, for APL, its λ."""
@@ -157,8 +195,29 @@ def sample_uniform(buffer: ReplayBuffer, batch_size: int, gen: torch.Generator, 
     return _assemble([("offline", buffer, batch_size)], gen, lam)
 
 
+def round_buffers(
+    paradigm: Paradigm,
+    offline: Transitions,
+    online_so_far: Transitions,
+    online_capacity: int,
+    new_rows: int,
+    device: torch.device,
+) -> tuple[ReplayBuffer, ReplayBuffer]:
+    """(online, offline) buffers of an online round. The online ring holds the online rows so far;
+    bernoulli's offline side is the dataset plus every online row (APL0 adds each to both)."""
+    online = ReplayBuffer(online_capacity, offline.obs_dim, offline.act_dim, device)
+    online.extend(online_so_far)
+    if paradigm != "bernoulli":
+        return online, ReplayBuffer.from_transitions(offline, device)
+    side = ReplayBuffer(len(offline) + len(online_so_far) + new_rows, offline.obs_dim, offline.act_dim, device)
+    side.extend(offline)
+    side.extend(online_so_far)
+    return online, side
+
+
 class BatchMixer:
-    """Draws mixed batches from online, offline and (optionally) synthetic buffers."""
+    """Draws mixed batches from online, offline and (optionally) synthetic buffers, and counts what
+    it drew: rows per source (`drawn`) and, for bernoulli, batches per side (`sides`)."""
 
     def __init__(
         self,
@@ -179,9 +238,22 @@ class BatchMixer:
         self.synthetic_online_share = synthetic_online_share
         self.real_online_share = real_online_share
         self.p_online, self.online_threshold = p_online, online_threshold
+        self.drawn = dict.fromkeys(SOURCES, 0)
+        self.sides: dict[str, int] | None = {"online": 0, "offline": 0} if paradigm == "bernoulli" else None
+
+    def add(self, obs: np.ndarray, act: np.ndarray, reward: float, next_obs: np.ndarray, terminal: bool) -> None:
+        """A new online row: into the online buffer and, for bernoulli, the offline side too."""
+        self.online.add(obs, act, reward, next_obs, terminal)
+        if self.paradigm == "bernoulli":
+            self.offline.add(obs, act, reward, next_obs, terminal)
 
     def sample(self, gen: torch.Generator) -> Batch:
-        return self._concat(gen) if self.paradigm == "concat" else self._bernoulli(gen)
+        batch = self._concat(gen) if self.paradigm == "concat" else self._bernoulli(gen)
+        for k, v in batch.counts.items():
+            self.drawn[k] += v
+        if self.sides is not None:
+            self.sides["offline" if batch.lam else "online"] += 1
+        return batch
 
     def _concat(self, gen: torch.Generator) -> Batch:
         n_syn = split_count(self.batch_size, self.synthetic_ratio, gen)

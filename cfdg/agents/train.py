@@ -5,7 +5,9 @@ synthetic store) -> (checkpoint, online store). The checkpoint carries everythin
 reads (networks, targets, optimisers, lr schedule position, every RNG, the MuJoCo episode in
 progress, step counters; see `checkpoint` and `resume`), so two rounds of K steps equal one
 round of 2K steps bit for bit on CPU, and a killed round rerun from its input checkpoint writes
-identical outputs.
+identical outputs. The loop never asks which agent it runs: what differs between agents (config,
+batch paradigm, online buffer, the envs it runs on) is a class attribute of the agent, and how a
+paradigm fills and mixes its buffers lives in `replay`.
 """
 
 from __future__ import annotations
@@ -16,16 +18,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from cfdg import envs
-from cfdg.agents.checkpoint import agent_from_checkpoint, load_checkpoint, save_checkpoint
+from cfdg.agents.checkpoint import load_checkpoint, save_checkpoint
 from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.evaluate import evaluate
-from cfdg.agents.registry import make_agent
-from cfdg.agents.replay import SOURCES, BatchMixer, ReplayBuffer, Synthetic, sample_uniform
+from cfdg.agents.registry import agent_from_checkpoint, check_env, make_agent
+from cfdg.agents.replay import BatchMixer, ReplayBuffer, Synthetic, TransitionLog, round_buffers, sample_uniform
 from cfdg.agents.resume import Rngs, capture_env, capture_rng, restore_env, restore_rng, seed_everything
 from cfdg.config import to_dict
 from cfdg.device import select_device, torch_threads
@@ -101,7 +102,7 @@ def pretrain(
     offline_store, out_checkpoint = Path(offline_store), Path(out_checkpoint)
     data, attrs = read_store(offline_store)
     env = envs.env_name(attrs["env_id"])
-    envs.check_algo(env, agent_cfg.algo)
+    check_env(agent_cfg.algo, env)
     max_action = _env_spec(env, data, offline_store)
     seed_everything(seed)
     rngs = Rngs.seeded(seed)
@@ -110,7 +111,7 @@ def pretrain(
     agent.set_obs_stats(data.observations)
     agent.offline_steps_total = cfg.steps
     buffer = ReplayBuffer.from_transitions(data, device)
-    if getattr(agent, "needs_mc_returns", False):  # Cal-QL: reference values from the offline episodes
+    if agent.needs_mc_returns:  # Cal-QL: reference values from the offline episodes
         buffer.mc_returns = torch.as_tensor(agent.offline_mc_returns(data)).to(device)
     del data
 
@@ -136,39 +137,6 @@ def pretrain(
 
 
 # --- online rounds ----------------------------------------------------------------------------
-
-
-class _OnlineLog:
-    """This round's new transitions, preallocated (they become the online store's new rows)."""
-
-    def __init__(self, n: int, obs_dim: int, act_dim: int) -> None:
-        self.obs = np.zeros((n, obs_dim), np.float32)
-        self.act = np.zeros((n, act_dim), np.float32)
-        self.rew = np.zeros(n, np.float32)
-        self.next_obs = np.zeros((n, obs_dim), np.float32)
-        self.term = np.zeros(n, bool)
-        self.trunc = np.zeros(n, bool)
-        self.n = 0
-
-    def add(self, obs, act, rew, next_obs, term, trunc) -> int:
-        i = self.n
-        self.obs[i], self.act[i], self.rew[i], self.next_obs[i] = obs, act, rew, next_obs
-        self.term[i], self.trunc[i] = term, trunc
-        self.n += 1
-        return i
-
-    def transitions(self) -> Transitions:
-        n = self.n
-        return Transitions.from_arrays(
-            {
-                "observations": self.obs[:n],
-                "actions": self.act[:n],
-                "rewards": self.rew[:n],
-                "next_observations": self.next_obs[:n],
-                "terminals": self.term[:n],
-                "timeouts": self.trunc[:n] & ~self.term[:n],
-            }
-        )
 
 
 def _read_matching(path: Path, env: str, obs_dim: int, act_dim: int, kind: str) -> Transitions:
@@ -217,7 +185,7 @@ def run_round(
     if online_store_in is None:
         if counters["online_rows"]:
             raise CheckpointError(f"{checkpoint_in}: has {counters['online_rows']} online rows; pass the online store")
-        previous = _OnlineLog(0, obs_dim, act_dim).transitions()  # round 1: no online rows yet
+        previous = TransitionLog(0, obs_dim, act_dim).transitions()  # round 1: no online rows yet
     else:
         previous = _read_matching(Path(online_store_in), env, obs_dim, act_dim, "online")
         if len(previous) != counters["online_rows"]:
@@ -229,21 +197,12 @@ def run_round(
     if synthetic_store_in is not None:
         synthetic = _read_matching(Path(synthetic_store_in), env, obs_dim, act_dim, "synthetic")
 
-    # Buffers. Bernoulli (APL): the offline side is the dataset plus every online row.
-    paradigm = agent.paradigm
-    n_prev = len(previous)
-    capacity = cfg.online_buffer_size or agent.online_buffer or n_prev + cfg.steps
-    online_buf = ReplayBuffer(capacity, obs_dim, act_dim, device)
-    online_buf.extend(previous)
-    if paradigm == "bernoulli":
-        offline_buf = ReplayBuffer(len(offline) + n_prev + cfg.steps, obs_dim, act_dim, device)
-        offline_buf.extend(offline)
-        offline_buf.extend(previous)
-    else:
-        offline_buf = ReplayBuffer.from_transitions(offline, device)
+    # Buffers, filled and mixed as the agent's paradigm says (replay.py).
+    capacity = cfg.online_buffer_size or agent.online_buffer or len(previous) + cfg.steps
+    online_buf, offline_buf = round_buffers(agent.paradigm, offline, previous, capacity, cfg.steps, device)
     del offline, previous
     mixer = BatchMixer(
-        paradigm,
+        agent.paradigm,
         agent.cfg.batch_size,
         online_buf,
         offline_buf,
@@ -263,10 +222,8 @@ def run_round(
     else:
         obs, ep_return, ep_len = restore_env(e, ckpt["env_state"])
 
-    log = _OnlineLog(cfg.steps, obs_dim, act_dim)
+    log = TransitionLog(cfg.steps, obs_dim, act_dim)
     sums, losses, evals, episodes = MetricSums(), [], [], []
-    drawn = dict.fromkeys(SOURCES, 0)
-    lam_counts = {"online": 0, "offline": 0}
     updates = 0
     for _ in tqdm(range(cfg.steps), desc=f"round {round_index} {agent.algo}", disable=not progress):
         if counters["env_steps_total"] < cfg.random_steps:
@@ -274,10 +231,8 @@ def run_round(
         else:
             action = agent.act(obs, "explore", rngs.act)
         next_obs, reward, term, trunc, _ = e.step(action)
-        log.add(obs, action, reward, next_obs, term, trunc)
-        online_buf.add(log.obs[log.n - 1], log.act[log.n - 1], float(reward), log.next_obs[log.n - 1], term)
-        if paradigm == "bernoulli":
-            offline_buf.add(log.obs[log.n - 1], log.act[log.n - 1], float(reward), log.next_obs[log.n - 1], term)
+        i = log.add(obs, action, reward, next_obs, term, trunc)
+        mixer.add(log.obs[i], log.act[i], float(reward), log.next_obs[i], term)
         ep_return, ep_len = ep_return + float(reward), ep_len + 1
         if term or trunc:
             episodes.append({"env_step": counters["env_steps_total"] + 1, "return": ep_return, "length": ep_len})
@@ -290,13 +245,8 @@ def run_round(
         t = counters["env_steps_total"]
         if online_buf.total >= cfg.warmup_steps and t % cfg.train_every == 0:
             for _ in range(cfg.utd * cfg.train_every):
-                batch = mixer.sample(rngs.sampler)
-                sums.add(agent.update(batch))
+                sums.add(agent.update(mixer.sample(rngs.sampler)))
                 updates += 1
-                for k, v in batch.counts.items():
-                    drawn[k] += v
-                if batch.lam is not None:
-                    lam_counts["offline" if batch.lam else "online"] += 1
         if t % cfg.log_every == 0:
             losses.append({"env_step": t, **sums.flush()})
         if cfg.eval_every and t % cfg.eval_every == 0:
@@ -338,7 +288,7 @@ def run_round(
         env_state=capture_env(e, obs, ep_return, ep_len),
     )
     e.close()
-    total_drawn = max(sum(drawn.values()), 1)
+    total_drawn = max(sum(mixer.drawn.values()), 1)
     return {
         "algo": agent.algo,
         "env": env,
@@ -352,9 +302,9 @@ def run_round(
         "final_normalized_score": evals[-1]["normalized_score"],
         "losses": losses,
         "q_mean": losses[-1].get("q_mean") if losses else None,
-        "data_drawn": drawn,
-        "data_fractions": {k: v / total_drawn for k, v in drawn.items()},
-        "apl_batches": lam_counts if paradigm == "bernoulli" else None,
+        "data_drawn": mixer.drawn,
+        "data_fractions": {k: v / total_drawn for k, v in mixer.drawn.items()},
+        "apl_batches": mixer.sides,
         "episodes": episodes,
         "synthetic_rows": 0 if synthetic is None else len(synthetic),
     }

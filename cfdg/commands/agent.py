@@ -75,12 +75,13 @@ def _emit(args: argparse.Namespace, metrics: dict[str, Any]) -> int:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from cfdg.agents.config import AgentConfig, PretrainConfig
+    from cfdg.agents.config import PretrainConfig
+    from cfdg.agents.registry import agent_config
     from cfdg.agents.train import pretrain
     from cfdg.config import from_mapping
 
     s = _sections(args)
-    agent_cfg = from_mapping(AgentConfig, s["agent"], "agent")
+    agent_cfg = agent_config(s["agent"], "agent")
     cfg = from_mapping(PretrainConfig, s["pretrain"], "pretrain")
     return _emit(args, pretrain(args.offline_store, agent_cfg, cfg, args.out, args.seed, not args.no_progress))
 

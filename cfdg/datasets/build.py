@@ -30,8 +30,9 @@ import torch
 from tqdm.auto import tqdm
 
 from cfdg.agents.networks import DeterministicPolicy
+from cfdg.agents.td3 import TD3Config
 from cfdg.config import check, to_dict
-from cfdg.datasets.behaviour import TD3Params, train_td3
+from cfdg.datasets.behaviour import train_td3
 from cfdg.device import select_device, torch_threads
 from cfdg.envs import env_name, gym_id, is_robotics, make_env, normalized_score
 from cfdg.errors import ConfigError
@@ -88,6 +89,11 @@ class DatasetConfig:
             f"{w}.expert_steps",
             f"must be >= medium_steps ({self.medium_steps}), got {self.expert_steps}",
         )
+
+    def td3(self) -> TD3Config:
+        """The behaviour policy's TD3: TD3's defaults (the TD3 paper's, APL0's) at this width and batch,
+        on raw states (D4RL's behaviour policies saw them)."""
+        return TD3Config(hidden_dims=(self.hidden, self.hidden), batch_size=self.batch_size, normalize_obs=False)
 
 
 # Closer to D4RL (1M-row datasets; SAC trained 1M steps for expert). Hours on CPU.
@@ -176,7 +182,6 @@ def build_dataset(
 def _build(cfg: DatasetConfig, out_store: str | Path, out_card: str | Path | None, progress: bool) -> dict[str, Any]:
     env = env_name(cfg.env)
     device = select_device(cfg.device)
-    td3 = TD3Params(hidden=cfg.hidden, batch_size=cfg.batch_size, start_steps=cfg.start_steps)
     curve: list[dict[str, float]] = []
     training: dict[str, Any] = {}
     parts: dict[str, dict[str, np.ndarray]] = {}
@@ -189,7 +194,8 @@ def _build(cfg: DatasetConfig, out_store: str | Path, out_card: str | Path | Non
             cfg.expert_steps if expert else cfg.medium_steps,
             cfg.seed,
             device,
-            td3,
+            cfg.td3(),
+            start_steps=cfg.start_steps,
             medium_target=cfg.medium_target,
             medium_budget=cfg.medium_steps,
             stop_at_medium=not expert,

@@ -30,13 +30,13 @@ def main() -> None:
     from cfdg.diffusion.config import SamplingConfig
     from cfdg.diffusion.sample import sample_to_store
     from cfdg.diffusion.variants.registry import get_variant
+    from cfdg.quality import QualityConfig, measure_quality
     from cfdg.store import StoreMeta, read_attrs
     from stages import layout, params
-    from stages.materialise import measure_quality
 
     raw = params.read_params(Path("params.yaml"))
     sampling = params.section(raw, "sampling", SamplingConfig, "params.yaml")
-    quality = params.section(raw, "quality", params.QualityParams, "params.yaml")
+    quality = params.section(raw, "quality", QualityConfig, "params.yaml")
     rd = layout.round_dir(args.round)
     times: dict[str, float] = {}
     t = time.perf_counter()

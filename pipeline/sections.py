@@ -15,8 +15,9 @@ from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.datasets.build import DatasetConfig
 from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
 from cfdg.errors import ConfigError
+from cfdg.quality import QualityConfig
 from stages import params
-from stages.params import QualityParams, ReportParams
+from stages.params import ReportParams
 
 CONFIG_CLASSES: dict[str, type] = {
     "dataset": DatasetConfig,
@@ -25,7 +26,7 @@ CONFIG_CLASSES: dict[str, type] = {
     "rollout": RolloutConfig,
     "diffusion": DiffusionConfig,
     "sampling": SamplingConfig,
-    "quality": QualityParams,
+    "quality": QualityConfig,
     "report": ReportParams,
 }
 

@@ -357,9 +357,9 @@ def test_materialise_measures_quality_on_the_store_and_puts_it_inside(tmp_path):
     from cfdg.diffusion.checkpoint import save_diffusion
     from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
     from cfdg.diffusion.train import fit_diffusion
+    from cfdg.quality import QualityConfig
     from stages.jsonfiles import plain
     from stages.materialise import materialise_stage
-    from stages.params import QualityParams
 
     off_data, on_data = make_transitions(200, OBS, ACT, seed=1), make_transitions(120, OBS, ACT, seed=2)
     offline = write_store(tmp_path / "off.zarr", off_data, StoreMeta(kind="offline", env_id="hopper", source="t"))
@@ -368,7 +368,7 @@ def test_materialise_measures_quality_on_the_store_and_puts_it_inside(tmp_path):
     model, _ = fit_diffusion(off_data, on_data, dcfg, seed=0, progress=False)
     ckpt = save_diffusion(model, tmp_path / "diffusion.pt")
     sampling = from_mapping(SamplingConfig, {"n_rows": 64, "steps": 2, "batch": 64}, "s")
-    qcfg = QualityParams(max_rows=50, fidelity_rows=20)
+    qcfg = QualityConfig(max_rows=50, fidelity_rows=20)
 
     def materialise(out: Path) -> dict:
         return materialise_stage(ckpt, offline, online, sampling, qcfg, 0, 1, out, progress=False)

@@ -26,6 +26,7 @@ from cfdg.diffusion.train import check_warm_start, fit_diffusion
 from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import CheckpointError, ConfigError
 from cfdg.io import digest
+from cfdg.quality import QualityConfig
 from tests.test_diffusion import OFF_CENTRE, ON_CENTRE, mixture
 
 EDIS = {"steps": 150, "batch": 64, "negatives": 4, "negative_steps": 8, "hidden": 64, "layers": 2}
@@ -203,7 +204,7 @@ def test_edis_runs_through_fit_and_materialise_of_the_tiny_pipeline(tmp_path, tm
             offline,
             online,
             sampling,
-            params.QualityParams(max_rows=200, fidelity_rows=100),
+            QualityConfig(max_rows=200, fidelity_rows=100),
             0,
             k,
             out / "synthetic.zarr",

@@ -14,6 +14,7 @@ from typing import Any
 from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.datasets.build import DatasetConfig
 from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import ConfigError
 from cfdg.quality import QualityConfig
 from stages import params
@@ -51,11 +52,16 @@ class Params:
 
 def validate(raw: dict[str, Any], path: str | Path = params.PARAMS_FILE) -> Params:
     """Every section of an already-read params mapping, typed; the first bad key raises ConfigError."""
+    sections = {name: params.section(raw, name, cls, path) for name, cls in CONFIG_CLASSES.items()}
+    try:  # the variant's name is the registry's to check: the config sits below it
+        get_variant(sections["diffusion"].variant)
+    except ConfigError as e:
+        raise ConfigError(f"{Path(path).name}:{e}") from None
     return Params(
         seed=params.seed(raw, path),
         source=params.dataset_source(raw, path),
         rounds=params.rounds(raw, path),
-        sections={name: params.section(raw, name, cls, path) for name, cls in CONFIG_CLASSES.items()},
+        sections=sections,
     )
 
 

@@ -21,7 +21,7 @@ from cfdg import store
 from cfdg.diffusion.checkpoint import checkpoint_summary
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.sample import sample_to_store
-from cfdg.diffusion.variants.registry import get_variant
+from cfdg.diffusion.variants.registry import fitted_variant
 from cfdg.quality import QualityConfig, measure_quality
 from cfdg.store import StoreMeta
 from stages import layout, params
@@ -48,9 +48,9 @@ def materialise_stage(
 
     `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
     """
+    spec = fitted_variant(model)  # resolved once, then passed down
     generator = checkpoint_summary(model)
-    variant = str(generator["variant"])
-    spec = get_variant(variant)
+    variant = spec.name
     for real in (offline, online):  # a damaged input fails here, before any output is written
         store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
@@ -81,6 +81,7 @@ def materialise_stage(
     else:
         sample_to_store(
             spec.load(model),
+            spec,
             out_store,
             meta,
             seed=derive_seed(seed, k, "materialise"),

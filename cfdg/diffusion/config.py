@@ -121,7 +121,7 @@ class DiffusionConfig:
     # Share of each training batch drawn from the online buffer (cfdg and joint, which see both
     # buffers); None = uniform over rows. Round 1 holds ~4x more offline than online rows, so
     # uniform batches spend most steps on the offline class while `synther` spends all of them on
-    # online rows. The normaliser's statistics are weighted the same way (bench/ablation.py:
+    # online rows. The normaliser's statistics are weighted the same way (experiments/generator_ablation.py:
     # weighting them too is worth as much as the batch share itself).
     batch_online_share: float | None = None
     # Start round k's fit from round k-1's weights (same steps; round 1 starts from scratch).

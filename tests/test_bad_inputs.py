@@ -641,6 +641,11 @@ CATALOGUE: dict[str, Case] = {
         _diffusion(_set("variant", "none")),
         "diffusion.pt: inconsistent diffusion checkpoint: variant 'none' but config.variant",
     ),
+    "diffusion-unknown-variant": stage_case(
+        "materialise",
+        _diffusion(_set("config.variant", "gan")),
+        "diffusion.pt: variant 'gan' is not one this cfdg knows",
+    ),
     "diffusion-normaliser-std-width": stage_case(
         "materialise",
         _diffusion(lambda c: c["normaliser"].__setitem__("std", c["normaliser"]["std"][:-1])),

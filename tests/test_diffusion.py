@@ -7,6 +7,7 @@ more guidance must push samples further toward their class.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -598,3 +599,20 @@ def test_film_model_checkpoint_round_trip(tmp_path):
         sample(model, variant_of(model), 64, 1, 2, few).observations,
         sample(loaded, variant_of(loaded), 64, 1, 2, few).observations,
     )
+
+
+def test_fit_trains_the_network_and_normaliser_it_is_given():
+    """`net=` and `normaliser=` are how an experiment changes the fit (no patching): round k-1's network
+    passed as `net` trains exactly as a warm start from it; a given normaliser is used as it is."""
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20})
+    prev, _ = fit(offline, online, cfg, seed=0, progress=False)
+    warm, _ = fit(offline, online, cfg, seed=5, progress=False, init=prev)
+    given, _ = fit(offline, online, cfg, seed=5, progress=False, net=copy.deepcopy(prev.net))
+    cold, _ = fit(offline, online, cfg, seed=5, progress=False)
+    for (k, a), b in zip(warm.ema.state_dict().items(), given.ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert not torch.equal(given.ema.proj.weight, cold.ema.proj.weight)
+    fixed = Normaliser.fit(to_vectors(online))
+    model, _ = fit(offline, online, cfg, seed=0, progress=False, normaliser=fixed)
+    assert model.normaliser is fixed and not np.allclose(prev.normaliser.mean, fixed.mean)

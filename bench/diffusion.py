@@ -37,7 +37,7 @@ from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
 from cfdg.diffusion.denoiser import LABEL_NULL, count_flops_per_row
 from cfdg.diffusion.edm import karras_sigmas, preconditioning
 from cfdg.diffusion.sample import sample, sample_vectors
-from cfdg.diffusion.train import fit_diffusion
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.quality import js_divergences
 from cfdg.store import Transitions
 
@@ -46,6 +46,7 @@ D = 2 * OBS + ACT + 2
 DEVICE = select_device("auto")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 CALLS_128 = 2 * 128 - 1  # Heun: two calls per step, one on the last
+CFDG = get_variant("cfdg")  # every model here is the default variant's
 
 
 def hopper_like(n: int, shift: float, seed: int) -> Transitions:
@@ -160,11 +161,11 @@ def bench_size(width: int, depth: int, batch: int, k: int, train_steps: int) -> 
     for precision in ("fp32", "bf16"):
         cfg = from_mapping(DiffusionConfig, {**base_cfg, "precision": precision, "train_steps": train_steps}, "bench")
         log(f"{width}x{depth} {precision}: train {train_steps} steps")
-        model, m = fit_diffusion(data_off, data_on, cfg, seed=0, progress=False)
+        model, m = CFDG.fit(data_off, data_on, cfg, seed=0, progress=False)
 
         def run(steps: int, model=model, precision=precision) -> None:
             sampling = SamplingConfig(guidance_w=1.0, steps=steps, batch=batch, precision=precision)
-            sample_vectors(model, labels, batch, 0, sampling)
+            sample_vectors(model, CFDG.denoiser(model, labels, batch, sampling), batch, 0, sampling)
 
         log(f"{width}x{depth} {precision}: matmul peak, then sampler steps {k}")
         peak = matmul_peak(DEVICE, DTYPES[precision])
@@ -220,10 +221,10 @@ def _bf16_quality(train_steps: int, n: int, steps: int) -> dict:
         {"width": 256, "depth": 3, "train_steps": train_steps},
         "bench",
     )
-    model, _ = fit_diffusion(hopper_like(8000, 0.0, 1), online, cfg, seed=0, progress=False)
+    model, _ = CFDG.fit(hopper_like(8000, 0.0, 1), online, cfg, seed=0, progress=False)
     sampling = SamplingConfig(steps=steps, batch=n)
-    fp32 = sample(model, n, 1, 1, sampling)
-    bf16 = sample(model, n, 1, 1, dataclasses.replace(sampling, precision="bf16"))
+    fp32 = sample(model, CFDG, n, 1, 1, sampling)
+    bf16 = sample(model, CFDG, n, 1, 1, dataclasses.replace(sampling, precision="bf16"))
     return {
         "bf16_vs_fp32": js_divergences(fp32, bf16, seed=0),
         "fp32_vs_real_online": js_divergences(online, fp32, seed=0),
@@ -238,31 +239,35 @@ def fast_sampler_speed(preset: Path, batch: int = 4096, reps: int = 2) -> dict:
     """samples/s of the preset's sampler against the 128-step guided stochastic fp32 sampler, same model.
 
     Both run end to end (no extrapolation) at the default denoiser size (256x3) on one sampler batch;
-    best of `reps` after a warm-up. Equal fidelity is bench/fidelity.py's business; this is the speed.
+    best of `reps` after a warm-up. Equal fidelity is experiments/sampler_curves.py's business; this is the speed.
     """
     import yaml
 
-    from bench.ablation import Sampler, draw
-
     spec = (yaml.safe_load(preset.read_text()) or {}).get("sampling", {})
-    fast = Sampler(
-        w=float(spec.get("guidance_w", 1.0)),
-        solver=spec.get("solver", "heun"),
-        steps=int(spec.get("steps", 128)),
-        stochastic=bool(spec.get("stochastic", True)),
-        precision=spec.get("precision", "fp32"),
-    )
-    ref = Sampler(w=fast.w, steps=128)
+    keys = ("guidance_w", "solver", "steps", "stochastic", "precision")
+    fast = from_mapping(SamplingConfig, {**{k: spec[k] for k in keys if k in spec}, "batch": batch}, str(preset))
+    ref = SamplingConfig(guidance_w=fast.guidance_w, steps=128, batch=batch)
     cfg = from_mapping(DiffusionConfig, {"width": 256, "depth": 3, "train_steps": 30}, "bench")
-    log(f"fast sampler: {fast.tag} vs {ref.tag}, 256x3, batch {batch}")
-    model, _ = fit_diffusion(hopper_like(4096, 0.0, 1), hopper_like(4096, 1.0, 2), cfg, seed=0, progress=False)
+    log(f"fast sampler: {sampler_tag(fast)} vs {sampler_tag(ref)}, 256x3, batch {batch}")
+    model, _ = CFDG.fit(hopper_like(4096, 0.0, 1), hopper_like(4096, 1.0, 2), cfg, seed=0, progress=False)
     out = {"preset": str(preset), "batch": batch, "device": str(model.device)}
     for name, s in (("reference", ref), ("fast", fast)):
-        draw(model, batch, 0, s, batch)
-        sec = min(timed(lambda s=s: draw(model, batch, 0, s, batch), model.device) for _ in range(reps))
-        out[name] = {"sampler": s.tag, "network_calls": s.nfe, "samples_per_s": batch / sec}
+        sample(model, CFDG, batch, 1, 0, s)
+        sec = min(timed(lambda s=s: sample(model, CFDG, batch, 1, 0, s), model.device) for _ in range(reps))
+        out[name] = {"sampler": sampler_tag(s), "network_calls": network_calls(s), "samples_per_s": batch / sec}
     out["speedup"] = out["fast"]["samples_per_s"] / out["reference"]["samples_per_s"]
     return out
+
+
+def network_calls(s: SamplingConfig) -> int:
+    """Network calls per sample (each of 2 rows when guided): DPM-Solver++(2M) one per step, Heun 2N−1."""
+    return s.steps if s.solver == "dpmpp2m" else 2 * s.steps - 1
+
+
+def sampler_tag(s: SamplingConfig) -> str:
+    """The sampler as the results name it, e.g. heun-sde/128/w1 or dpm++2m/16/w1/bf16."""
+    kind = "dpm++2m" if s.solver == "dpmpp2m" else ("heun-sde" if s.stochastic else "heun-ode")
+    return f"{kind}/{s.steps}/w{s.guidance_w:g}" + ("/bf16" if s.precision == "bf16" else "")
 
 
 def table(result: dict) -> str:

@@ -18,7 +18,7 @@ import yaml
 
 from cfdg.config import from_mapping
 from cfdg.diffusion.config import DiffusionConfig
-from cfdg.diffusion.train import fit_diffusion
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.fake_data import make_transitions
 
 PREVIOUS = {"width": 256, "depth": 3, "train_steps": 5000}
@@ -47,7 +47,7 @@ def main() -> None:
     for _ in range(a.repeats):
         for name, over in cases.items():
             cfg = from_mapping(DiffusionConfig, over | {"train_steps": a.steps, "threads": a.threads}, name)
-            _, m = fit_diffusion(off, on, cfg, seed=0, progress=False)
+            _, m = get_variant(cfg.variant).fit(off, on, cfg, seed=0, progress=False)
             speed[name].append(m["steps_per_s"])
     base = float(np.mean(speed["previous default (256x3 input)"]))
     print(f"load average at end: {os.getloadavg()[0]:.1f}; {a.threads} thread(s), {a.repeats} interleaved repeats")

@@ -13,7 +13,7 @@ import numpy as np
 
 from cfdg.config import from_mapping
 from cfdg.diffusion.config import DiffusionConfig
-from cfdg.diffusion.train import fit_diffusion
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.fake_data import make_transitions
 
 
@@ -25,7 +25,7 @@ def main(repeats: int = 3, steps: int = 400) -> None:
     for rep in range(repeats):
         for threads in (1, 2):
             cfg = from_mapping(DiffusionConfig, {"width": 256, "depth": 3, "train_steps": steps, "threads": threads})
-            _, m = fit_diffusion(off, on, cfg, seed=0, progress=False)
+            _, m = get_variant(cfg.variant).fit(off, on, cfg, seed=0, progress=False)
             res[threads].append(m["steps_per_s"])
             print(f"run {rep} threads {threads}: {m['steps_per_s']:.1f} steps/s", flush=True)
     for threads, v in res.items():

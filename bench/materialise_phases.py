@@ -26,27 +26,27 @@ def main() -> None:
     os.chdir(args.project)  # the stage layout is relative to the project root
     torch.set_num_threads(1)
 
-    from cfdg.diffusion.checkpoint import checkpoint_summary
     from cfdg.diffusion.config import SamplingConfig
     from cfdg.diffusion.sample import sample_to_store
-    from cfdg.diffusion.variants.registry import get_variant
+    from cfdg.diffusion.variants.registry import fitted_variant
+    from cfdg.quality import QualityConfig, measure_quality
     from cfdg.store import StoreMeta, read_attrs
     from stages import layout, params
-    from stages.materialise import measure_quality
 
     raw = params.read_params(Path("params.yaml"))
     sampling = params.section(raw, "sampling", SamplingConfig, "params.yaml")
-    quality = params.section(raw, "quality", params.QualityParams, "params.yaml")
+    quality = params.section(raw, "quality", QualityConfig, "params.yaml")
     rd = layout.round_dir(args.round)
     times: dict[str, float] = {}
     t = time.perf_counter()
-    model = get_variant(checkpoint_summary(rd / layout.DIFFUSION)["variant"]).load(rd / layout.DIFFUSION)
+    variant = fitted_variant(rd / layout.DIFFUSION)
+    model = variant.load(rd / layout.DIFFUSION)
     times["load model"] = time.perf_counter() - t
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "synthetic.zarr"
         meta = StoreMeta(kind="synthetic", env_id=read_attrs(rd / layout.ONLINE)["env_id"], source="bench", round=0)
         t = time.perf_counter()
-        sample_to_store(model, out, meta, seed=0, sampling=sampling, progress=False)
+        sample_to_store(model, variant, out, meta, seed=0, sampling=sampling, progress=False)
         times[f"sample and write {sampling.n_rows} rows ({sampling.steps} steps)"] = time.perf_counter() - t
         t = time.perf_counter()
         measure_quality(layout.OFFLINE, rd / layout.ONLINE, out, quality, args.round)

@@ -1,5 +1,8 @@
 """Quality of generated transitions: Jensen-Shannon divergence to real online data (paper 3.1, Table 2).
 
+The one quality module: the estimators below, and `measure_quality`, what materialise@k records for
+a round's synthetic store (alignment, simulator fidelity, memorisation), so the stage only calls it.
+
 Two estimators, in nats (0 = same distribution, ln 2 ≈ 0.693 = disjoint supports):
 - `classifier`: a held-out two-sample estimate. With balanced classes the Bayes-optimal
   discriminator's cross-entropy is ln 2 − JS, so any trained discriminator's held-out
@@ -11,19 +14,40 @@ Two estimators, in nats (0 = same distribution, ln 2 ≈ 0.693 = disjoint suppor
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from typing import Any
 
 import numpy as np
 from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import threadpool_limits
 
-from cfdg.errors import StoreError
+from cfdg import store
+from cfdg.config import check
+from cfdg.envs import GYM_IDS, env_name
+from cfdg.errors import CfdgError, StoreError
+from cfdg.fidelity import simulator_fidelity
 from cfdg.store import Transitions
 
 LN2 = math.log(2.0)
 N_BINS = 32
 PARTS = ("state", "action", "transition")
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityConfig:
+    """How generated data is compared with real online data (params `quality:`, docs/quality.md)."""
+
+    max_rows: int = 5000  # rows per side given to the JS estimators
+    seed: int = 0
+    # rows replayed in the simulator per data set (cfdg.fidelity; ~1 s per 2000 hopper rows) and
+    # matched for the memorisation ratio; 0 turns both off
+    fidelity_rows: int = 2000
+
+    def __post_init__(self) -> None:
+        check(self.max_rows >= 10, "quality.max_rows", f"must be >= 10, got {self.max_rows}")
+        check(self.fidelity_rows >= 0, "quality.fidelity_rows", f"must be >= 0, got {self.fidelity_rows}")
 
 
 def part_arrays(data: Transitions) -> dict[str, np.ndarray]:
@@ -215,3 +239,99 @@ def fresh_rows(previous: Transitions, current: Transitions) -> Transitions:
             f"fresh_rows: the later online store ({len(current)} rows) does not start with the earlier one ({n} rows)"
         )
     return current.take(slice(n, None))
+
+
+# --- What materialise@k records for a round's synthetic store --------------------------------------
+
+
+def measure_quality(
+    offline: str | os.PathLike, online: str | os.PathLike, synthetic: str | os.PathLike, cfg: QualityConfig, k: int
+) -> dict[str, Any]:
+    """Alignment (JS to the round's online data), fidelity (simulator) and memorisation of round k's store.
+
+    Fidelity is measured on the online-labelled generated rows, the whole store, and, as baselines
+    that must score ≈ 0, the real online and offline rows. Memorisation compares the online-labelled
+    rows with the round's online rows, leaving whole episodes out for the reference (no fit hold-out).
+    """
+    real_online, _ = store.read_store(online)
+    real_offline, _ = store.read_store(offline)
+    generated, _ = store.read_store(synthetic)
+    quality: dict[str, Any] = {
+        "round": k,
+        "rows": {"offline": len(real_offline), "online": len(real_online), "generated": len(generated)},
+        "offline_vs_online": js_divergences(real_online, real_offline, seed=cfg.seed, max_rows=cfg.max_rows),
+    }
+    online_like = None
+    if len(generated):
+        # Table 2 compares the samples meant to look like online data: the online-labelled ones.
+        # The whole store (20% offline-labelled for cfdg) is what the agent sees; both are kept.
+        online_like = generated.take(generated.labels == store.LABEL_ONLINE)
+        quality["rows"]["generated_online"] = len(online_like)
+        if len(online_like):
+            quality["generated_vs_online"] = js_divergences(
+                real_online, online_like, seed=cfg.seed, max_rows=cfg.max_rows
+            )
+        quality["generated_all_vs_online"] = js_divergences(
+            real_online, generated, seed=cfg.seed, max_rows=cfg.max_rows
+        )
+    quality.update(
+        ground_truth(store.read_attrs(online)["env_id"], real_offline, real_online, generated, online_like, cfg)
+    )
+    return quality
+
+
+def ground_truth(
+    env_id: str,
+    offline: Transitions,
+    online: Transitions,
+    generated: Transitions,
+    online_like: Transitions | None,
+    cfg: QualityConfig,
+) -> dict[str, Any]:
+    """{"fidelity": {...}, "memorisation": {...}} where measurable (a MuJoCo env, rows present)."""
+    out: dict[str, Any] = {}
+    if cfg.fidelity_rows == 0:
+        return out
+    try:
+        env = env_name(env_id)
+    except CfdgError:
+        return out
+    if env in GYM_IDS:
+        parts = {"generated": online_like, "generated_all": generated, "online": online, "offline": offline}
+        out["fidelity"] = {
+            name: simulator_fidelity(data, env, max_rows=cfg.fidelity_rows, seed=cfg.seed)
+            for name, data in parts.items()
+            if data is not None and len(data)
+        }
+    if online_like is not None and len(online_like) >= 2 and len(np.unique(episode_ids(online))) >= 2:
+        out["memorisation"] = memorisation_ratio(online_like, online, max_rows=cfg.fidelity_rows, seed=cfg.seed)
+    return out
+
+
+def fresh_quality(
+    online: Transitions, later_online: Transitions, offline: Transitions, generated: Transitions, cfg: QualityConfig
+) -> dict[str, Any] | None:
+    """Round k's data against round k+1's fresh online rows, which no model of round k saw (None: < 20 fresh rows).
+
+    State/action/transition JS of the fresh rows to round k's real online buffer, the offline data and
+    round k's online-labelled samples, and the memorisation ratio with the fresh rows as the held-out
+    reference. This is what the agent's next data will look like.
+    """
+    fresh = fresh_rows(online, later_online)
+    if len(fresh) < 20:
+        return None
+    seed, rows = cfg.seed, cfg.max_rows
+    result: dict[str, Any] = {
+        "rows": {"fresh": len(fresh)},
+        "online_vs_fresh": js_divergences(fresh, online, seed=seed, max_rows=rows),
+        "offline_vs_fresh": js_divergences(fresh, offline, seed=seed, max_rows=rows),
+    }
+    if len(generated):
+        online_like = generated.take(generated.labels == store.LABEL_ONLINE)
+        if len(online_like) >= 20:
+            result["generated_vs_fresh"] = js_divergences(fresh, online_like, seed=seed, max_rows=rows)
+            if cfg.fidelity_rows:
+                result["memorisation"] = memorisation_ratio(
+                    online_like, online, fresh, max_rows=cfg.fidelity_rows, seed=seed
+                )
+    return result

@@ -29,14 +29,13 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from cfdg.diffusion.checkpoint import checkpoint_summary
     from cfdg.diffusion.config import EdisConfig
     from cfdg.diffusion.edis import fit_energies
-    from cfdg.diffusion.variants.registry import get_variant
+    from cfdg.diffusion.variants.registry import fitted_variant
     from cfdg.store import read_store
 
     rd = args.run / "artifacts" / "rounds" / str(args.round)
-    model = get_variant(checkpoint_summary(rd / "diffusion.pt")["variant"]).load(rd / "diffusion.pt")
+    model = fitted_variant(rd / "diffusion.pt").load(rd / "diffusion.pt")
     online, _ = read_store(rd / "online.zarr")
     print("| Updates | " + " | ".join(f"{e} loss | {e} accuracy" for e in args.energies) + " | Wall s |")
     print("|---:|" + "---:|---:|" * len(args.energies) + "---:|")

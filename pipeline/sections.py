@@ -15,9 +15,11 @@ from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.registry import agent_config, agent_keys
 from cfdg.datasets.build import DatasetConfig
 from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import ConfigError
+from cfdg.quality import QualityConfig
 from stages import params
-from stages.params import QualityParams, ReportParams
+from stages.params import ReportParams
 
 # `agent` is the base every agent's own config extends: the section parses into the config of the
 # agent `agent.algo` names (`PARSERS`) and accepts every agent's keys (`section_keys`).
@@ -28,7 +30,7 @@ CONFIG_CLASSES: dict[str, type] = {
     "rollout": RolloutConfig,
     "diffusion": DiffusionConfig,
     "sampling": SamplingConfig,
-    "quality": QualityParams,
+    "quality": QualityConfig,
     "report": ReportParams,
 }
 
@@ -63,11 +65,16 @@ class Params:
 
 def validate(raw: dict[str, Any], path: str | Path = params.PARAMS_FILE) -> Params:
     """Every section of an already-read params mapping, typed; the first bad key raises ConfigError."""
+    sections = {name: params.section(raw, name, parse, path) for name, parse in PARSERS.items()}
+    try:  # the variant's name is the registry's to check: the config sits below it
+        get_variant(sections["diffusion"].variant)
+    except ConfigError as e:
+        raise ConfigError(f"{Path(path).name}:{e}") from None
     return Params(
         seed=params.seed(raw, path),
         source=params.dataset_source(raw, path),
         rounds=params.rounds(raw, path),
-        sections={name: params.section(raw, name, parse, path) for name, parse in PARSERS.items()},
+        sections=sections,
     )
 
 

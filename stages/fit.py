@@ -1,6 +1,7 @@
 """Stage `fit@k`: fit the generator variant's model (the paper's: class-conditional, offline ∪ online).
 
-The variant (cfdg/diffusion/variants/registry.py) says what it fits: `cfdg` labels each row with
+The variant, resolved here once from `diffusion.variant` (cfdg/diffusion/variants/registry.py) and
+passed down as an object, says what it fits: `cfdg` labels each row with
 the buffer it came from (paper 3.2), `synther` sees online data only, `joint` sees both without
 labels; variant `none` fits nothing and writes a placeholder checkpoint so the DAG is the same.
 Reads params `diffusion` (+ seed) only: what sampling does with the model is materialise's
@@ -22,7 +23,6 @@ from cfdg.device import resolve_precision, select_device
 from cfdg.diffusion.checkpoint import checkpoint_variant, load_diffusion
 from cfdg.diffusion.config import DiffusionConfig, fit_record
 from cfdg.diffusion.placeholder import save_no_model
-from cfdg.diffusion.train import fit_diffusion
 from cfdg.diffusion.variants.base import Policy
 from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import ConfigError
@@ -70,7 +70,7 @@ def fit_stage(
             inputs["agent"] = agent
         online_data, _ = read_store(online)
         offline_data = read_store(offline)[0] if "offline" in variant.trains_on else None
-        model, metrics = fit_diffusion(
+        model, metrics = variant.fit(
             offline_data, online_data, cfg, seed=derive_seed(seed, k, "fit"), progress=progress, init=init
         )
         model, extra = variant.fit_extras(

@@ -4,11 +4,11 @@ Reads params `sampling` (+ seed) and `quality`, never `diffusion`: the variant c
 fitted checkpoint, so a sampling change reruns this stage and what follows, and no fit.
 With `sampling.buffer: fifo` the store also keeps the newest rows of round k-1's store.
 
-Quality (paper 3.1, Table 2): Jensen-Shannon divergence between the real online data and (a) the
-offline data, (b) the generated data, for states, actions and transitions; simulator fidelity
-(cfdg.fidelity) and the memorisation ratio (cfdg.quality). It is measured on the complete temporary
-store before the rename and recorded in the store's dataset card (cfdg.card), so the store carries
-its own quality figures wherever it is shared; quality.json beside it holds the same numbers.
+Quality (paper 3.1, Table 2; cfdg.quality.measure_quality): Jensen-Shannon divergence between the
+real online data and (a) the offline data, (b) the generated data, simulator fidelity and the
+memorisation ratio. It is measured on the complete temporary store before the rename and recorded
+in the store's dataset card (cfdg.card), so the store carries its own quality figures wherever it is
+shared; quality.json beside it holds the same numbers.
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from cfdg import store
 from cfdg.device import resolve_precision, select_device
 from cfdg.diffusion.checkpoint import checkpoint_summary
 from cfdg.diffusion.config import SamplingConfig
 from cfdg.diffusion.sample import sample_to_store
-from cfdg.diffusion.variants.registry import get_variant
-from cfdg.envs import GYM_IDS, env_name
-from cfdg.errors import CfdgError
-from cfdg.fidelity import simulator_fidelity
-from cfdg.quality import episode_ids, js_divergences, memorisation_ratio
+from cfdg.diffusion.variants.registry import fitted_variant
+from cfdg.quality import QualityConfig, measure_quality
 from cfdg.store import StoreMeta
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -43,7 +38,7 @@ def materialise_stage(
     offline: Path,
     online: Path,
     cfg: Any,
-    quality_cfg: params.QualityParams,
+    quality_cfg: QualityConfig,
     seed: int,
     k: int,
     out_store: Path,
@@ -54,9 +49,9 @@ def materialise_stage(
 
     `prev_synthetic` (round k-1's store) is read only with `cfg.buffer == "fifo"`.
     """
+    spec = fitted_variant(model)  # resolved once, then passed down
     generator = checkpoint_summary(model)
-    variant = str(generator["variant"])
-    spec = get_variant(variant)
+    variant = spec.name
     for real in (offline, online):  # a damaged input fails here, before any output is written
         store.read_store(real)
     inputs = {"diffusion": model, "offline": offline, "online": online}
@@ -87,6 +82,7 @@ def materialise_stage(
     else:
         sample_to_store(
             spec.load(model),
+            spec,
             out_store,
             meta,
             seed=derive_seed(seed, k, "materialise"),
@@ -102,68 +98,6 @@ def materialise_stage(
     return quality
 
 
-def measure_quality(offline: Path, online: Path, synthetic: Path, cfg: params.QualityParams, k: int) -> dict[str, Any]:
-    """Alignment (JS to the round's online data), fidelity (simulator) and memorisation of round k's store.
-
-    Fidelity is measured on the online-labelled generated rows, the whole store, and, as baselines
-    that must score ≈ 0, the real online and offline rows. Memorisation compares the online-labelled
-    rows with the round's online rows, leaving whole episodes out for the reference (no fit hold-out).
-    """
-    real_online, _ = store.read_store(online)
-    real_offline, _ = store.read_store(offline)
-    generated, _ = store.read_store(synthetic)
-    quality: dict[str, Any] = {
-        "round": k,
-        "rows": {"offline": len(real_offline), "online": len(real_online), "generated": len(generated)},
-        "offline_vs_online": js_divergences(real_online, real_offline, seed=cfg.seed, max_rows=cfg.max_rows),
-    }
-    online_like = None
-    if len(generated):
-        # Table 2 compares the samples meant to look like online data: the online-labelled ones.
-        # The whole store (20% offline-labelled for cfdg) is what the agent sees; both are kept.
-        online_like = generated.take(generated.labels == store.LABEL_ONLINE)
-        quality["rows"]["generated_online"] = len(online_like)
-        if len(online_like):
-            quality["generated_vs_online"] = js_divergences(
-                real_online, online_like, seed=cfg.seed, max_rows=cfg.max_rows
-            )
-        quality["generated_all_vs_online"] = js_divergences(
-            real_online, generated, seed=cfg.seed, max_rows=cfg.max_rows
-        )
-    quality.update(
-        ground_truth(store.read_attrs(online)["env_id"], real_offline, real_online, generated, online_like, cfg)
-    )
-    return quality
-
-
-def ground_truth(
-    env_id: str,
-    offline: store.Transitions,
-    online: store.Transitions,
-    generated: store.Transitions,
-    online_like: store.Transitions | None,
-    cfg: params.QualityParams,
-) -> dict[str, Any]:
-    """{"fidelity": {...}, "memorisation": {...}} where measurable (a MuJoCo env, rows present)."""
-    out: dict[str, Any] = {}
-    if cfg.fidelity_rows == 0:
-        return out
-    try:
-        env = env_name(env_id)
-    except CfdgError:
-        return out
-    if env in GYM_IDS:
-        parts = {"generated": online_like, "generated_all": generated, "online": online, "offline": offline}
-        out["fidelity"] = {
-            name: simulator_fidelity(data, env, max_rows=cfg.fidelity_rows, seed=cfg.seed)
-            for name, data in parts.items()
-            if data is not None and len(data)
-        }
-    if online_like is not None and len(online_like) >= 2 and len(np.unique(episode_ids(online))) >= 2:
-        out["memorisation"] = memorisation_ratio(online_like, online, max_rows=cfg.fidelity_rows, seed=cfg.seed)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> None:
         raw = params.read_params(args.params)
@@ -174,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             layout.OFFLINE,
             out_dir / layout.ONLINE,
             params.section(raw, "sampling", SamplingConfig, args.params),
-            params.section(raw, "quality", params.QualityParams, args.params),
+            params.section(raw, "quality", QualityConfig, args.params),
             params.seed(raw, args.params),
             k,
             out_dir / layout.SYNTHETIC,

@@ -23,21 +23,6 @@ T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
-class QualityParams:
-    """How generated data is compared with real online data (README "Quality of generated data")."""
-
-    max_rows: int = 5000  # rows per side given to the JS estimators
-    seed: int = 0
-    # rows replayed in the simulator per data set (cfdg.fidelity; ~1 s per 2000 hopper rows) and
-    # matched for the memorisation ratio; 0 turns both off
-    fidelity_rows: int = 2000
-
-    def __post_init__(self) -> None:
-        check(self.max_rows >= 10, "quality.max_rows", f"must be >= 10, got {self.max_rows}")
-        check(self.fidelity_rows >= 0, "quality.fidelity_rows", f"must be >= 0, got {self.fidelity_rows}")
-
-
-@dataclasses.dataclass(frozen=True)
 class ReportParams:
     """The report's pictures; the numbers come from the rounds' metrics."""
 

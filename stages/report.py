@@ -22,7 +22,7 @@ from cfdg import report, store
 from cfdg.diffusion.variants.registry import display_name
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
-from cfdg.quality import fresh_rows, js_divergences, memorisation_ratio
+from cfdg.quality import QualityConfig, fresh_quality
 from cfdg.tsne import tsne_plot
 from stages import layout, params
 from stages.jsonfiles import write_json
@@ -69,37 +69,18 @@ def _tsne_features(data: store.Transitions) -> np.ndarray:
 
 
 def fresh_alignment(
-    rounds_dir: Path, offline: store.Transitions, rounds: Sequence[int], cfg: params.QualityParams
+    rounds_dir: Path, offline: store.Transitions, rounds: Sequence[int], cfg: QualityConfig
 ) -> dict[int, dict[str, Any]]:
-    """Round k's data against round k+1's fresh online rows, which no model of round k saw.
-
-    State/action/transition JS of the fresh rows to round k's real online buffer, the offline data and
-    round k's online-labelled samples, and the memorisation ratio with the fresh rows as the held-out
-    reference. This is what the agent's next data will look like; only the report can measure it.
-    """
+    """Each round k against round k+1's fresh online rows (cfdg.quality.fresh_quality): only the report sees both."""
     out: dict[int, dict[str, Any]] = {}
     ordered = sorted(rounds)
     for k, later in itertools.pairwise(ordered):
         online, _ = store.read_store(rounds_dir / str(k) / layout.ONLINE)
-        fresh = fresh_rows(online, store.read_store(rounds_dir / str(later) / layout.ONLINE)[0])
-        if len(fresh) < 20:
-            continue
+        later_online, _ = store.read_store(rounds_dir / str(later) / layout.ONLINE)
         generated, _ = store.read_store(rounds_dir / str(k) / layout.SYNTHETIC)
-        seed, rows = cfg.seed, cfg.max_rows
-        result: dict[str, Any] = {
-            "rows": {"fresh": len(fresh)},
-            "online_vs_fresh": js_divergences(fresh, online, seed=seed, max_rows=rows),
-            "offline_vs_fresh": js_divergences(fresh, offline, seed=seed, max_rows=rows),
-        }
-        if len(generated):
-            online_like = generated.take(generated.labels == store.LABEL_ONLINE)
-            if len(online_like) >= 20:
-                result["generated_vs_fresh"] = js_divergences(fresh, online_like, seed=seed, max_rows=rows)
-                if cfg.fidelity_rows:
-                    result["memorisation"] = memorisation_ratio(
-                        online_like, online, fresh, max_rows=cfg.fidelity_rows, seed=seed
-                    )
-        out[k] = result
+        result = fresh_quality(online, later_online, offline, generated, cfg)
+        if result is not None:
+            out[k] = result
     return out
 
 
@@ -109,7 +90,7 @@ def make_report(
     rounds: Sequence[int],
     cfg: params.ReportParams,
     out_dir: Path,
-    quality_cfg: params.QualityParams | None = None,
+    quality_cfg: QualityConfig | None = None,
 ) -> dict:
     """Write the report files into `out_dir`; returns the run summary (summary.json)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +125,7 @@ def make_report(
     report.quality_png(rows, out_dir / "quality.png")
 
     offline_data, _ = store.read_store(offline)
-    fresh = fresh_alignment(rounds_dir, offline_data, rounds, quality_cfg or params.QualityParams())
+    fresh = fresh_alignment(rounds_dir, offline_data, rounds, quality_cfg or QualityConfig())
     truth = report.ground_truth_rows(quality, fresh)
     write_json(out_dir / "fresh.json", {str(k): v for k, v in fresh.items()})
     write_json(out_dir / "ground_truth.json", truth)
@@ -188,7 +169,7 @@ def make_report(
     recorded = {
         "rounds": list(rounds),
         "report": dataclasses.asdict(cfg),
-        "quality": dataclasses.asdict(quality_cfg or params.QualityParams()),
+        "quality": dataclasses.asdict(quality_cfg or QualityConfig()),
     }
     write_json(out_dir / "report.provenance.json", provenance("report", inputs, recorded))
     table1 = report.table1_markdown([summary])
@@ -264,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         raw = params.read_params(args.params)
         rounds = list(params.rounds(raw, args.params))
         cfg = params.section(raw, "report", params.ReportParams, args.params)
-        quality = params.section(raw, "quality", params.QualityParams, args.params)
+        quality = params.section(raw, "quality", QualityConfig, args.params)
         make_report(layout.ROUNDS_DIR, layout.OFFLINE, rounds, cfg, layout.REPORT_DIR, quality)
 
     return run_main("report", body, argv)

@@ -123,11 +123,11 @@ def diffusion_ckpt(tmp_path_factory) -> Path:
     from cfdg.config import from_mapping
     from cfdg.diffusion.checkpoint import save_diffusion
     from cfdg.diffusion.config import DiffusionConfig
-    from cfdg.diffusion.train import fit_diffusion
+    from cfdg.diffusion.variants.registry import get_variant
 
     data = make_transitions(64, obs_dim=N_OBS, act_dim=N_ACT)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 1, "train_steps": 2, "batch_size": 16}, "d")
-    model, _ = fit_diffusion(data, data, cfg, seed=0, progress=False)
+    model, _ = get_variant("cfdg").fit(data, data, cfg, seed=0, progress=False)
     return save_diffusion(model, tmp_path_factory.mktemp("ckpt") / "diffusion.pt")
 
 
@@ -641,6 +641,11 @@ CATALOGUE: dict[str, Case] = {
         "materialise",
         _diffusion(_set("variant", "none")),
         "diffusion.pt: inconsistent diffusion checkpoint: variant 'none' but config.variant",
+    ),
+    "diffusion-unknown-variant": stage_case(
+        "materialise",
+        _diffusion(_set("config.variant", "gan")),
+        "diffusion.pt: variant 'gan' is not one this cfdg knows",
     ),
     "diffusion-normaliser-std-width": stage_case(
         "materialise",

@@ -356,19 +356,19 @@ def test_materialise_measures_quality_on_the_store_and_puts_it_inside(tmp_path):
     from cfdg.config import from_mapping
     from cfdg.diffusion.checkpoint import save_diffusion
     from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
-    from cfdg.diffusion.train import fit_diffusion
+    from cfdg.diffusion.variants.registry import get_variant
+    from cfdg.quality import QualityConfig
     from stages.jsonfiles import plain
     from stages.materialise import materialise_stage
-    from stages.params import QualityParams
 
     off_data, on_data = make_transitions(200, OBS, ACT, seed=1), make_transitions(120, OBS, ACT, seed=2)
     offline = write_store(tmp_path / "off.zarr", off_data, StoreMeta(kind="offline", env_id="hopper", source="t"))
     online = write_store(tmp_path / "on.zarr", on_data, StoreMeta(kind="online", env_id="hopper", source="t", round=1))
     dcfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 1, "train_steps": 2, "batch_size": 16}, "d")
-    model, _ = fit_diffusion(off_data, on_data, dcfg, seed=0, progress=False)
+    model, _ = get_variant("cfdg").fit(off_data, on_data, dcfg, seed=0, progress=False)
     ckpt = save_diffusion(model, tmp_path / "diffusion.pt")
     sampling = from_mapping(SamplingConfig, {"n_rows": 64, "steps": 2, "batch": 64}, "s")
-    qcfg = QualityParams(max_rows=50, fidelity_rows=20)
+    qcfg = QualityConfig(max_rows=50, fidelity_rows=20)
 
     def materialise(out: Path) -> dict:
         return materialise_stage(ckpt, offline, online, sampling, qcfg, 0, 1, out, progress=False)

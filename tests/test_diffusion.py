@@ -7,6 +7,7 @@ more guidance must push samples further toward their class.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -23,7 +24,8 @@ from cfdg.diffusion.edm import denoise, guided_denoise, karras_sigmas, loss_weig
 from cfdg.diffusion.normaliser import Normaliser, from_vectors, to_vectors
 from cfdg.diffusion.placeholder import save_no_model
 from cfdg.diffusion.sample import label_pattern, sample, sample_to_store, write_empty_synthetic
-from cfdg.diffusion.train import batch_indices, effective_train_steps, fit_diffusion, online_share, row_weights
+from cfdg.diffusion.train import batch_indices, effective_train_steps, online_share, row_weights
+from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import CheckpointError, ConfigError, StoreError
 from cfdg.io import digest
 from cfdg.quality import js_divergences
@@ -33,6 +35,16 @@ from tests.conftest import make_transitions
 OBS, ACT = 2, 1
 TOY = {"width": 128, "depth": 3, "train_steps": 2500}
 SAMPLING = SamplingConfig(steps=32, batch=2000, guidance_w=1.0)
+
+
+def fit(offline, online, cfg, *args, **kw):
+    """What the fit stage does: the variant `cfg` names fits the model (cfdg.diffusion.train underneath)."""
+    return get_variant(cfg.variant).fit(offline, online, cfg, *args, **kw)
+
+
+def variant_of(model):
+    """The variant object the sampler is handed (the stages resolve it once from the checkpoint)."""
+    return get_variant(model.cfg.variant)
 
 
 def mixture(n: int, centre: float, seed: int, terminal_rate: float) -> Transitions:
@@ -61,7 +73,7 @@ def toy():
     offline = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0)
     online = mixture(1000, ON_CENTRE, seed=2, terminal_rate=0.3)
     cfg = from_mapping(DiffusionConfig, TOY, "diffusion")
-    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    model, metrics = fit(offline, online, cfg, seed=0, progress=False)
     return offline, online, model, metrics
 
 
@@ -81,7 +93,7 @@ def test_fit_metrics(toy):
 
 def test_online_samples_match_online_mixture(toy):
     offline, online, model, _ = toy
-    s = sample(model, 2000, 1, 3, SAMPLING)
+    s = sample(model, variant_of(model), 2000, 1, 3, SAMPLING)
     assert (s.labels == 1).all()
     to_online = js_divergences(online, s, seed=0)["transition"]["classifier"]
     to_offline = js_divergences(offline, s, seed=0)["transition"]["classifier"]
@@ -94,7 +106,7 @@ def test_online_samples_match_online_mixture(toy):
 
 def test_offline_samples_match_offline_mixture(toy):
     _, _, model, _ = toy
-    s = sample(model, 1000, 0, 4, SAMPLING)
+    s = sample(model, variant_of(model), 1000, 0, 4, SAMPLING)
     proj = centre_projection(s)
     assert (np.abs(proj - OFF_CENTRE) < 2).mean() > 0.95
     assert s.terminals.mean() < 0.05
@@ -102,7 +114,7 @@ def test_offline_samples_match_offline_mixture(toy):
 
 def test_unconditional_samples_cover_both(toy):
     _, _, model, _ = toy
-    s = sample(model, 2000, None, 5, SAMPLING)
+    s = sample(model, variant_of(model), 2000, None, 5, SAMPLING)
     assert s.labels is None
     proj = centre_projection(s)
     near_off = (np.abs(proj - OFF_CENTRE) < 2).mean()
@@ -115,7 +127,9 @@ def test_more_guidance_moves_samples_toward_their_class(toy):
     _, _, model, _ = toy
 
     def guided(label: int, w: float) -> float:
-        return centre_projection(sample(model, 1500, label, 6, dataclasses.replace(SAMPLING, guidance_w=w))).mean()
+        return centre_projection(
+            sample(model, variant_of(model), 1500, label, 6, dataclasses.replace(SAMPLING, guidance_w=w))
+        ).mean()
 
     means = [guided(1, w) for w in (0.0, 2.0, 6.0)]
     # Guidance extrapolates away from the unconditional model, which sits on the offline side.
@@ -141,15 +155,15 @@ def test_batched_guidance_equals_two_calls(toy):
 
 def test_sampling_is_deterministic_for_a_seed(toy):
     _, _, model, _ = toy
-    a = sample(model, 300, 1, 11, SAMPLING)
-    b = sample(model, 300, 1, 11, SAMPLING)
-    c = sample(model, 300, 1, 12, SAMPLING)
+    a = sample(model, variant_of(model), 300, 1, 11, SAMPLING)
+    b = sample(model, variant_of(model), 300, 1, 11, SAMPLING)
+    c = sample(model, variant_of(model), 300, 1, 12, SAMPLING)
     for name, arr in a.arrays().items():
         np.testing.assert_array_equal(arr, b.arrays()[name], err_msg=name)
     assert not np.array_equal(a.observations, c.observations)
     ode = dataclasses.replace(SAMPLING, stochastic=False)
-    d = sample(model, 300, 1, 11, ode)
-    e = sample(model, 300, 1, 11, ode)
+    d = sample(model, variant_of(model), 300, 1, 11, ode)
+    e = sample(model, variant_of(model), 300, 1, 11, ode)
     np.testing.assert_array_equal(d.observations, e.observations)
     assert not np.array_equal(a.observations, d.observations)
 
@@ -208,8 +222,8 @@ def test_checkpoint_round_trip(toy, tmp_path):
     assert dataclasses.replace(loaded.cfg, device="auto") == model.cfg and loaded.step == model.step
     assert loaded.device == torch.device("cpu")
     assert loaded.optimizer_state is not None and loaded.optimizer_state["state"]
-    a = sample(model, 200, 1, 9, SAMPLING)
-    b = sample(loaded, 200, 1, 9, SAMPLING)
+    a = sample(model, variant_of(model), 200, 1, 9, SAMPLING)
+    b = sample(loaded, variant_of(loaded), 200, 1, 9, SAMPLING)
     np.testing.assert_array_equal(a.observations, b.observations)
     np.testing.assert_array_equal(a.rewards, b.rewards)
     check_dims(loaded, OBS, ACT)
@@ -256,9 +270,9 @@ def test_sample_to_store(toy, tmp_path):
     _, _, model, _ = toy
     meta = StoreMeta(kind="synthetic", env_id="toy", source="test", round=1, seed=7)
     kw = {"meta": meta, "seed": 7, "sampling": dataclasses.replace(SAMPLING, n_rows=1000, batch=300), "progress": False}
-    a = sample_to_store(model, out_path=tmp_path / "a.zarr", **kw)
-    b = sample_to_store(model, out_path=tmp_path / "b.zarr", **kw)
-    c = sample_to_store(model, out_path=tmp_path / "c.zarr", **{**kw, "seed": 8})
+    a = sample_to_store(model, variant_of(model), out_path=tmp_path / "a.zarr", **kw)
+    b = sample_to_store(model, variant_of(model), out_path=tmp_path / "b.zarr", **kw)
+    c = sample_to_store(model, variant_of(model), out_path=tmp_path / "c.zarr", **{**kw, "seed": 8})
     data, attrs = read_store(a)
     assert len(data) == 1000 and attrs["kind"] == "synthetic"
     assert attrs["counts"] == {"rows": 1000, "online": 800, "offline": 200}
@@ -290,31 +304,33 @@ def test_synther_variant_is_unconditional_on_online_data(tmp_path):
     offline = mixture(500, OFF_CENTRE, seed=1, terminal_rate=0.0)
     online = mixture(500, ON_CENTRE, seed=2, terminal_rate=0.0)
     cfg = from_mapping(DiffusionConfig, {**TOY, "variant": "synther", "train_steps": 300}, "diffusion")
-    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    model, metrics = fit(offline, online, cfg, seed=0, progress=False)
     assert metrics["n_train"] == {"offline": 0, "online": 500}
     meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
     sampling = dataclasses.replace(SAMPLING, n_rows=100)
-    data, attrs = read_store(sample_to_store(model, tmp_path / "s.zarr", meta, 0, sampling, progress=False))
+    data, attrs = read_store(
+        sample_to_store(model, variant_of(model), tmp_path / "s.zarr", meta, 0, sampling, progress=False)
+    )
     assert attrs["counts"]["online"] == 100 and (data.labels == 1).all()
     with pytest.raises(ConfigError, match="label 0"):
-        sample(model, 10, 0, 0, SAMPLING)
+        sample(model, variant_of(model), 10, 0, 0, SAMPLING)
 
 
 def test_fit_is_deterministic_and_rejects_bad_input():
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 30}, "diffusion")
-    a, _ = fit_diffusion(offline, online, cfg, seed=3, progress=False)
-    b, _ = fit_diffusion(offline, online, cfg, seed=3, progress=False)
-    c, _ = fit_diffusion(offline, online, cfg, seed=4, progress=False)
+    a, _ = fit(offline, online, cfg, seed=3, progress=False)
+    b, _ = fit(offline, online, cfg, seed=3, progress=False)
+    c, _ = fit(offline, online, cfg, seed=4, progress=False)
     for (k, va), vb in zip(a.ema.state_dict().items(), b.ema.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
     assert not torch.equal(a.ema.proj.weight, c.ema.proj.weight)
     with pytest.raises(ConfigError, match="variant is 'none'"):
-        fit_diffusion(offline, online, from_mapping(DiffusionConfig, {"variant": "none"}), seed=0)
+        fit(offline, online, from_mapping(DiffusionConfig, {"variant": "none"}), seed=0)
     with pytest.raises(ConfigError, match="needs offline data"):
-        fit_diffusion(None, online, cfg, seed=0)
+        fit(None, online, cfg, seed=0)
     with pytest.raises(ConfigError, match="differ from online"):
-        fit_diffusion(make_transitions(50, obs_dim=4), online, cfg, seed=0)
+        fit(make_transitions(50, obs_dim=4), online, cfg, seed=0)
 
 
 def test_config_parsing():
@@ -363,54 +379,62 @@ def test_joint_variant_is_one_unconditional_model_on_both_buffers(tmp_path):
     offline = mixture(1500, OFF_CENTRE, seed=1, terminal_rate=0.0)
     online = mixture(500, ON_CENTRE, seed=2, terminal_rate=0.0)
     cfg = from_mapping(DiffusionConfig, {**TOY, "variant": "joint", "train_steps": 1500}, "diffusion")
-    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    model, metrics = fit(offline, online, cfg, seed=0, progress=False)
     assert metrics["n_train"] == {"offline": 1500, "online": 500}
     # Its class rows 0/1 were never trained: they keep their initial values.
-    init = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)[0]
+    init = fit(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)[0]
     torch.testing.assert_close(model.net.class_emb.weight[:2], init.net.class_emb.weight[:2])
     assert not torch.allclose(model.net.class_emb.weight[2], init.net.class_emb.weight[2])
     meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
     sampling = dataclasses.replace(SAMPLING, n_rows=1000, guidance_w=4.0)  # w is ignored: no class to guide
-    data, attrs = read_store(sample_to_store(model, tmp_path / "j.zarr", meta, 0, sampling, progress=False))
+    data, attrs = read_store(
+        sample_to_store(model, variant_of(model), tmp_path / "j.zarr", meta, 0, sampling, progress=False)
+    )
     # Labelled online (the agent's synthetic share), drawn from both mixtures in the data's 3:1 proportion.
     assert attrs["counts"] == {"rows": 1000, "online": 1000, "offline": 0}
     proj = centre_projection(data)
     near_off, near_on = (np.abs(proj - OFF_CENTRE) < 2).mean(), (np.abs(proj - ON_CENTRE) < 2).mean()
     assert 0.6 < near_off < 0.9 and 0.1 < near_on < 0.4, (near_off, near_on)
-    unguided = sample(model, 200, 1, 3, dataclasses.replace(SAMPLING, guidance_w=0.0))
-    np.testing.assert_array_equal(sample(model, 200, 1, 3, sampling).observations, unguided.observations)
+    unguided = sample(model, variant_of(model), 200, 1, 3, dataclasses.replace(SAMPLING, guidance_w=0.0))
+    np.testing.assert_array_equal(
+        sample(model, variant_of(model), 200, 1, 3, sampling).observations, unguided.observations
+    )
     with pytest.raises(ConfigError, match="'joint' model is unconditional"):
-        sample(model, 10, 0, 0, SAMPLING)
+        sample(model, variant_of(model), 10, 0, 0, SAMPLING)
     with pytest.raises(ConfigError, match="variant 'joint' needs offline data"):
-        fit_diffusion(None, online, cfg, seed=0, progress=False)
+        fit(None, online, cfg, seed=0, progress=False)
 
 
 def test_fifo_buffer_keeps_the_newest_rows_up_to_capacity(toy, tmp_path):
     _, _, model, _ = toy
     meta = StoreMeta(kind="synthetic", env_id="toy", source="test")
     fifo = dataclasses.replace(SAMPLING, n_rows=300, batch=128, buffer="fifo", capacity=700)
-    r1 = sample_to_store(model, tmp_path / "1.zarr", meta, 1, fifo, prev=None, progress=False)
-    r2 = sample_to_store(model, tmp_path / "2.zarr", meta, 2, fifo, prev=r1, progress=False)
-    r3 = sample_to_store(model, tmp_path / "3.zarr", meta, 3, fifo, prev=r2, progress=False)
+    r1 = sample_to_store(model, variant_of(model), tmp_path / "1.zarr", meta, 1, fifo, prev=None, progress=False)
+    r2 = sample_to_store(model, variant_of(model), tmp_path / "2.zarr", meta, 2, fifo, prev=r1, progress=False)
+    r3 = sample_to_store(model, variant_of(model), tmp_path / "3.zarr", meta, 3, fifo, prev=r2, progress=False)
     d1, d2, d3 = (read_store(p)[0] for p in (r1, r2, r3))
     assert (len(d1), len(d2), len(d3)) == (300, 600, 700)
     # Round 2 = round 1's rows then round 2's samples; round 3 drops the oldest 200 rows.
     np.testing.assert_array_equal(d2.observations[:300], d1.observations)
     np.testing.assert_array_equal(d3.observations[:400], d2.observations[200:])
     replace = dataclasses.replace(fifo, buffer="replace")
-    fresh3 = read_store(sample_to_store(model, tmp_path / "x.zarr", meta, 3, replace, progress=False))[0]
+    fresh3 = read_store(
+        sample_to_store(model, variant_of(model), tmp_path / "x.zarr", meta, 3, replace, progress=False)
+    )[0]
     np.testing.assert_array_equal(d3.observations[400:], fresh3.observations)
     np.testing.assert_array_equal(d3.labels[400:], fresh3.labels)
     assert read_store(r3)[1]["counts"]["online"] == int(d3.labels.sum())
     # `replace` ignores the previous store.
-    replaced = sample_to_store(model, tmp_path / "r.zarr", meta, 3, replace, prev=r2, progress=False)
+    replaced = sample_to_store(model, variant_of(model), tmp_path / "r.zarr", meta, 3, replace, prev=r2, progress=False)
     assert digest(replaced) == digest(tmp_path / "x.zarr")
     with pytest.raises(StoreError, match="previous synthetic buffer has kind 'offline'"):
         offline_store = tmp_path / "off.zarr"
         from cfdg.store import write_store
 
         write_store(offline_store, mixture(10, 0.0, 0, 0.0), StoreMeta(kind="offline", env_id="toy", source="t"))
-        sample_to_store(model, tmp_path / "bad.zarr", meta, 3, fifo, prev=offline_store, progress=False)
+        sample_to_store(
+            model, variant_of(model), tmp_path / "bad.zarr", meta, 3, fifo, prev=offline_store, progress=False
+        )
     assert not (tmp_path / "bad.zarr").exists()
 
 
@@ -460,11 +484,11 @@ def test_online_share_changes_what_the_fit_sees():
     """With 10x more offline rows, an online share of 1/2 must train the online class far more often."""
     offline, online = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0), mixture(300, ON_CENTRE, 2, 0.0)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 40}, "diffusion")
-    a, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
-    b, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, batch_online_share=0.5), seed=0, progress=False)
+    a, _ = fit(offline, online, cfg, seed=0, progress=False)
+    b, _ = fit(offline, online, dataclasses.replace(cfg, batch_online_share=0.5), seed=0, progress=False)
     assert not torch.equal(a.net.proj.weight, b.net.proj.weight)
     # The online class's embedding row gets gradient far more often with the share.
-    init, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
+    init, _ = fit(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
     moved = [float((m.net.class_emb.weight[1] - init.net.class_emb.weight[1]).detach().norm()) for m in (a, b)]
     assert moved[1] > moved[0], moved
 
@@ -482,10 +506,10 @@ def test_film_conditioning_starts_as_input_conditioning_and_learns_to_use_it():
         torch.testing.assert_close(film(x, c, labels), plain(x, c, labels))  # zero-initialised modulation
     cfg = from_mapping(DiffusionConfig, {**TOY, "conditioning": "film", "train_steps": 1500}, "diffusion")
     offline, online = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0), mixture(1000, ON_CENTRE, 2, 0.3)
-    model, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    model, _ = fit(offline, online, cfg, seed=0, progress=False)
     assert all(float(block.film.weight.detach().abs().max()) > 1e-3 for block in model.net.blocks)
-    proj_on = centre_projection(sample(model, 1000, 1, 3, SAMPLING))
-    proj_off = centre_projection(sample(model, 1000, 0, 3, SAMPLING))
+    proj_on = centre_projection(sample(model, variant_of(model), 1000, 1, 3, SAMPLING))
+    proj_off = centre_projection(sample(model, variant_of(model), 1000, 0, 3, SAMPLING))
     assert (np.abs(proj_on - ON_CENTRE) < 2).mean() > 0.9 and (np.abs(proj_off - OFF_CENTRE) < 2).mean() > 0.9
 
 
@@ -508,16 +532,16 @@ def test_film_fast_path_matches_training_path(shared_noise):
 def test_ema_and_cosine_schedule_come_from_torch():
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 50}, "diffusion")
-    no_avg, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, ema_decay=0.0), seed=0, progress=False)
+    no_avg, _ = fit(offline, online, dataclasses.replace(cfg, ema_decay=0.0), seed=0, progress=False)
     for (k, e), n in zip(no_avg.ema.state_dict().items(), no_avg.net.state_dict().values(), strict=True):
         assert torch.equal(e, n), k  # decay 0: the average is the last weights
-    slow, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, ema_decay=0.99), seed=0, progress=False)
-    start, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
+    slow, _ = fit(offline, online, dataclasses.replace(cfg, ema_decay=0.99), seed=0, progress=False)
+    start, _ = fit(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
     w_net, w_ema, w_0 = slow.net.proj.weight, slow.ema.proj.weight, start.net.proj.weight
     assert float((w_ema - w_0).norm()) < float((w_net - w_0).norm())  # the average lags behind
     # Cosine annealing ends at lr 0 after the last step; constant keeps lr.
     assert slow.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
-    const, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, lr_schedule="constant"), seed=0, progress=False)
+    const, _ = fit(offline, online, dataclasses.replace(cfg, lr_schedule="constant"), seed=0, progress=False)
     assert const.optimizer_state["param_groups"][0]["lr"] == cfg.lr
 
 
@@ -531,47 +555,68 @@ def test_fit_steps_grow_with_the_data():
         from_mapping(DiffusionConfig, {"train_steps": 100, "max_train_steps": 50}, "diffusion")
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
     small = from_mapping(DiffusionConfig, {"width": 16, "depth": 1, "train_steps": 5, "steps_per_row": 0.1})
-    model, metrics = fit_diffusion(offline, online, small, seed=0, progress=False)
+    model, metrics = fit(offline, online, small, seed=0, progress=False)
     assert metrics["train_steps_effective"] == 40 == model.step  # ceil(0.1 * 400)
 
 
 def test_warm_start_continues_from_the_previous_model():
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 30, "warm_start": True})
-    prev, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    prev, _ = fit(offline, online, cfg, seed=0, progress=False)
     tiny_lr = dataclasses.replace(cfg, lr=1e-9)
-    warm, metrics = fit_diffusion(offline, online, tiny_lr, seed=5, progress=False, init=prev)
-    cold, _ = fit_diffusion(offline, online, tiny_lr, seed=5, progress=False)
+    warm, metrics = fit(offline, online, tiny_lr, seed=5, progress=False, init=prev)
+    cold, _ = fit(offline, online, tiny_lr, seed=5, progress=False)
     assert metrics["warm_started"] and metrics["train_steps_effective"] == 30  # equal compute
     torch.testing.assert_close(warm.net.proj.weight, prev.net.proj.weight, rtol=0, atol=1e-6)
     assert not torch.allclose(cold.net.proj.weight, prev.net.proj.weight, atol=1e-3)
     with pytest.raises(ConfigError, match="diffusion.warm_start: the previous round's model has width 32, this fit 64"):
-        fit_diffusion(offline, online, dataclasses.replace(cfg, width=64), seed=0, progress=False, init=prev)
+        fit(offline, online, dataclasses.replace(cfg, width=64), seed=0, progress=False, init=prev)
 
 
 def test_bf16_training_with_the_new_pieces():
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
     options = {"conditioning": "film", "batch_online_share": 0.8, "steps_per_row": 0.1, "precision": "bf16"}
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20, **options})
-    a, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
-    b, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    a, metrics = fit(offline, online, cfg, seed=0, progress=False)
+    b, _ = fit(offline, online, cfg, seed=0, progress=False)
     assert np.isfinite(metrics["final_loss"]) and metrics["train_steps_effective"] == 40
     assert all(p.dtype == torch.float32 for p in a.net.parameters())  # fp32 master weights
     for (k, va), vb in zip(a.ema.state_dict().items(), b.ema.state_dict().values(), strict=True):
         assert torch.equal(va, vb), k
-    warm, _ = fit_diffusion(offline, online, dataclasses.replace(cfg, warm_start=True), 1, False, init=a)
-    s = sample(warm, 50, 1, 0, dataclasses.replace(SAMPLING, steps=4, precision="bf16"))
+    warm, _ = fit(offline, online, dataclasses.replace(cfg, warm_start=True), 1, False, init=a)
+    s = sample(warm, variant_of(warm), 50, 1, 0, dataclasses.replace(SAMPLING, steps=4, precision="bf16"))
     assert np.isfinite(s.observations).all()
 
 
 def test_film_model_checkpoint_round_trip(tmp_path):
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20, "conditioning": "film"})
-    model, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    model, _ = fit(offline, online, cfg, seed=0, progress=False)
     loaded = load_diffusion(save_diffusion(model, tmp_path / "film.pt"), device="cpu")
     assert loaded.cfg.conditioning == "film" and loaded.net.film
     few = dataclasses.replace(SAMPLING, steps=4)
-    np.testing.assert_array_equal(sample(model, 64, 1, 2, few).observations, sample(loaded, 64, 1, 2, few).observations)
+    np.testing.assert_array_equal(
+        sample(model, variant_of(model), 64, 1, 2, few).observations,
+        sample(loaded, variant_of(loaded), 64, 1, 2, few).observations,
+    )
+
+
+def test_fit_trains_the_network_and_normaliser_it_is_given():
+    """`net=` and `normaliser=` are how an experiment changes the fit (no patching): round k-1's network
+    passed as `net` trains exactly as a warm start from it; a given normaliser is used as it is."""
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20})
+    prev, _ = fit(offline, online, cfg, seed=0, progress=False)
+    warm, _ = fit(offline, online, cfg, seed=5, progress=False, init=prev)
+    given, _ = fit(offline, online, cfg, seed=5, progress=False, net=copy.deepcopy(prev.net))
+    cold, _ = fit(offline, online, cfg, seed=5, progress=False)
+    for (k, a), b in zip(warm.ema.state_dict().items(), given.ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert not torch.equal(given.ema.proj.weight, cold.ema.proj.weight)
+    fixed = Normaliser.fit(to_vectors(online))
+    model, _ = fit(offline, online, cfg, seed=0, progress=False, normaliser=fixed)
+    assert model.normaliser is fixed and not np.allclose(prev.normaliser.mean, fixed.mean)
+
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(tmp_path):

@@ -22,10 +22,11 @@ from cfdg.diffusion.edis import ENERGY_VERSION, fit_energies, load_edis, previou
 from cfdg.diffusion.normaliser import to_vectors
 from cfdg.diffusion.placeholder import save_no_model
 from cfdg.diffusion.sample import sample
-from cfdg.diffusion.train import check_warm_start, fit_diffusion
+from cfdg.diffusion.train import check_warm_start
 from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import CheckpointError, ConfigError
 from cfdg.io import digest
+from cfdg.quality import QualityConfig
 from tests.test_diffusion import OFF_CENTRE, ON_CENTRE, mixture
 
 EDIS = {"steps": 150, "batch": 64, "negatives": 4, "negative_steps": 8, "hidden": 64, "layers": 2}
@@ -42,7 +43,7 @@ def fitted():
     offline = mixture(1500, OFF_CENTRE, seed=1, terminal_rate=0.0)
     online = mixture(500, ON_CENTRE, seed=2, terminal_rate=0.0)
     cfg = from_mapping(DiffusionConfig, TOY, "diffusion")
-    model, metrics = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    model, metrics = get_variant("edis").fit(offline, online, cfg, seed=0, progress=False)
     assert metrics["n_train"] == {"offline": 1500, "online": 500}  # EDIS's replay buffer: both
     guided, energy_metrics = fit_energies(model, online, cfg.edis, seed=1, policy=toward_online)
     return model, guided, energy_metrics
@@ -83,8 +84,8 @@ def test_guidance_moves_samples_toward_the_online_data(fitted):
     _, guided, _ = fitted
     off = SamplingConfig(steps=16, batch=500, edis=EdisGuidance(state=0.0, policy=0.0, transition=0.0))
     on = dataclasses.replace(off, edis=EdisGuidance(state=10.0, policy=1.0, transition=1.0))
-    unguided = sample(guided, 500, None, 3, off)
-    steered = sample(guided, 500, None, 3, on)
+    unguided = sample(guided, get_variant("edis"), 500, None, 3, off)
+    steered = sample(guided, get_variant("edis"), 500, None, 3, on)
     assert online_side(unguided.observations) < 0.35  # the model is mostly offline-like (3:1 in its data)
     assert online_side(steered.observations) > online_side(unguided.observations) + 0.15
     assert (steered.labels == 1).all()  # EDIS's samples are used as online data
@@ -98,7 +99,7 @@ def test_checkpoint_round_trip_and_other_variants_refuse_it(fitted, tmp_path):
     assert checkpoint_variant(path) == "edis"
     loaded = edis.load(path, device="cpu")
     sampling = SamplingConfig(steps=4, batch=100)
-    a, b = sample(guided, 100, None, 9, sampling), sample(loaded, 100, None, 9, sampling)
+    a, b = sample(guided, edis, 100, None, 9, sampling), sample(loaded, edis, 100, None, 9, sampling)
     np.testing.assert_array_equal(a.observations, b.observations)
     ckpt = torch.load(path, weights_only=True)
     assert ckpt["energies"]["version"] == ENERGY_VERSION and "edis" in ckpt["config"]
@@ -130,7 +131,7 @@ def test_checkpoint_round_trip_and_other_variants_refuse_it(fitted, tmp_path):
     with pytest.raises(CheckpointError, match=r"v99.pt: energy functions version 99, this cfdg reads 1; refit"):
         edis.load(tmp_path / "v99.pt")
     with pytest.raises(CheckpointError, match="without its energy functions"):
-        sample(load_diffusion(path), 10, None, 0, sampling)  # the plain loader's model cannot be EDIS-sampled
+        sample(load_diffusion(path), edis, 10, None, 0, sampling)  # the plain loader's model cannot be EDIS-sampled
     assert all("\n" not in m for m in errors)
 
 
@@ -203,7 +204,7 @@ def test_edis_runs_through_fit_and_materialise_of_the_tiny_pipeline(tmp_path, tm
             offline,
             online,
             sampling,
-            params.QualityParams(max_rows=200, fidelity_rows=100),
+            QualityConfig(max_rows=200, fidelity_rows=100),
             0,
             k,
             out / "synthetic.zarr",

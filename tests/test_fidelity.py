@@ -265,9 +265,8 @@ def test_fresh_rows_are_the_rows_a_later_store_added(buffers):
 
 
 def test_materialise_measures_fidelity_and_memorisation(tmp_path):
+    from cfdg.quality import QualityConfig, measure_quality
     from cfdg.store import LABEL_OFFLINE, LABEL_ONLINE, StoreMeta, write_store
-    from stages.materialise import measure_quality
-    from stages.params import QualityParams
 
     offline = rollout("hopper", 800, seed=20, amplitude=0.5)
     online = rollout("hopper", 600, seed=21, amplitude=0.5)
@@ -289,7 +288,7 @@ def test_materialise_measures_fidelity_and_memorisation(tmp_path):
         ("gen", generated, "synthetic"),
     ):
         paths[name] = write_store(tmp_path / f"{name}.zarr", data, StoreMeta(kind=kind, env_id="hopper", source="test"))
-    cfg = QualityParams(max_rows=300, fidelity_rows=600)
+    cfg = QualityConfig(max_rows=300, fidelity_rows=600)
     q = measure_quality(paths["offline"], paths["online"], paths["gen"], cfg, 1)
     fid = q["fidelity"]
     assert set(fid) == {"generated", "generated_all", "online", "offline"}
@@ -301,7 +300,7 @@ def test_materialise_measures_fidelity_and_memorisation(tmp_path):
     assert all(isinstance(v, int | float) for v in _leaves(fid) + _leaves(q["memorisation"]))
 
     off = measure_quality(
-        paths["offline"], paths["online"], paths["gen"], QualityParams(max_rows=300, fidelity_rows=0), 1
+        paths["offline"], paths["online"], paths["gen"], QualityConfig(max_rows=300, fidelity_rows=0), 1
     )
     assert "fidelity" not in off and "memorisation" not in off
 

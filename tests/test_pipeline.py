@@ -162,6 +162,53 @@ def test_the_library_never_imports_the_orchestration_layers():
     assert sh(ROOT, sys.executable, "-c", code).stdout.strip() == "[]"
 
 
+PROJECT_PACKAGES = ("cfdg", "stages", "pipeline")
+
+
+def replaced_library_names(source: str) -> list[str]:
+    """`module.name = ...` (or setattr) on a project module the source imported: a run-time patch."""
+    import ast
+
+    tree = ast.parse(source)
+    modules: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules |= {
+                a.asname or a.name.split(".")[0] for a in node.names if a.name.split(".")[0] in PROJECT_PACKAGES
+            }
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PROJECT_PACKAGES:
+            base = ROOT / node.module.replace(".", "/")
+            modules |= {
+                a.asname or a.name for a in node.names if (base / f"{a.name}.py").is_file() or (base / a.name).is_dir()
+            }
+    hits = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setattr" and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr="?")]
+        for t in targets:
+            while isinstance(t, ast.Attribute) and isinstance(t.value, ast.Attribute):
+                t = t.value
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in modules:
+                hits.append(f"{t.value.id}.{t.attr} (line {node.lineno})")
+    return hits
+
+
+def test_nothing_replaces_a_library_function_at_run_time():
+    """Experiments and benches pass what they change as arguments (net=, normaliser=, a SamplingConfig)."""
+    found = {
+        str(path.relative_to(ROOT)): hits
+        for folder in ("cfdg", "stages", "pipeline", "bench", "experiments")
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if (hits := replaced_library_names(path.read_text()))
+    }
+    assert not found, found
+    # The check can fail: the patch the generator ablation once made.
+    patch = "import cfdg.diffusion.train as train\nfrom cfdg.diffusion import sample\n"
+    patch += "train.build_denoiser = f\nsetattr(sample, 'SOLVERS', {})\n"
+    assert replaced_library_names(patch) == ["train.build_denoiser (line 3)", "sample.? (line 4)"]
+
+
 def test_stage_output_is_split_on_progress_redraws():
     """Progress bars reach the Prefect log: '\r' redraws are lines of their own, bytes may split anywhere."""
     import io

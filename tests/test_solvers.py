@@ -101,16 +101,17 @@ def test_library_sampler_dispatches_dpmpp2m_and_agrees_with_heun_on_a_fitted_mod
     from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
     from cfdg.diffusion.normaliser import to_vectors
     from cfdg.diffusion.sample import sample
-    from cfdg.diffusion.train import fit_diffusion
+    from cfdg.diffusion.variants.registry import get_variant
     from cfdg.fake_data import make_transitions
 
     offline, online = make_transitions(600, seed=1), make_transitions(300, seed=2)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 150}, "diffusion")
-    model, _ = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+    cfdg = get_variant("cfdg")
+    model, _ = cfdg.fit(offline, online, cfg, seed=0, progress=False)
 
     def draw(**kw) -> np.ndarray:
         spec = from_mapping(SamplingConfig, {"batch": 256, "guidance_w": 1.0, **kw}, "sampling")
-        return to_vectors(sample(model, 256, 1, seed=3, sampling=spec))
+        return to_vectors(sample(model, cfdg, 256, 1, seed=3, sampling=spec))
 
     dpm = draw(solver="dpmpp2m", steps=64)
     assert np.array_equal(dpm, draw(solver="dpmpp2m", steps=64))  # deterministic for a seed
@@ -119,3 +120,11 @@ def test_library_sampler_dispatches_dpmpp2m_and_agrees_with_heun_on_a_fitted_mod
     scale = np.abs(heun).mean()
     assert np.abs(dpm - heun).mean() < 0.05 * scale  # same ODE, same initial noise
     assert np.abs(stoch - heun).mean() > 5 * np.abs(dpm - heun).mean()  # the comparison can fail
+
+
+def test_the_solver_table_holds_exactly_the_names_sampling_accepts():
+    """`sampling.solver` is validated against plain names (no torch); the sampler looks them up in edm.SOLVERS."""
+    from cfdg.diffusion.config import SOLVERS as NAMES
+    from cfdg.diffusion.edm import SOLVERS
+
+    assert tuple(SOLVERS) == NAMES

@@ -13,6 +13,7 @@ from pipeline_project import ROOT, clone, dvc, finished_project, forget, ran_sta
 
 from cfdg.errors import ConfigError
 from cfdg.io import digest
+from cfdg.quality import QualityConfig
 from pipeline import sections
 from stages import params, provenance, runner
 
@@ -377,7 +378,7 @@ def test_fit_and_materialise_other_variants(finished, tmp_path, variant):
     online = finished / "artifacts" / "rounds" / "1" / "online.zarr"
     out = tmp_path / "rounds" / "1"
     metrics = fit_stage(offline, online, cfg, 0, 1, out / "diffusion.pt", progress=False)
-    quality_cfg = params.QualityParams(max_rows=200)
+    quality_cfg = QualityConfig(max_rows=200)
     quality = materialise_stage(
         out / "diffusion.pt", offline, online, sampling, quality_cfg, 0, 1, out / "synthetic.zarr", False
     )

@@ -2,7 +2,9 @@
 
 Samplers: EDM's Heun (Algorithm 2, stochastic or deterministic) and DPM-Solver++(2M)
 (Lu et al. 2022), a 2nd-order multistep solver of the same probability-flow ODE that needs one
-network call per step instead of Heun's two.
+network call per step instead of Heun's two. `SOLVERS` is the table `sampling.solver` names; each
+entry takes every design axis as an argument (as EDM's ablation sampler does), so an experiment
+chooses a solver and its axes by passing them, not by replacing code.
 
 All formulas are in denoiser form: D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise). Classifier-free
 guidance in that form is D = (1+w)·D(x, c) − w·D(x, ∅), which equals the paper's
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -164,6 +167,51 @@ def dpmpp2m_sample(
         x = (s_next / s_cur) * x + (-math.expm1(-h)) * d_hat
         prev, h_prev = d, h
     return x
+
+
+def _dpmpp2m(
+    denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, int],
+    generator: torch.Generator,
+    device: torch.device,
+    steps: int,
+    sigma_min: float,
+    sigma_max: float,
+    rho: float,
+    stochastic: bool = True,
+    s_churn: float = 80.0,
+    s_tmin: float = 0.05,
+    s_tmax: float = 50.0,
+    s_noise: float = 1.003,
+) -> torch.Tensor:
+    """dpmpp2m_sample in the table's signature: a deterministic solver, so the churn axes do not apply."""
+    return dpmpp2m_sample(denoiser, shape, generator, device, steps, sigma_min, sigma_max, rho)
+
+
+class Solver(Protocol):
+    """A sampler of the table: denoiser, shape, noise generator and device, the Karras schedule
+    (steps, σ_min, σ_max, ρ) and the stochastic sampler's axes (ignored by a deterministic solver)."""
+
+    def __call__(
+        self,
+        denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        shape: tuple[int, int],
+        generator: torch.Generator,
+        device: torch.device,
+        steps: int,
+        sigma_min: float,
+        sigma_max: float,
+        rho: float,
+        stochastic: bool = ...,
+        s_churn: float = ...,
+        s_tmin: float = ...,
+        s_tmax: float = ...,
+        s_noise: float = ...,
+    ) -> torch.Tensor: ...
+
+
+# `sampling.solver` → sampler; cfdg.diffusion.config.SOLVERS holds the same names for validation.
+SOLVERS: dict[str, Solver] = {"heun": heun_sample, "dpmpp2m": _dpmpp2m}
 
 
 def _level(sigma: float, device: torch.device) -> torch.Tensor:

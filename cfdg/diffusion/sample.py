@@ -1,8 +1,9 @@
 """Sampling transitions from a fitted model, in memory or streamed into a synthetic store.
 
 Every knob comes from a SamplingConfig (params `sampling:`), none from the model: a fitted model
-serves any sampler. The variant (cfdg/diffusion/variants) says which labels the rows carry and
-how a batch is denoised: `cfdg` samples carry the class they were generated for (offline 0 /
+serves any sampler; the solver is looked up in edm.SOLVERS. The variant object the caller passes
+(cfdg/diffusion/variants; this module looks up no name) says which labels the rows carry and hands
+the sampler its denoiser for each batch: `cfdg` samples carry the class they were generated for (offline 0 /
 online 1) and are guided; the unconditional variants (`synther`, `joint`) are labelled online,
 which is how the agent's batch mixer uses them (as the synthetic share). In a store, labels follow a fixed
 interleaved pattern (row i is online when ⌊(i+1)f⌋ > ⌊i·f⌋, f = online_label_share), so every
@@ -14,8 +15,9 @@ more than one chunk is ever in memory.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -23,10 +25,9 @@ from tqdm import tqdm
 
 from cfdg.device import torch_threads
 from cfdg.diffusion.config import SamplingConfig
-from cfdg.diffusion.edm import dpmpp2m_sample, heun_sample
+from cfdg.diffusion.edm import SOLVERS
 from cfdg.diffusion.model import DiffusionModel
 from cfdg.diffusion.normaliser import from_vectors
-from cfdg.diffusion.variants.registry import get_variant
 from cfdg.errors import ConfigError, StoreError
 from cfdg.store import (
     DEFAULT_CHUNK_ROWS,
@@ -39,6 +40,24 @@ from cfdg.store import (
     read_attrs,
 )
 
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SampledVariant(Protocol):
+    """What the sampler asks of the variant it is handed (cfdg.diffusion.variants.base.GeneratorVariant).
+
+    Spelled out here so this module imports no variant: it sits below them.
+    """
+
+    name: ClassVar[str]
+    keeps_labels: ClassVar[bool]
+
+    def store_online_share(self, sampling: SamplingConfig) -> float: ...
+
+    def denoiser(
+        self, model: DiffusionModel, labels: np.ndarray | None, n: int, sampling: SamplingConfig
+    ) -> Denoiser: ...
+
 
 def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1, np.uint64)[0] >> 1)
@@ -50,56 +69,53 @@ def label_pattern(start: int, n: int, online_share: float) -> np.ndarray:
     return (np.floor((i + 1) * online_share) > np.floor(i * online_share)).astype(np.uint8)
 
 
-def online_share(model: DiffusionModel, sampling: SamplingConfig) -> float:
-    """Share of a store's rows labelled online: all of them for the unconditional variants."""
-    return get_variant(model.cfg.variant).store_online_share(sampling)
-
-
 def sample_vectors(
-    model: DiffusionModel, labels: np.ndarray | None, n: int, seed: int, sampling: SamplingConfig
+    model: DiffusionModel, denoiser: Denoiser, n: int, seed: int, sampling: SamplingConfig
 ) -> np.ndarray:
-    """n vectors in data units from ONE sampler batch (labels None = null class, no guidance).
+    """n vectors in data units from ONE sampler batch, denoised by `denoiser` (the variant's, for n rows).
 
-    Guidance evaluates conditional and null class together: each network call sees 2n rows.
+    The solver is `sampling.solver`'s entry of edm.SOLVERS, given every axis of `sampling`; the
+    noise range is the model's (it describes what the model was trained for).
     """
     cfg = model.cfg
-    device = model.device
-    denoiser = get_variant(cfg.variant).denoiser(model, labels, n, sampling)
-
+    solver = SOLVERS[sampling.solver]
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        if sampling.solver == "dpmpp2m":
-            x = dpmpp2m_sample(
-                denoiser, (n, model.d_data), gen, device, sampling.steps, cfg.sigma_min, cfg.sigma_max, cfg.rho
-            )
-            return model.normaliser.denormalise(x.float().cpu().numpy())
-        x = heun_sample(
+        x = solver(
             denoiser,
             (n, model.d_data),
             gen,
-            device,
+            model.device,
             sampling.steps,
             cfg.sigma_min,
             cfg.sigma_max,
             cfg.rho,
-            sampling.stochastic,
-            sampling.s_churn,
-            sampling.s_tmin,
-            sampling.s_tmax,
-            sampling.s_noise,
+            stochastic=sampling.stochastic,
+            s_churn=sampling.s_churn,
+            s_tmin=sampling.s_tmin,
+            s_tmax=sampling.s_tmax,
+            s_noise=sampling.s_noise,
         )
     return model.normaliser.denormalise(x.float().cpu().numpy())
 
 
-def _check_label(model: DiffusionModel, label: int | None) -> None:
+def _check_variant(model: DiffusionModel, variant: SampledVariant) -> None:
+    """The variant passed must be the one the model was fitted as, or its rows would be labelled wrongly."""
+    if model.cfg.variant != variant.name:
+        raise ConfigError(f"sample: a {model.cfg.variant!r} model cannot be sampled as the {variant.name!r} variant")
+
+
+def _check_label(model: DiffusionModel, variant: SampledVariant, label: int | None) -> None:
+    _check_variant(model, variant)
     if label not in (None, 0, 1):
         raise ConfigError(f"sample: label must be 0 (offline), 1 (online) or None (unconditional), got {label!r}")
-    if not get_variant(model.cfg.variant).keeps_labels and label == 0:
+    if not variant.keeps_labels and label == 0:
         raise ConfigError(f"sample: a '{model.cfg.variant}' model is unconditional; label 0 (offline) is not modelled")
 
 
 def sample(
     model: DiffusionModel,
+    variant: SampledVariant,
     n: int,
     label: int | None,
     seed: int,
@@ -111,14 +127,14 @@ def sample(
     Returned labels: the class for 0/1; 1 for every sample of an unconditional variant; None
     for unconditional samples of a `cfdg` model (they belong to neither class).
     """
-    _check_label(model, label)
-    unconditional = not get_variant(model.cfg.variant).keeps_labels
+    _check_label(model, variant, label)
+    unconditional = not variant.keeps_labels
     parts = []
     with torch_threads(sampling.threads):
         for k, start in enumerate(tqdm(range(0, n, sampling.batch), desc="sample", disable=not progress)):
             m = min(sampling.batch, n - start)
             cond = None if label is None else np.full(m, label, np.uint8)
-            v = sample_vectors(model, cond, m, chunk_seed(seed, k), sampling)
+            v = sample_vectors(model, variant.denoiser(model, cond, m, sampling), m, chunk_seed(seed, k), sampling)
             out_labels = np.full(m, LABEL_ONLINE, np.uint8) if unconditional else cond
             parts.append(from_vectors(v, model.obs_dim, model.act_dim, out_labels))
     if not parts:
@@ -149,6 +165,7 @@ def kept_rows(prev: str | os.PathLike | None, sampling: SamplingConfig) -> Itera
 
 def sample_to_store(
     model: DiffusionModel,
+    variant: SampledVariant,
     out_path: str | os.PathLike,
     meta: StoreMeta,
     seed: int,
@@ -166,7 +183,8 @@ def sample_to_store(
     """
     if meta.kind != "synthetic":
         raise ConfigError(f"sample_to_store: meta.kind must be 'synthetic', got {meta.kind!r}")
-    share = online_share(model, sampling)
+    _check_variant(model, variant)
+    share = variant.store_online_share(sampling)
     n, batch = sampling.n_rows, sampling.batch
     with (
         torch_threads(sampling.threads),
@@ -177,7 +195,7 @@ def sample_to_store(
         for k, start in enumerate(tqdm(range(0, n, batch), desc="materialise", disable=not progress)):
             m = min(batch, n - start)
             labels = label_pattern(start, m, share)
-            v = sample_vectors(model, labels, m, chunk_seed(seed, k), sampling)
+            v = sample_vectors(model, variant.denoiser(model, labels, m, sampling), m, chunk_seed(seed, k), sampling)
             writer.append(from_vectors(v, model.obs_dim, model.act_dim, labels))
     return Path(out_path)
 

@@ -1,11 +1,11 @@
-"""fit_diffusion: train the EDM denoiser on the buffers the variant models, label = buffer.
+"""fit_diffusion: train the EDM denoiser on the rows and class ids it is given (plain EDM, no variant).
 
-The variant (cfdg/diffusion/variants) says what the fit sees: `cfdg` trains on both buffers with
-labels 0/1 and label dropout (p_uncond) so one network is both the conditional and the
-unconditional model; `synther` trains on online data only with the null label; `joint` trains on
-offline ∪ online with the null label for every row (the paper's Table 3 "w/o guidance"); `none`
-has no model and is an error here. All randomness comes from one seeded generator: same data,
-config and seed give the same weights bit for bit on CPU.
+The variant (cfdg/diffusion/variants) chooses what the fit sees and calls this with a TrainingSet:
+`cfdg` trains on both buffers with labels 0/1 and label dropout (p_uncond) so one network is both
+the conditional and the unconditional model; `synther` trains on online data only with the null
+label; `joint` trains on offline ∪ online with the null label for every row (the paper's Table 3
+"w/o guidance"). All randomness comes from one seeded generator: same data, config and seed give
+the same weights bit for bit on CPU.
 
 Batches are uniform over rows, or with `batch_online_share` q each batch row comes from the
 online buffer with probability q whatever the buffers' sizes (round 1 holds ~4x more offline
@@ -14,16 +14,22 @@ class); the normaliser is then fitted to that mixture, not to the stored rows. T
 torch's AveragedModel with an EMA average, the schedule torch's CosineAnnealingLR. A fit can
 start from a previous round's model (`warm_start`); the normaliser is always refitted to the
 round's data, the optimiser and the EMA start afresh, the number of steps is the same.
+
+What an experiment changes is an argument, as SynthER passes its denoising network and normaliser
+to its model builder: `net=` (the network to train; default a fresh `build_denoiser`) and
+`normaliser=` (fixed statistics; default fitted to the batches' mixture).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -32,41 +38,27 @@ from cfdg.diffusion.config import ARCHITECTURE_KEYS, DiffusionConfig
 from cfdg.diffusion.denoiser import LABEL_NULL
 from cfdg.diffusion.edm import edm_loss
 from cfdg.diffusion.model import DiffusionModel, build_denoiser
-from cfdg.diffusion.normaliser import Normaliser, to_vectors
-from cfdg.diffusion.variants.registry import get_variant
+from cfdg.diffusion.normaliser import Normaliser
 from cfdg.errors import ConfigError
-from cfdg.store import Transitions
 
 N_CURVE_POINTS = 20
 
 
-def training_data(
-    offline: Transitions | None, online: Transitions, cfg: DiffusionConfig
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """(vectors, labels, counts) for the variant; labels are the class ids fed to the network.
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """What the denoiser is fitted on, as the variant chose it (`GeneratorVariant.training_set`).
 
-    Rows are offline first, then online (`counts` says how many of each): class-balanced
-    batches rely on that order.
+    Rows are offline first, then online (`counts` says how many of each): the batches' online share
+    relies on that order. `labels` are the class ids the network sees; with `drop_labels`, label
+    dropout (p_uncond) also trains the null class (classifier-free guidance).
     """
-    variant = get_variant(cfg.variant)
-    if not variant.fits_model:
-        raise ConfigError(f"diffusion.variant is {cfg.variant!r}: no diffusion model is fitted for this variant")
-    if len(online) == 0:
-        raise ConfigError("fit_diffusion: the online buffer is empty; there is nothing to model")
-    if "offline" not in variant.trains_on:
-        v = to_vectors(online)
-        counts = {"offline": 0, "online": len(v)}
-        return v, variant.training_labels(counts), counts
-    if offline is None or len(offline) == 0:
-        raise ConfigError(f"fit_diffusion: variant {cfg.variant!r} needs offline data (got none)")
-    if (offline.obs_dim, offline.act_dim) != (online.obs_dim, online.act_dim):
-        raise ConfigError(
-            f"fit_diffusion: offline obs/act dims {offline.obs_dim}/{offline.act_dim} differ from "
-            f"online {online.obs_dim}/{online.act_dim}"
-        )
-    v = np.concatenate([to_vectors(offline), to_vectors(online)])
-    counts = {"offline": len(offline), "online": len(online)}
-    return v, variant.training_labels(counts), counts
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    counts: dict[str, int]
+    obs_dim: int
+    act_dim: int
+    drop_labels: bool = False
 
 
 def effective_train_steps(cfg: DiffusionConfig, n_rows: int, warm: bool = False) -> int:
@@ -78,8 +70,8 @@ def effective_train_steps(cfg: DiffusionConfig, n_rows: int, warm: bool = False)
 
 
 def online_share(cfg: DiffusionConfig, counts: dict[str, int]) -> float | None:
-    """The batch's online share for this fit: None (uniform over rows) unless both buffers are modelled."""
-    both = "offline" in get_variant(cfg.variant).trains_on and counts["offline"] > 0 and counts["online"] > 0
+    """The batch's online share for this fit: None (uniform over rows) unless rows of both buffers are modelled."""
+    both = counts["offline"] > 0 and counts["online"] > 0
     return cfg.batch_online_share if both else None
 
 
@@ -96,7 +88,7 @@ def batch_indices(
 ) -> torch.Tensor:
     """Row indices of one batch: uniform over all rows, or each row online with probability `share`.
 
-    Rows are offline first, then online (`training_data`'s order).
+    Rows are offline first, then online (`TrainingSet`'s order).
     """
     n_off, n_on = counts["offline"], counts["online"]
     if share is None:
@@ -118,35 +110,44 @@ def check_warm_start(cfg: DiffusionConfig, init: DiffusionModel) -> None:
 
 
 def fit_diffusion(
-    offline: Transitions | None,
-    online: Transitions,
+    data: TrainingSet,
     cfg: DiffusionConfig,
     seed: int,
     progress: bool = True,
     init: DiffusionModel | None = None,
+    *,
+    net: nn.Module | None = None,
+    normaliser: Normaliser | None = None,
 ) -> tuple[DiffusionModel, dict[str, Any]]:
     """Train for the effective number of Adam steps, from `init`'s weights when given.
 
-    Returns the model and metrics (losses, effective steps, speed, counts).
+    `net`: the network to train (default `build_denoiser(cfg, ..., seed)`); `normaliser`: fixed
+    statistics (default fitted to the rows as the batches draw them). Returns the model and metrics
+    (losses, effective steps, speed, counts).
     """
     with torch_threads(cfg.threads):
-        return _fit(offline, online, cfg, seed, progress, init)
+        return _fit(data, cfg, seed, progress, init, net, normaliser)
 
 
 def _fit(
-    offline: Transitions | None,
-    online: Transitions,
+    data: TrainingSet,
     cfg: DiffusionConfig,
     seed: int,
     progress: bool,
     init: DiffusionModel | None,
+    net: nn.Module | None,
+    normaliser: Normaliser | None,
 ) -> tuple[DiffusionModel, dict[str, Any]]:
-    vectors, labels_np, counts = training_data(offline, online, cfg)
+    vectors, labels_np, counts = data.vectors, data.labels, data.counts
+    if len(vectors) == 0:
+        raise ConfigError("fit_diffusion: no training rows; there is nothing to model")
     steps = effective_train_steps(cfg, len(vectors), warm=init is not None)
     share = online_share(cfg, counts)
-    normaliser = Normaliser.fit(vectors, row_weights(counts, share))
+    if normaliser is None:
+        normaliser = Normaliser.fit(vectors, row_weights(counts, share))
     device = select_device(cfg.device)
-    net = build_denoiser(cfg, online.obs_dim, online.act_dim, seed)
+    if net is None:
+        net = build_denoiser(cfg, data.obs_dim, data.act_dim, seed)
     if init is not None:
         check_warm_start(cfg, init)
         net.load_state_dict(init.net.state_dict())
@@ -156,10 +157,10 @@ def _fit(
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps) if cfg.lr_schedule == "cosine" else None
 
-    data = torch.from_numpy(normaliser.normalise(vectors)).to(device)
+    rows = torch.from_numpy(normaliser.normalise(vectors)).to(device)
     labels = torch.from_numpy(labels_np).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    use_dropout = get_variant(cfg.variant).drops_labels and cfg.p_uncond > 0
+    use_dropout = data.drop_labels and cfg.p_uncond > 0
 
     window = max(1, steps // N_CURVE_POINTS)
     curve: list[float] = []
@@ -168,7 +169,7 @@ def _fit(
     start = time.perf_counter()
     for step in tqdm(range(steps), desc="fit diffusion", disable=not progress):
         idx = batch_indices(counts, cfg.batch_size, share, gen, device)
-        y, c = data[idx], labels[idx]
+        y, c = rows[idx], labels[idx]
         if use_dropout:
             drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.p_uncond
             c = torch.where(drop, torch.full_like(c, LABEL_NULL), c)
@@ -192,8 +193,8 @@ def _fit(
 
     model = DiffusionModel(
         cfg=cfg,
-        obs_dim=online.obs_dim,
-        act_dim=online.act_dim,
+        obs_dim=data.obs_dim,
+        act_dim=data.act_dim,
         net=net,
         ema=ema.module.requires_grad_(False).eval(),
         normaliser=normaliser,

@@ -12,10 +12,12 @@ A variant is a class with a few class attributes and, where it needs more, overr
 - `needs_policy`: `fit@k` hands it the round's agent policy;
 - `display_name`: what reports call it.
 
-The denoiser itself is fitted by `cfdg.diffusion.train.fit_diffusion`, which reads these
-attributes; a variant that fits more (`edis`: energy functions) does it in `fit_extras` and keeps
-it in its checkpoint (`save`, `load`) and its `denoiser`. This module loads no training code, so
-the config, the sampler and the reports can name the variants without depending on it.
+The variant is the generator's top room: `fit` chooses the training rows and labels from these
+attributes and calls the plain EDM fit (`cfdg.diffusion.train.fit_diffusion`, which knows no
+variant), and `denoiser` hands the sampler (`cfdg.diffusion.sample`) its D(x; σ). A variant that fits
+more (`edis`: energy functions) does it in `fit_extras` and keeps it in its checkpoint (`save`,
+`load`) and its `denoiser`. The stage resolves the variant once (`registry.get_variant`) and passes
+this object down; nothing below looks a name up.
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from cfdg.diffusion.checkpoint import load_diffusion, save_diffusion
 from cfdg.diffusion.denoiser import LABEL_NULL
 from cfdg.diffusion.edm import guided_denoise
+from cfdg.diffusion.normaliser import Normaliser, to_vectors
+from cfdg.diffusion.train import TrainingSet, fit_diffusion
+from cfdg.errors import ConfigError
 from cfdg.store import LABEL_OFFLINE, LABEL_ONLINE
 
 if TYPE_CHECKING:
-    from cfdg.diffusion.config import SamplingConfig
+    from torch import nn
+
+    from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
     from cfdg.diffusion.model import DiffusionModel
     from cfdg.store import Transitions
 
@@ -63,6 +71,53 @@ class GeneratorVariant:
         return np.concatenate(
             [np.full(counts["offline"], LABEL_OFFLINE), np.full(counts["online"], LABEL_ONLINE)]
         ).astype(np.int64)
+
+    def training_set(self, offline: Transitions | None, online: Transitions) -> TrainingSet:
+        """The rows the denoiser is fitted on and the class ids the network sees.
+
+        Rows are offline first, then online (`counts` says how many of each): the batches' online
+        share relies on that order.
+        """
+        if not self.fits_model:
+            raise ConfigError(f"diffusion.variant is {self.name!r}: no diffusion model is fitted for this variant")
+        if len(online) == 0:
+            raise ConfigError("fit_diffusion: the online buffer is empty; there is nothing to model")
+        dims = {"obs_dim": online.obs_dim, "act_dim": online.act_dim, "drop_labels": self.drops_labels}
+        if "offline" not in self.trains_on:
+            v = to_vectors(online)
+            counts = {"offline": 0, "online": len(v)}
+            return TrainingSet(v, self.training_labels(counts), counts, **dims)
+        if offline is None or len(offline) == 0:
+            raise ConfigError(f"fit_diffusion: variant {self.name!r} needs offline data (got none)")
+        if (offline.obs_dim, offline.act_dim) != (online.obs_dim, online.act_dim):
+            raise ConfigError(
+                f"fit_diffusion: offline obs/act dims {offline.obs_dim}/{offline.act_dim} differ from "
+                f"online {online.obs_dim}/{online.act_dim}"
+            )
+        v = np.concatenate([to_vectors(offline), to_vectors(online)])
+        counts = {"offline": len(offline), "online": len(online)}
+        return TrainingSet(v, self.training_labels(counts), counts, **dims)
+
+    def fit(
+        self,
+        offline: Transitions | None,
+        online: Transitions,
+        cfg: DiffusionConfig,
+        seed: int,
+        progress: bool = True,
+        init: DiffusionModel | None = None,
+        net: nn.Module | None = None,
+        normaliser: Normaliser | None = None,
+    ) -> tuple[DiffusionModel, dict[str, Any]]:
+        """Fit the denoiser on this variant's rows (`fit_diffusion`; `net`, `normaliser` as it takes them).
+
+        `cfg.variant` must name this variant: the checkpoint records it, and a model fitted as one
+        variant and labelled another would be sampled wrongly.
+        """
+        if cfg.variant != self.name:
+            raise ConfigError(f"diffusion.variant is {cfg.variant!r}, but this is the {self.name!r} variant's fit")
+        data = self.training_set(offline, online)
+        return fit_diffusion(data, cfg, seed, progress, init, net=net, normaliser=normaliser)
 
     # --- what it samples ----------------------------------------------------------------------
     def store_online_share(self, sampling: SamplingConfig) -> float:
@@ -103,12 +158,8 @@ class GeneratorVariant:
         return model, {}
 
     def save(self, model: DiffusionModel, path: str | os.PathLike) -> Path:
-        from cfdg.diffusion.checkpoint import save_diffusion
-
         return save_diffusion(model, path)
 
     def load(self, path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
         """This variant's model from `path`; a checkpoint of another variant is refused in one line."""
-        from cfdg.diffusion.checkpoint import load_diffusion
-
         return load_diffusion(path, device, variant=self.name)

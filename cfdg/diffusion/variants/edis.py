@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from cfdg.diffusion.edis import fit_energies, load_edis, previous_energies, save_edis
 from cfdg.diffusion.energy import energy_guidance
 from cfdg.diffusion.variants.base import Denoiser, GeneratorVariant, Policy
 from cfdg.errors import CheckpointError
@@ -57,19 +58,13 @@ class EDIS(GeneratorVariant):
         progress: bool = True,
     ) -> tuple[DiffusionModel, dict[str, Any]]:
         """The energy functions, continuing from round k-1's when `diffusion.edis.warm_start`."""
-        from cfdg.diffusion.edis import fit_energies, previous_energies
-
         cfg = model.cfg.edis
         init = previous_energies(previous, cfg, model.obs_dim, model.act_dim) if cfg.warm_start else None
         guided, metrics = fit_energies(model, online, cfg, seed, policy, init, progress)
         return guided, {**metrics, "energy_warm_started": init is not None}
 
     def save(self, model: DiffusionModel, path: str | os.PathLike) -> Path:
-        from cfdg.diffusion.edis import save_edis
-
         return save_edis(model, path)  # type: ignore[arg-type]
 
     def load(self, path: str | os.PathLike, device: str | torch.device | None = None) -> DiffusionModel:
-        from cfdg.diffusion.edis import load_edis
-
         return load_edis(path, device)

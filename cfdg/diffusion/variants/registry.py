@@ -1,18 +1,24 @@
-"""`VARIANTS`: the generator variant name → class table. Importing it loads every variant class.
+"""`VARIANTS`: the generator variant name → class table, the only list of the names.
 
-Adding a variant = one class module next to this one + one line here; the config's check, the
-stages, the reports (display names, column order = this table's order) and the studies read it.
+Importing it loads every variant class.
+
+Adding a variant = one class module next to this one + one line here; the stages resolve a name here
+once and pass the variant object down (the config, the checkpoint, the fit and the sampler never look
+a name up), and the reports (display names, column order = this table's order) and the studies read it.
 """
 
 from __future__ import annotations
 
+import os
+
+from cfdg.diffusion.checkpoint import checkpoint_variant
 from cfdg.diffusion.variants.base import GeneratorVariant
 from cfdg.diffusion.variants.cfdg import CFDG
 from cfdg.diffusion.variants.edis import EDIS
 from cfdg.diffusion.variants.joint import Joint
 from cfdg.diffusion.variants.none import NoAugmentation
 from cfdg.diffusion.variants.synther import SynthER
-from cfdg.errors import ConfigError
+from cfdg.errors import CheckpointError, ConfigError
 
 VARIANTS: dict[str, type[GeneratorVariant]] = {
     "none": NoAugmentation,
@@ -24,9 +30,20 @@ VARIANTS: dict[str, type[GeneratorVariant]] = {
 
 
 def get_variant(name: str) -> GeneratorVariant:
-    """The variant called `name`; ConfigError names the known ones."""
+    """The variant called `name` (params `diffusion.variant`); ConfigError names the known ones."""
     if name not in VARIANTS:
         raise ConfigError(f"diffusion.variant: must be one of {list(VARIANTS)}, got {name!r}")
+    return VARIANTS[name]()
+
+
+def fitted_variant(path: str | os.PathLike) -> GeneratorVariant:
+    """The variant whose fit wrote the checkpoint at `path` (materialise reads no `diffusion` params).
+
+    CheckpointError when the checkpoint names a variant this cfdg does not know.
+    """
+    name = checkpoint_variant(path)
+    if name not in VARIANTS:
+        raise CheckpointError(f"{path}: variant {name!r} is not one this cfdg knows ({list(VARIANTS)})")
     return VARIANTS[name]()
 
 

@@ -1,15 +1,15 @@
 """Guidance and sampler curves: fidelity and alignment against w and against network evaluations.
 
-    python bench/fidelity.py run --data rounds.npz --out curves.jsonl [--seeds 3] [--workers 12]
-    python bench/fidelity.py table curves.jsonl [ablation.jsonl ...] --md results/generator-ablation/fidelity.md \
-        --png results/generator-ablation/fidelity.png
+    python experiments/sampler_curves.py run --data rounds.npz --out curves.jsonl [--seeds 3] [--workers 12]
+    python experiments/sampler_curves.py table curves.jsonl [ablation.jsonl ...] \
+        --md results/generator-ablation/fidelity.md --png results/generator-ablation/fidelity.png
 
 On round CURVE_ROUND's data of the default run (fresh rows = what round CURVE_ROUND+1 adds), the
-default CFDG model (bench/ablation.py's `baseline`, 3 seeds) is sampled with
+default CFDG model (experiments/generator_ablation.py's `baseline`, 3 seeds) is sampled with
 - guidance w ∈ {0, 0.5, 1, 2, 4} (stochastic Heun, 32 steps: the default run's sampler), and
 - deterministic Heun (2N−1 calls), the stochastic EDM sampler (2N−1 calls, S_churn 80) and
   DPM-Solver++(2M) (N calls) at N = 8…128 steps (w = 1),
-and each sample set is measured as in bench/ablation.py (simulator fidelity; classifier JS of
+and each sample set is measured as in experiments/generator_ablation.py (simulator fidelity; classifier JS of
 states and transitions to the round's data and to the fresh rows). The table also names the
 cheapest setting (fewest network calls) whose mean is within one std (over seeds, the larger of
 the two settings' stds) of the 128-step stochastic sampler on every fresh-row measure and on
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import ablation
+from experiments import generator_ablation as ablation
 
 MATCH = ("next_state_rel_error", "js_state_fresh", "js_transition_fresh")
 COLS = [

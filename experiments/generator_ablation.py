@@ -1,9 +1,13 @@
 """Generator ablation: why CFDG's online-labelled samples lose to `synther`'s, and what closes the gap.
 
-    python bench/ablation.py export --artifacts artifacts --out rounds.npz   # round data of a run
-    python bench/ablation.py run --data rounds.npz --out results.json [--only baseline,balanced] \
+    python experiments/generator_ablation.py export --artifacts artifacts --out rounds.npz   # round data of a run
+    python experiments/generator_ablation.py run --data rounds.npz --out results.jsonl [--only baseline,balanced] \
         [--seeds 3] [--workers 12] [--deadline 480]
-    python bench/ablation.py table results.json [more.json ...] --md results/generator-ablation/ablation.md
+    python experiments/generator_ablation.py table results.jsonl [more.jsonl ...] \
+        --md results/generator-ablation/ablation.md
+
+Results: results/generator-ablation/ (the candidates) and results/generator-default/ (the default run's
+generator); `CFDG_ABLATION_QUICK=1` shrinks fits and samples to a smoke test of the harness.
 
 On each round's data of one pipeline run (round k = offline ∪ round k's online store; "fresh" rows
 = the rows round k+1's online store adds, which no round-k model saw), every candidate is fitted
@@ -17,9 +21,11 @@ measured against ground truth and real data:
   fresh real row (≈ 1 healthy, ≪ 1 copying), in the round's standardised units.
 References in the same run: the offline data and the real round data measured the same way.
 
-Every candidate is fitted by the library's `fit_diffusion` with its DiffusionConfig options (online
-share of the batches, FiLM conditioning); only a warm start from the previous round's network and a
-fixed normaliser are patched in here. `joint` is the unconditional model fitted on offline ∪ online.
+Every candidate is fitted through the library's public calls only: the variant's `fit` with its
+DiffusionConfig options (online share of the batches, FiLM conditioning), and, as arguments, the
+previous round's network to continue from (`net=`) and a fixed normaliser (`normaliser=`); samples
+come from `cfdg.diffusion.sample.sample` with the candidate's SamplingConfig (solver, steps, w).
+Nothing in the library is replaced. `joint` is the unconditional model fitted on offline ∪ online.
 The `default` candidates measure the default run's settings (params.yaml) against `synther` and
 `joint` with the same settings, and `synther` with SynthER's own input conditioning.
 Jobs run in parallel worker processes (one model each, GPU when present); every finished record is
@@ -43,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `experiments.*` for the worker processes
 
 ENV = "hopper"
 QUICK = os.environ.get("CFDG_ABLATION_QUICK") == "1"  # smoke test of the harness: tiny fits and samples
@@ -170,7 +176,7 @@ CANDIDATES = [
     _c("warm_start", "round k starts from round k-1's weights", variants=("cfdg", "synther"), warm_start=True),
 ]
 
-# bench/fidelity.py: the baseline model of round CURVE_ROUND sampled with each solver at 8..128 steps.
+# experiments/sampler_curves.py: the baseline model of round CURVE_ROUND sampled with each solver at 8..128 steps.
 CURVE_ROUND = 1
 CURVE_W = 0.5
 CURVE_MODEL = {"online_share": 0.8}  # the model the curves sample: batches 80% online rows
@@ -274,10 +280,10 @@ COMBOS: list[Candidate] = [
 
 def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, prev: Any | None) -> tuple[Any, dict]:
     """Fit round k's model for `variant` with the candidate's changes; returns (model, fit metrics)."""
-    import cfdg.diffusion.train as train
     from cfdg.config import from_mapping
     from cfdg.diffusion.config import DiffusionConfig
-    from cfdg.diffusion.train import fit_diffusion
+    from cfdg.diffusion.normaliser import Normaliser, to_vectors
+    from cfdg.diffusion.variants.registry import get_variant
     from cfdg.store import Transitions
 
     overrides = BASE | dict(cand.fit)
@@ -290,54 +296,29 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
     if cand.online_share is not None and variant in ("cfdg", "joint"):
         overrides["batch_online_share"] = cand.online_share
     cfg = from_mapping(DiffusionConfig, overrides, f"candidate {cand.name}")
+    generator = get_variant(variant)
     offline, online = data.offline, data.online[k - 1]
-    if variant == "synther":
+    if "offline" not in generator.trains_on:
         offline = None
-
-    build = train.build_denoiser
-
-    def patched(cfg_: Any, obs_dim: int, act_dim: int, seed_: int) -> Any:
-        if cand.warm_start and prev is not None:
-            return copy.deepcopy(prev.net)
-        return build(cfg_, obs_dim, act_dim, seed_)
-
-    norm_class = train.Normaliser
+    # Warm start: round k trains round k-1's network itself (same steps, fresh optimiser and EMA).
+    net = copy.deepcopy(prev.net) if cand.warm_start and prev is not None else None
+    normaliser = None
     if cand.norm != "data":
-        from cfdg.diffusion.normaliser import Normaliser, to_vectors
-
         union = online if offline is None else Transitions.concat([offline, online])
-        fixed = Normaliser.fit(to_vectors(online if cand.norm == "online" else union))
-
-        class FixedNormaliser(Normaliser):
-            @classmethod
-            def fit(cls, vectors: np.ndarray, weights: np.ndarray | None = None) -> Normaliser:
-                return fixed
-
-        train.Normaliser = FixedNormaliser
-    train.build_denoiser = patched
-    try:
-        return fit_diffusion(offline, online, cfg, seed=seed * 1000 + k, progress=False)
-    finally:
-        train.build_denoiser = build
-        train.Normaliser = norm_class
+        normaliser = Normaliser.fit(to_vectors(online if cand.norm == "online" else union))
+    return generator.fit(offline, online, cfg, seed=seed * 1000 + k, progress=False, net=net, normaliser=normaliser)
 
 
 def draw(model: Any, n: int, seed: int, s: Sampler, batch: int = 4096) -> Any:
     """n online-labelled samples, chunked and seeded per chunk as materialise does (the library's sampler)."""
     from cfdg.diffusion.config import SamplingConfig
-    from cfdg.diffusion.normaliser import from_vectors
-    from cfdg.diffusion.sample import chunk_seed, sample_vectors
-    from cfdg.store import Transitions
+    from cfdg.diffusion.sample import sample
+    from cfdg.diffusion.variants.registry import get_variant
 
     sampling = SamplingConfig(
         guidance_w=s.w, solver=s.solver, steps=s.steps, stochastic=s.stochastic, precision=s.precision, batch=batch
     )
-    parts = []
-    for i, start in enumerate(range(0, n, batch)):
-        m = min(batch, n - start)
-        v = sample_vectors(model, np.ones(m, np.uint8), m, chunk_seed(seed, i), sampling)
-        parts.append(from_vectors(v, model.obs_dim, model.act_dim, np.ones(m, np.uint8)))
-    return Transitions.concat(parts)
+    return sample(model, get_variant(model.cfg.variant), n, 1, seed, sampling)
 
 
 # ---------------------------------------------------------------- measures
@@ -579,7 +560,7 @@ def summarise(recs: list[dict], sampler: str = DEFAULT_SAMPLER.tag) -> list[dict
 
 
 def markdown(recs: list[dict]) -> str:
-    """Mean ± std over seeds per (round, candidate, variant, sampler); the solver curves are bench/fidelity.py's."""
+    """Mean ± std over seeds per (round, candidate, variant, sampler); the solver curves are sampler_curves.py's."""
     groups: dict[tuple, list[dict]] = {}
     curve_names = {c.name for c in CURVES}
     for r in recs:

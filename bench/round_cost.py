@@ -55,10 +55,9 @@ from cfdg.diffusion.sample import sample_to_store  # noqa: E402
 from cfdg.diffusion.variants.registry import get_variant  # noqa: E402
 from cfdg.envs import env_name  # noqa: E402
 from cfdg.fidelity import simulator_fidelity  # noqa: E402
-from cfdg.quality import js_divergences  # noqa: E402
+from cfdg.quality import QualityConfig, js_divergences, measure_quality  # noqa: E402
 from stages import layout, params  # noqa: E402
 from stages.fit import fit_stage  # noqa: E402
-from stages.materialise import measure_quality  # noqa: E402
 from stages.rollout import rollout_stage  # noqa: E402
 
 MEASURES = ("next_state_rel_error", "state_js_fresh")
@@ -70,7 +69,7 @@ class Settings:
 
     diffusion: DiffusionConfig
     sampling: SamplingConfig
-    quality: params.QualityParams
+    quality: QualityConfig
 
 
 def settings(raw: Mapping[str, Any], overrides: Sequence[str], where: str) -> Settings:
@@ -88,7 +87,7 @@ def settings(raw: Mapping[str, Any], overrides: Sequence[str], where: str) -> Se
     return Settings(
         params.section(raw, "diffusion", DiffusionConfig, where),
         params.section(raw, "sampling", SamplingConfig, where),
-        params.section(raw, "quality", params.QualityParams, where),
+        params.section(raw, "quality", QualityConfig, where),
     )
 
 
@@ -114,14 +113,26 @@ def generator_round(project: Path, k: int, s: Settings, seed: int, tmp: Path) ->
     offline, online = project / layout.OFFLINE, rd / layout.ONLINE
     model_path = tmp / f"diffusion-{seed}.pt"
     _, fit_s = timed(
-        lambda: fit_stage(offline, online, s.diffusion, seed, k, model_path, progress=False,
-                          prev_model=prev / layout.DIFFUSION, agent=rd / layout.AGENT)  # fmt: skip
+        lambda: fit_stage(
+            offline,
+            online,
+            s.diffusion,
+            seed,
+            k,
+            model_path,
+            progress=False,
+            prev_model=prev / layout.DIFFUSION,
+            agent=rd / layout.AGENT,
+        )
     )
-    model = get_variant(s.diffusion.variant).load(model_path)
+    variant = get_variant(s.diffusion.variant)
+    model = variant.load(model_path)
     attrs = store.read_attrs(online)
     meta = store.StoreMeta(kind="synthetic", env_id=attrs["env_id"], source="bench", round=k, seed=seed)
     out = tmp / f"synthetic-{seed}.zarr"
-    _, sample_write_s = timed(lambda: sample_to_store(model, out, meta, seed=seed, sampling=s.sampling, progress=False))
+    _, sample_write_s = timed(
+        lambda: sample_to_store(model, variant, out, meta, seed=seed, sampling=s.sampling, progress=False)
+    )
     generated, _ = store.read_store(out)
     _, write_s = timed(lambda: store.write_store(tmp / f"rewrite-{seed}.zarr", generated, meta))
     quality, quality_s = timed(lambda: measure_quality(offline, online, out, s.quality, k))
@@ -156,7 +167,9 @@ def budget(project: Path, k: int, after: Sequence[str], seeds: Sequence[int]) ->
     where = str(project / "params.yaml")
     for need in (layout.round_dir(k + 1) / layout.ONLINE, layout.round_dir(k - 1) / layout.DIFFUSION):
         if not (project / need).exists():
-            raise SystemExit(f"round_cost: {project / need} is missing; --round {k} needs rounds {k - 1}-{k + 1} finished")
+            raise SystemExit(
+                f"round_cost: {project / need} is missing; --round {k} needs rounds {k - 1}-{k + 1} finished"
+            )
     raw = params.read_params(project / "params.yaml")
     before_s, after_s = settings(raw, [], where), settings(raw, after, where)
     fresh = fresh_rows(project, k)
@@ -165,8 +178,14 @@ def budget(project: Path, k: int, after: Sequence[str], seeds: Sequence[int]) ->
         tmp = Path(tmp_s)
         rollout_cfg = params.section(raw, "rollout", RolloutConfig, where)
         _, rollout = timed(
-            lambda: rollout_stage(project / layout.round_dir(k - 1), project / layout.OFFLINE, k, rollout_cfg,
-                                  tmp / "rollout", progress=False)  # fmt: skip
+            lambda: rollout_stage(
+                project / layout.round_dir(k - 1),
+                project / layout.OFFLINE,
+                k,
+                rollout_cfg,
+                tmp / "rollout",
+                progress=False,
+            )
         )
         start = {stage: startup_s(project, stage, k) for stage in ("rollout", "fit", "materialise")}
         out["rollout_s"] = rollout + start["rollout"]
@@ -177,8 +196,14 @@ def budget(project: Path, k: int, after: Sequence[str], seeds: Sequence[int]) ->
                 r = generator_round(project, k, s, seed, tmp / f"{label}-{seed}")
                 fid = simulator_fidelity(r["generated"], r["env"], max_rows=s.quality.fidelity_rows, seed=0)
                 js = js_divergences(fresh, r["generated"], seed=0, max_rows=s.quality.max_rows)
-                runs.append({**r["phases"], "next_state_rel_error": fid.get("next_state_rel_error", math.nan),
-                             "share_checked": fid["share_checked"], "state_js_fresh": js["state"]["classifier"]})  # fmt: skip
+                runs.append(
+                    {
+                        **r["phases"],
+                        "next_state_rel_error": fid.get("next_state_rel_error", math.nan),
+                        "share_checked": fid["share_checked"],
+                        "state_js_fresh": js["state"]["classifier"],
+                    }
+                )
             phases = {p: statistics.fmean(r[p] for r in runs) for p in runs[0] if p not in (*MEASURES, "share_checked")}
             phases["start-up (fit, materialise)"] = start["fit"] + start["materialise"]
             method = sum(phases.values())
@@ -186,7 +211,9 @@ def budget(project: Path, k: int, after: Sequence[str], seeds: Sequence[int]) ->
                 "phases": phases,
                 "method_s": method,
                 "method_over_rollout": method / out["rollout_s"],
-                "quality": {m: dict(zip(("mean", "std"), mean_std([r[m] for r in runs]), strict=True)) for m in MEASURES},
+                "quality": {
+                    m: dict(zip(("mean", "std"), mean_std([r[m] for r in runs]), strict=True)) for m in MEASURES
+                },
                 "per_seed": runs,
             }
     out["method_over_rollout"] = out["after"]["method_over_rollout"]
@@ -201,10 +228,14 @@ def table(name: str, b: Mapping[str, Any]) -> str:
         rows.append(f"| {p} | {b['before']['phases'][p]:.1f} | {b['after']['phases'][p]:.1f} |")
     rows.append(f"| fit + materialise | {b['before']['method_s']:.1f} | {b['after']['method_s']:.1f} |")
     rows.append(f"| rollout (yardstick, with its start-up) | {b['rollout_s']:.1f} | {b['rollout_s']:.1f} |")
-    rows.append(f"| (fit + materialise) / rollout | {b['method_over_rollout_before']:.2f} | {b['method_over_rollout']:.2f} |")
+    rows.append(
+        f"| (fit + materialise) / rollout | {b['method_over_rollout_before']:.2f} | {b['method_over_rollout']:.2f} |"
+    )
     for m in MEASURES:
         q0, q1 = b["before"]["quality"][m], b["after"]["quality"][m]
-        rows.append(f"| {m} (mean ± sample std) | {q0['mean']:.3f} ± {q0['std']:.3f} | {q1['mean']:.3f} ± {q1['std']:.3f} |")
+        rows.append(
+            f"| {m} (mean ± sample std) | {q0['mean']:.3f} ± {q0['std']:.3f} | {q1['mean']:.3f} ± {q1['std']:.3f} |"
+        )
     return "\n".join(rows) + "\n"
 
 

@@ -16,9 +16,23 @@ def test_round_cost_times_every_phase_and_measures_quality_before_and_after(tmp_
     project = finished_project(tmp_path_factory)
     before = tree_digests(project / "artifacts")
     proc = subprocess.run(
-        [sys.executable, "bench/round_cost.py", "--default", str(project), "--round", "1", "--seeds", "2",
-         "--after", "sampling.steps=6", "--json"],  # fmt: skip
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "bench/round_cost.py",
+            "--default",
+            str(project),
+            "--round",
+            "1",
+            "--seeds",
+            "2",
+            "--after",
+            "sampling.steps=6",
+            "--json",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

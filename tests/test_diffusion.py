@@ -618,7 +618,6 @@ def test_fit_trains_the_network_and_normaliser_it_is_given():
     assert model.normaliser is fixed and not np.allclose(prev.normaliser.mean, fixed.mean)
 
 
-
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(tmp_path):
     """`auto` reads the CPU's flags: AVX512-BF16 or AMX → bf16; a CPU that would emulate bf16 → fp32."""
     from cfdg.device import cpu_has_native_bf16, resolve_precision

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from cfdg.device import resolve_precision
 from cfdg.diffusion.config import DiffusionConfig
 from cfdg.diffusion.denoiser import Denoiser
 from cfdg.diffusion.normaliser import Normaliser, vector_dim
-from cfdg.device import resolve_precision
 
 
 def build_denoiser(cfg: DiffusionConfig, obs_dim: int, act_dim: int, seed: int) -> Denoiser:

@@ -244,7 +244,7 @@ def main() -> None:
     ap.add_argument("--default", type=Path, help="a finished default run (`cfdg run` on params.yaml's defaults)")
     ap.add_argument("--study", type=Path, help="a finished study cell (e.g. studies/cheetah-random/cells/<cell>)")
     ap.add_argument("--round", type=int, default=2, help="the round to re-run (needs round+1 finished)")
-    ap.add_argument("--after", nargs="*", default=["diffusion.precision=bf16", "sampling.precision=bf16"],
+    ap.add_argument("--after", nargs="*", default=["diffusion.precision=auto", "sampling.precision=auto"],
                     help="section.key=value overrides of the cheaper setting")  # fmt: skip
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="end with one JSON line")

@@ -24,7 +24,7 @@ from cfdg.envs import make_env
 from cfdg.store import StoreMeta, Transitions, write_store
 from pipeline import sections
 from pipeline.preset import apply_preset
-from pipeline.study_spec import load_study
+from pipeline.study.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_SETTINGS = ROOT / "docs" / "paper-settings.md"

@@ -166,14 +166,14 @@ def test_stage_output_is_split_on_progress_redraws():
     """Progress bars reach the Prefect log: '\r' redraws are lines of their own, bytes may split anywhere."""
     import io
 
-    from pipeline.flows import _split_output
+    from pipeline.dvc import split_output
 
     class Trickle(io.BytesIO):
         def read1(self, n: int = -1) -> bytes:
             return super().read1(3)  # a multi-byte character and every line end fall across reads
 
     data = "start\n 10%|#  | 1/10\r 20%|## | 2/10\r\nné done".encode()
-    assert list(_split_output(Trickle(data))) == [
+    assert list(split_output(Trickle(data))) == [
         ("start", False),
         (" 10%|#  | 1/10", True),
         (" 20%|## | 2/10", True),

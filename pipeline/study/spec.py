@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from cfdg.errors import ConfigError
+from cfdg.errors import CfdgError, ConfigError
+from cfdg.sources import check_source
 from pipeline import sections
 from pipeline.preset import REPLACE_KEY, replaced_sections
 from stages import params as params_yaml
@@ -84,6 +85,11 @@ class Study:
 def slug(text: str) -> str:
     """A file- and Prefect-safe name part."""
     return _SAFE.sub("-", str(text)).strip("-") or "x"
+
+
+def artifact_key(text: str) -> str:
+    """A Prefect artifact key (lower case, digits and dashes, at most 100) from a study or cell name."""
+    return slug(text).lower().replace(".", "-").replace("_", "-")[:100]
 
 
 def deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> dict[str, Any]:
@@ -368,9 +374,6 @@ def _check_duplicates(cells: Sequence[Cell], where: str) -> None:
 def validate_cells(cells: Sequence[Cell], where: str, check_files: bool = True) -> None:
     """Every cell's params.yaml through `pipeline check`'s validation. `check_files=False` skips
     checking that a D4RL source file is present (to plan a GPU study on a machine without them)."""
-    from cfdg.errors import CfdgError
-    from cfdg.sources import check_source
-
     checked: dict[str, ConfigError | None] = {}
     with tempfile.TemporaryDirectory(prefix="cfdg-study-") as tmp:
         path = Path(tmp) / "params.yaml"

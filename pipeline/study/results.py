@@ -22,8 +22,9 @@ import yaml
 
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
-from pipeline.study_spec import Cell, leaves
+from pipeline.study.spec import Cell, leaves
 from stages import layout
+from stages.report import curve_point
 
 RESULTS_DIR = Path("results")
 SCHEMA = 1
@@ -51,8 +52,6 @@ def flatten(obj: Any) -> dict[str, float]:
 
 def workspace_results(ws: Path) -> dict[str, Any] | None:
     """Curve, scores, per-round stage metrics and quality of a finished cell's workspace."""
-    from stages.report import curve_point
-
     rounds_dir = ws / layout.ROUNDS_DIR
     m0 = _json(rounds_dir / "0" / layout.score_file(0))
     if m0 is None:

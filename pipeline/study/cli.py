@@ -57,12 +57,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.prefect:
         from pipeline.study.run import publish_flow  # Prefect: see the module doc
 
-        report = publish_flow(plan, args.mix_commits)
+        written = publish_flow(plan, args.mix_commits)
     else:
-        report = write_report(plan, args.mix_commits)
-    first = report.read_text().split("\n", 3)[2]  # "N of M cells finished ...; code ...; study file ..."
-    print(f"study: {first}")
-    print(f"study: report written to {report}")
+        written = write_report(plan, args.mix_commits)
+    print(f"study: {written.summary}")
+    print(f"study: report written to {written.path}")
     return 0
 
 

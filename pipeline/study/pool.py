@@ -242,5 +242,5 @@ def run_on_pool(
                 }
                 atomic_write_json(state_path(plan.sdir, cell), state)
                 plan.export(cell)
-    report = write_report(plan)
+    report = write_report(plan).path
     return {"cells": len(plan.study.cells), "skipped": skipped, "failed": failed, "report": str(report), "runs": runs}

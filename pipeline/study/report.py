@@ -449,7 +449,15 @@ def stage_cost_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(plan: Plan, mix_commits: bool = False) -> Path:
+@dataclasses.dataclass(frozen=True)
+class WrittenReport:
+    """What write_report wrote: report.md, and its summary line for the command to print."""
+
+    path: Path
+    summary: str  # "N of M cells finished (...); code <commit> (N cells); study file `...`."
+
+
+def write_report(plan: Plan, mix_commits: bool = False) -> WrittenReport:
     """Write results/<name>/report/: report.md, table1/2/3.md, paired.md, compute.md, curves.png, results.json."""
     out = results_dir(plan.root, plan.study.name) / "report"
     got = collect(plan, mix_commits)
@@ -477,12 +485,15 @@ def write_report(plan: Plan, mix_commits: bool = False) -> Path:
         if flags
         else "Pairing: the variants of every seed start from the same pretrained agent and round-1 data."
     )
+    summary = (
+        f"{len(records)} of {len(plan.study.cells)} cells finished"
+        + (f" ({len(got.missing)} not yet: {', '.join(got.missing)})" if got.missing else "")
+        + f"; {got.commit_line()}; study file `{plan.study.path}`."
+    )
     md = [
         f"# Study {plan.study.name}",
         "",
-        f"{len(records)} of {len(plan.study.cells)} cells finished"
-        + (f" ({len(got.missing)} not yet: {', '.join(got.missing)})" if got.missing else "")
-        + f"; {got.commit_line()}; study file `{plan.study.path}`.",
+        summary,
         "",
         pairing_note,
         "",
@@ -510,5 +521,5 @@ def write_report(plan: Plan, mix_commits: bool = False) -> Path:
         *[f"- `{p.relative_to(plan.root).as_posix()}`" for p in got.read],
         "",
     ]
-    atomic_write_text(out / "report.md", "\n".join(md))
-    return out / "report.md"
+    path = atomic_write_text(out / "report.md", "\n".join(md))
+    return WrittenReport(path, summary)

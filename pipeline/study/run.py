@@ -38,7 +38,7 @@ from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
 from pipeline import faults
 from pipeline.study.cell import default_parallel, execute_cell
-from pipeline.study.report import write_report
+from pipeline.study.report import WrittenReport, write_report
 from pipeline.study.spec import Cell, artifact_key
 from pipeline.study.workspace import Plan, cache_dir, cell_dir, prepare_workspace, read_state, state_path
 
@@ -141,12 +141,13 @@ def run_study(
             description=f"cells of study {plan.study.name}",
         )
         try:
-            report: Path | str = write_report(plan)
-            publish(plan, report)
+            written = write_report(plan)
+            publish(plan, written.path)
+            report = str(written.path)
         except ConfigError as e:  # the cells ran; a report check (mixed commits, a bad file) stops only the report
             logger.warning("report not written: %s", e)
             report = f"not written ({e})"
-        return {"cells": len(plan.study.cells), "skipped": skipped, "failed": failed, "report": str(report)}
+        return {"cells": len(plan.study.cells), "skipped": skipped, "failed": failed, "report": report}
 
     return cfdg_study()
 
@@ -175,13 +176,13 @@ def publish(plan: Plan, report: Path) -> None:
         )
 
 
-def publish_flow(plan: Plan, mix_commits: bool = False) -> Path:
+def publish_flow(plan: Plan, mix_commits: bool = False) -> WrittenReport:
     """`cfdg study report --prefect`: the report written inside a flow run and published."""
 
     @flow(name="cfdg-study-report", flow_run_name=f"report-{plan.study.name}")
-    def cfdg_study_report() -> str:
-        report = write_report(plan, mix_commits)
-        publish(plan, report)
-        return str(report)
+    def cfdg_study_report() -> WrittenReport:
+        written = write_report(plan, mix_commits)
+        publish(plan, written.path)
+        return written
 
-    return Path(cfdg_study_report())
+    return cfdg_study_report()

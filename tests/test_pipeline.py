@@ -49,7 +49,7 @@ def test_paper_presets_validate(tmp_path, algo):
     assert p.sections["agent"].algo == algo
     assert p.sections["diffusion"].width == 1024 and p.sections["diffusion"].depth == 6
     sampling = p.sections["sampling"]
-    assert sampling.steps == 128 and sampling.stochastic and sampling.online_label_share == 0.8
+    assert sampling.steps == 128 and sampling.stochastic and sampling.generated_online_fraction == 0.8
     assert sampling.buffer == "fifo" and sampling.capacity == 1_000_000  # Algorithm 1: added to a 1M buffer
     assert len(p.rounds) == 10
 

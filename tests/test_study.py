@@ -50,7 +50,7 @@ def test_tiny_study_cells():
     assert cfdg1.params["dataset"]["medium_steps"] == 1000  # the tiny preset under the study
     ablation = study.cell("hopper-mr-iql-wo-offline-da-s0")
     assert ablation.ablation == "wo-offline-da" and ablation.params["diffusion"]["variant"] == "cfdg"
-    assert ablation.params["sampling"]["online_label_share"] == 1.0
+    assert ablation.params["sampling"]["generated_online_fraction"] == 1.0
     assert study.cell("hopper-mr-iql-wo-guidance-s0").params["diffusion"]["variant"] == "joint"
 
 

@@ -22,6 +22,7 @@ import yaml
 
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
+from pipeline import sections
 from pipeline.study.spec import Cell, leaves
 from stages import layout
 from stages.report import curve_point
@@ -121,7 +122,8 @@ def read_result(path: Path, cell: Cell, pins: Mapping[str, Any]) -> dict[str, An
     """A committed cell record for the report: None when the cell has no file yet; ConfigError (one
     line naming the file) when the file is malformed, belongs to another cell, or its recorded
     params differ from a setting the study file pins. The project's params.yaml is not compared:
-    a record holds the defaults of the commit it ran at, which the record names."""
+    a record holds the defaults of the commit it ran at, which the record names (and that
+    commit's key names: a key renamed since is compared under its new name, without a warning)."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -136,7 +138,10 @@ def read_result(path: Path, cell: Cell, pins: Mapping[str, Any]) -> dict[str, An
         raise ConfigError(f"{path}: not a cell results file ({what})")
     if rec["cell"] != cell.name:
         raise ConfigError(f"{path}: records cell {rec['cell']!r}, expected {cell.name!r}")
-    recorded = leaves(rec["params"])
+    params = rec["params"]
+    if isinstance(params, Mapping):  # a record written before a key's rename: read under the new name
+        params = sections.renamed(params, str(path), quiet=True)
+    recorded = leaves(params)
     for key, want in pins.items():
         got = recorded.get(key, _MISSING)
         if got != want:

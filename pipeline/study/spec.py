@@ -151,8 +151,9 @@ class _Resolver:
             data = yaml.safe_load(path.read_text()) or {}
             if not isinstance(data, Mapping):
                 raise ConfigError(f"{where}.preset: {name} must be a mapping of params.yaml sections")
+            data = sections.renamed(data, name)
             check_overrides(data, f"{name}")
-            self._presets[name] = dict(data)
+            self._presets[name] = data
         return self._presets[name]
 
     def apply(self, params: dict[str, Any], layer: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
@@ -160,6 +161,7 @@ class _Resolver:
             return params
         if not isinstance(layer, Mapping):
             raise ConfigError(f"{where}: must be a mapping of params.yaml sections, got {layer!r}")
+        layer = sections.renamed(layer, where)  # old key names: one warning, new names in the cells
         check_overrides(layer, where)
         if "preset" in layer:
             params = self.apply(params, self.preset(layer["preset"], where), f"{where}.preset")
@@ -263,7 +265,7 @@ def load_study(
         raise ConfigError(f"{where}: needs `axes` (or `grids`, a list of grids with their axes)")
     name = slug(doc.get("name") or file.stem)
     if base is None:
-        base = params_yaml.read_params(root / params_yaml.PARAMS_FILE)
+        base = sections.renamed(params_yaml.read_params(root / params_yaml.PARAMS_FILE), str(params_yaml.PARAMS_FILE))
     res = _Resolver(root, path)
     common = res.apply(copy.deepcopy(dict(base)), _layer(doc, where), where)
 

@@ -168,7 +168,7 @@ def fit_and_sample(sizes: Sizes, label: str, precision: str, compiled: bool) -> 
     fit_peak = peak_mib(device)
 
     sampling = from_mapping(SamplingConfig, {**paper["sampling"], **sizes.sampling, "precision": precision}, "sampling")
-    labels = label_pattern(0, sampling.batch, sampling.online_label_share)
+    labels = label_pattern(0, sampling.batch, sampling.generated_online_fraction)
     sample_vectors(model, labels, sampling.batch, 0, dataclasses.replace(sampling, steps=2))  # warm-up, compiles
     reset_peak(device)
     rows_per_s = sampling.batch / timed(lambda: sample_vectors(model, labels, sampling.batch, 1, sampling), device)

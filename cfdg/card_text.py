@@ -16,8 +16,25 @@ from cfdg.survey import NOT_CHECKED, Survey
 WIDTH = 100
 LABEL = 17  # width of the label column of `store info`
 # The settings a reader looks for first; the rest follow in name order (all of them: `--json`).
-_GENERATOR_FIRST = ("width", "depth", "conditioning", "train_steps", "p_uncond", "batch_online_share")
-_SAMPLER_FIRST = ("n_rows", "solver", "steps", "guidance_w", "online_label_share", "buffer")
+# (A store written before a key's rename shows its old name, where its new one would be.)
+_GENERATOR_FIRST = (
+    "width",
+    "depth",
+    "conditioning",
+    "train_steps",
+    "p_uncond",
+    "fit_online_fraction",
+    "batch_online_share",
+)
+_SAMPLER_FIRST = (
+    "n_rows",
+    "solver",
+    "steps",
+    "guidance_w",
+    "generated_online_fraction",
+    "online_label_share",
+    "buffer",
+)
 
 
 def _num(v: float | None, digits: int = 4) -> str:

@@ -2,7 +2,9 @@
 
 Each component owns a frozen dataclass of its parameters; `from_mapping` turns a YAML
 section into it, rejecting unknown keys and wrong types with an error that names the key.
-Range checks live in each dataclass's `__post_init__` via `check`.
+Range checks live in each dataclass's `__post_init__` via `check`. A dataclass that renamed a
+key says so in its `RENAMED` class attribute (old -> new): the old name still reads, with one
+warning line, so params files, presets and study files written before the rename keep working.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from cfdg.errors import ConfigError
+from cfdg.errors import ConfigError, warn
 
 T = TypeVar("T")
 
@@ -84,12 +86,42 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+_WARNED: set[tuple[str, str, str]] = set()
+
+
+def renamed_keys(
+    cls: type, mapping: Mapping[str, Any], place: str, section: str, quiet: bool = False
+) -> dict[str, Any]:
+    """`mapping` (a section of `cls`) with each old key name of `cls.RENAMED` under its new name.
+
+    One warning line per old name and place, however often the place is read (a study validates
+    every cell); none when `quiet` (a committed record written before the rename is history, not
+    a mistake). Both names given is a ConfigError: which one was meant cannot be guessed.
+    """
+    out = dict(mapping)
+    at = f"{place}: " if place else ""
+    for old, new in getattr(cls, "RENAMED", {}).items():
+        if old not in out:
+            continue
+        if new in out:
+            both = f"{section}.{old} and {section}.{new} are both given"
+            raise ConfigError(f"{at}{both}; {old} is the old name of {new}: keep only {new}")
+        out = {(new if k == old else k): v for k, v in out.items()}  # same place, so files keep their order
+        if not quiet and (place, section, old) not in _WARNED:
+            _WARNED.add((place, section, old))
+            warn(f"{at}{section}.{old} is now {section}.{new}")
+    return out
+
+
 def from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from `mapping`; missing keys keep their defaults."""
+    """Build dataclass `cls` from `mapping`; missing keys keep their defaults, old key names
+    (`cls.RENAMED`) read as their new ones. `where` is `section` or `file:section`."""
     where = where or cls.__name__
     mapping = {} if mapping is None else mapping
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{where}: must be a mapping, got {mapping!r}")
+    place, _, section = where.rpartition(":")
+    mapping = renamed_keys(cls, mapping, place, section)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(mapping) - set(fields))

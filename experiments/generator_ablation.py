@@ -294,7 +294,7 @@ def fit_one(cand: Candidate, variant: str, data: RoundData, k: int, seed: int, p
     if cand.film:
         overrides["conditioning"] = "film"
     if cand.online_share is not None and variant in ("cfdg", "joint"):
-        overrides["batch_online_share"] = cand.online_share
+        overrides["fit_online_fraction"] = cand.online_share
     cfg = from_mapping(DiffusionConfig, overrides, f"candidate {cand.name}")
     generator = get_variant(variant)
     offline, online = data.offline, data.online[k - 1]

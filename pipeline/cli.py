@@ -1,7 +1,7 @@
 """The user's `cfdg` command: the pipeline commands beside the library's own.
 
     cfdg run | round | serve | server | preset | check | table     (the pipeline, this module)
-    cfdg study run | report | cells                                (a grid of runs, pipeline/study.py)
+    cfdg study run | report | cells                                (a grid of runs, pipeline/study/)
     cfdg dataset | store | agent | quality                         (the library, cfdg.cli)
 
 run     the whole loop now, in this process (Prefect ephemeral mode, no server needed)
@@ -33,6 +33,7 @@ from cfdg.cli import add_library_commands, dispatch, new_parser
 from cfdg.errors import CfdgError, ConfigError
 from pipeline import faults, runlock, sections
 from pipeline.preset import apply_preset
+from pipeline.study.cli import register as register_study
 from stages.report import table_main
 
 LOCAL_API = "http://127.0.0.1:4200/api"
@@ -207,10 +208,8 @@ def register_loop(sub: argparse._SubParsersAction) -> None:
 
 def add_pipeline_commands(sub: argparse._SubParsersAction) -> None:
     """Register the pipeline's sub-commands on `sub`; a new command module adds its line here."""
-    from pipeline import study
-
     register_loop(sub)
-    study.register(sub)
+    register_study(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,10 @@
 """Prefect flows that run the DVC stages: the whole loop, and one generation round.
 
-Every stage runs THROUGH DVC (`dvc repro <stage>`), so dvc.lock stays the record of what was
-produced from what, and a rerun (Prefect retry, UI "Retry", or plain `dvc repro`) skips every
-stage whose inputs are unchanged: a failed round is redone from its failed stage, earlier
-rounds are left as they are. Prefect adds retries, logs, a progress bar per round, a table
-of round metrics and the report's images as artifacts.
+Every stage runs THROUGH DVC (`dvc repro <stage>`, by pipeline/dvc.py, the runner a study's
+cells use too), so dvc.lock stays the record of what was produced from what, and a rerun (Prefect
+retry, UI "Retry", or plain `dvc repro`) skips every stage whose inputs are unchanged: a failed
+round is redone from its failed stage, earlier rounds are left as they are. Prefect adds retries,
+logs, a progress bar per round, a table of round metrics and the report's images as artifacts.
 
 Faults (pipeline/faults.py, docs/faults.md): a failed stage is classified, and retried only when
 a retry can help (never a full disk, a permission, a bad input or a busy repository); its whole
@@ -16,14 +16,10 @@ repository's run lock (pipeline/runlock.py) while it runs.
 from __future__ import annotations
 
 import base64
-import codecs
 import contextlib
 import json
 import os
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,79 +31,19 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import FlowRunContext
 from prefect.states import Completed, State
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
-from pipeline import faults, runlock, sections
+from pipeline import dvc, faults, runlock, sections
 from pipeline.faults import StageFault
 from stages import layout, params
-from stages.runner import PROGRESS_ENV
+from stages.metrics import quality_headline
+from stages.report import curve_point
 
 ROUND_STAGES = faults.ROUND_STAGES
 StageFailed = StageFault  # the name before issue 29
-
-
-# DVC's advice lines after each stage; noise in a flow's log.
-_QUIET = (
-    "To track the changes with git",
-    "git add ",
-    "To enable auto staging",
-    "dvc config core.autostage",
-    "Use `dvc push`",
-)
-
-
-def _split_output(stream: Any) -> Iterator[tuple[str, bool]]:
-    """(line, is_redraw) from a byte stream as it arrives; tqdm redraws end in '\\r', not '\\n'."""
-    decode = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    buf = ""
-    while chunk := stream.read1(4096):
-        buf += decode.decode(chunk)
-        while (cut := min((i for i in (buf.find("\r"), buf.find("\n")) if i >= 0), default=-1)) >= 0:
-            yield buf[:cut], buf[cut] == "\r"
-            buf = buf[cut + 1 :]
-    if buf:
-        yield buf, False
-
-
-def dvc_repro(
-    root: Path, target: str, log: Any = None, redraw_every_s: float = 15.0, detail: Any = None
-) -> tuple[int, list[str]]:
-    """Run `dvc repro <target>` in `root`, passing each output line to `log` as it comes.
-
-    The stages' progress bars are forced on (their stderr is a pipe here) and every
-    `redraw_every_s` seconds the latest one is logged, so a long stage shows how far it is.
-    From a failure's first line on (the stage's own line, a DVC error) lines go to `detail`
-    instead, when given: the traceback is for the log and --verbose, not for the terminal.
-    """
-    env = {**os.environ, PROGRESS_ENV: os.environ.get(PROGRESS_ENV, "1")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", target],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    lines: list[str] = []
-    last_redraw = 0.0
-    failing = False
-    assert proc.stdout is not None
-    for raw, redraw in _split_output(proc.stdout):
-        line = raw.rstrip()
-        if not line.strip():
-            continue
-        if redraw:
-            now = time.monotonic()
-            if log is not None and now - last_redraw >= redraw_every_s:
-                last_redraw = now
-                log(line.strip())
-            continue
-        lines.append(line)
-        failing = failing or faults.failure_begins(line)
-        sink = detail if failing and detail is not None else log
-        if sink is not None and not line.strip().startswith(_QUIET):
-            sink(line)
-    return proc.wait(), lines
+REDRAW_EVERY_S = 15.0  # a long stage logs its progress bar this often
 
 
 @task(
@@ -125,19 +61,18 @@ def repro(target: str, root: str = ".") -> list[str] | State:
     StageFault, which the task retries only when a retry can help (faults.retry_transient).
     """
     logger = get_run_logger()
-    base = Path(root)
-    code, lines = dvc_repro(
-        base, target, logger.info, detail=lambda line: logger.info(line, extra={faults.DETAIL: True})
+    run = dvc.repro(
+        Path(root),
+        target,
+        log=logger.info,
+        detail=lambda line: logger.info(line, extra={faults.DETAIL: True}),
+        redraw_every_s=REDRAW_EVERY_S,
     )
-    log = faults.write_stage_log(base, target, lines, f"$ dvc repro {target}    # exit code {code}, {time.ctime()}")
-    if code != 0:
-        fault = faults.classify(target, code, lines, base)
-        fault.log = log
-        raise StageFault(fault)
-    ran = ran_stages(lines)
-    if not ran:
-        return Completed(name="Skipped", message=f"{target}: up to date, DVC ran nothing", data=ran)
-    return ran
+    if run.fault is not None:
+        raise StageFault(run.fault)
+    if not run.ran:
+        return Completed(name="Skipped", message=f"{target}: up to date, DVC ran nothing", data=run.ran)
+    return run.ran
 
 
 def run_stage(target: str, root: str, retries: int, done: list[str] | None = None) -> list[str]:
@@ -184,8 +119,6 @@ def _flow_guard(root: Path, where: str, rerun: str, done: list[str]) -> Iterator
 
 
 def _is_subflow() -> bool:
-    from prefect.context import FlowRunContext
-
     ctx = FlowRunContext.get()
     return bool(ctx and ctx.flow_run and ctx.flow_run.parent_task_run_id)
 
@@ -197,20 +130,12 @@ def _server_or_stop(where: str, rerun: str, done: list[str]) -> None:
         faults.stop_for_lost_server(url, reason, where, done, rerun)
 
 
-def ran_stages(lines: list[str]) -> list[str]:
-    """Stage names from `dvc repro` output lines "Running stage 'fit@2':"."""
-    return [line.split("'")[1] for line in lines if line.startswith("Running stage '")]
-
-
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def round_row(root: Path, k: int) -> dict[str, Any]:
     """One row of the round-metrics table: score after the round and the JS divergences."""
-    from stages.metrics import quality_headline
-    from stages.report import curve_point
-
     path = layout.score_metrics(k, root)
     row: dict[str, Any] = {"round": k}
     try:

@@ -15,6 +15,7 @@ from ruamel.yaml.tokens import CommentToken
 
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
+from pipeline import sections
 from stages import params
 
 
@@ -71,7 +72,7 @@ def apply_preset(preset: str | Path, target: str | Path = "params.yaml", rounds:
     data = yaml.safe_load(preset.read_text()) or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"{preset}: must be a mapping of params.yaml sections")
-    data = dict(data)
+    data = sections.renamed(data, str(preset))  # old key names: one warning, written under the new
     replace = replaced_sections(data, str(preset))
     data.pop(REPLACE_KEY, None)
     n = rounds if rounds is not None else data.pop("rounds", None)

@@ -8,11 +8,13 @@ dvc.yaml's deps, stay its own). `cfdg check`, the flows and the study use it.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from cfdg.agents.config import AgentConfig, PretrainConfig, RolloutConfig
 from cfdg.agents.registry import agent_config, agent_keys
+from cfdg.config import renamed_keys, to_dict
 from cfdg.datasets.build import DatasetConfig
 from cfdg.diffusion.config import DiffusionConfig, SamplingConfig
 from cfdg.diffusion.variants.registry import get_variant
@@ -53,6 +55,18 @@ def section_keys(name: str) -> set[str]:
     return {f.name for f in dataclasses.fields(config_class(name)) if f.init}
 
 
+def renamed(raw: Mapping[str, Any], place: str, quiet: bool = False) -> dict[str, Any]:
+    """A params mapping, preset or study layer with every renamed key under its new name (one
+    warning line per old name and place; none when `quiet`): what presets, study files and
+    committed study results go through, so a cell's params.yaml only ever holds the new names."""
+    out = dict(raw)
+    for name, value in raw.items():
+        cls = CONFIG_CLASSES.get(name)
+        if cls is not None and isinstance(value, Mapping):
+            out[name] = renamed_keys(cls, value, place, name, quiet)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     """Every section validated; what `cfdg check` prints."""
@@ -84,8 +98,6 @@ def load_all(path: str | Path = params.PARAMS_FILE) -> Params:
 
 def resolved(p: Params) -> dict[str, Any]:
     """Every effective setting, defaults included, as flat `section.key -> value` (`cfdg check --resolved`)."""
-    from cfdg.config import to_dict
-
     flat: dict[str, Any] = {"seed": p.seed}
     for name, cfg in p.sections.items():
         for key, value in to_dict(cfg).items():

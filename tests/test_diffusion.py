@@ -456,12 +456,12 @@ def test_batches_draw_the_online_buffer_at_the_set_share(share):
 
 
 def test_online_share_applies_only_where_both_buffers_are_modelled():
-    cfg = from_mapping(DiffusionConfig, {"batch_online_share": 0.8}, "diffusion")
+    cfg = from_mapping(DiffusionConfig, {"fit_online_fraction": 0.8}, "diffusion")
     both, only = {"offline": 90, "online": 10}, {"offline": 0, "online": 50}
     assert online_share(cfg, both) == 0.8
     assert online_share(dataclasses.replace(cfg, variant="joint"), both) == 0.8
     assert online_share(dataclasses.replace(cfg, variant="synther"), only) is None
-    assert online_share(dataclasses.replace(cfg, batch_online_share=None), both) is None
+    assert online_share(dataclasses.replace(cfg, fit_online_fraction=None), both) is None
 
 
 def test_normaliser_is_fitted_to_the_mixture_the_batches_draw():
@@ -476,8 +476,8 @@ def test_normaliser_is_fitted_to_the_mixture_the_batches_draw():
     assert abs(float(mixed.mean[0]) - 8.0) < 0.1  # 80% online
     # Equal weights reproduce the unweighted fit.
     np.testing.assert_allclose(Normaliser.fit(rows, np.ones(len(rows))).std, plain.std, rtol=1e-6)
-    with pytest.raises(ConfigError, match="batch_online_share"):
-        from_mapping(DiffusionConfig, {"batch_online_share": 1.0}, "diffusion")
+    with pytest.raises(ConfigError, match="fit_online_fraction"):
+        from_mapping(DiffusionConfig, {"fit_online_fraction": 1.0}, "diffusion")
 
 
 def test_online_share_changes_what_the_fit_sees():
@@ -485,7 +485,7 @@ def test_online_share_changes_what_the_fit_sees():
     offline, online = mixture(3000, OFF_CENTRE, seed=1, terminal_rate=0.0), mixture(300, ON_CENTRE, 2, 0.0)
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 40}, "diffusion")
     a, _ = fit(offline, online, cfg, seed=0, progress=False)
-    b, _ = fit(offline, online, dataclasses.replace(cfg, batch_online_share=0.5), seed=0, progress=False)
+    b, _ = fit(offline, online, dataclasses.replace(cfg, fit_online_fraction=0.5), seed=0, progress=False)
     assert not torch.equal(a.net.proj.weight, b.net.proj.weight)
     # The online class's embedding row gets gradient far more often with the share.
     init, _ = fit(offline, online, dataclasses.replace(cfg, train_steps=1), seed=0, progress=False)
@@ -575,7 +575,7 @@ def test_warm_start_continues_from_the_previous_model():
 
 def test_bf16_training_with_the_new_pieces():
     offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
-    options = {"conditioning": "film", "batch_online_share": 0.8, "steps_per_row": 0.1, "precision": "bf16"}
+    options = {"conditioning": "film", "fit_online_fraction": 0.8, "steps_per_row": 0.1, "precision": "bf16"}
     cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 20, **options})
     a, metrics = fit(offline, online, cfg, seed=0, progress=False)
     b, _ = fit(offline, online, cfg, seed=0, progress=False)

@@ -25,7 +25,7 @@ from cfdg.envs import make_env
 from cfdg.store import StoreMeta, Transitions, write_store
 from pipeline import sections
 from pipeline.preset import apply_preset
-from pipeline.study_spec import load_study
+from pipeline.study.spec import load_study
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_SETTINGS = ROOT / "docs" / "paper-settings.md"
@@ -68,12 +68,12 @@ PERTURBED = {
         "online_threshold": 5,
         "online_buffer_size": 99,
         "synthetic_ratio": 0.5,
-        "synthetic_online_share": 0.6,
+        "synthetic_online_fraction": 0.6,
         "eval_episodes": 3,
     },
     "diffusion": {
         "conditioning": "film",
-        "batch_online_share": 0.8,
+        "fit_online_fraction": 0.8,
         "width": 64,
         "depth": 2,
         "train_steps": 50,
@@ -91,7 +91,7 @@ PERTURBED = {
         "steps": 8,
         "stochastic": False,
         "guidance_w": 3.0,
-        "online_label_share": 0.5,
+        "generated_online_fraction": 0.5,
         "buffer": "replace",
         "capacity": 10,
         "n_rows": 10,

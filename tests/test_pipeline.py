@@ -49,7 +49,7 @@ def test_paper_presets_validate(tmp_path, algo):
     assert p.sections["agent"].algo == algo
     assert p.sections["diffusion"].width == 1024 and p.sections["diffusion"].depth == 6
     sampling = p.sections["sampling"]
-    assert sampling.steps == 128 and sampling.stochastic and sampling.online_label_share == 0.8
+    assert sampling.steps == 128 and sampling.stochastic and sampling.generated_online_fraction == 0.8
     assert sampling.buffer == "fifo" and sampling.capacity == 1_000_000  # Algorithm 1: added to a 1M buffer
     assert len(p.rounds) == 10
 
@@ -213,14 +213,14 @@ def test_stage_output_is_split_on_progress_redraws():
     """Progress bars reach the Prefect log: '\r' redraws are lines of their own, bytes may split anywhere."""
     import io
 
-    from pipeline.flows import _split_output
+    from pipeline.dvc import split_output
 
     class Trickle(io.BytesIO):
         def read1(self, n: int = -1) -> bytes:
             return super().read1(3)  # a multi-byte character and every line end fall across reads
 
     data = "start\n 10%|#  | 1/10\r 20%|## | 2/10\r\nné done".encode()
-    assert list(_split_output(Trickle(data))) == [
+    assert list(split_output(Trickle(data))) == [
         ("start", False),
         (" 10%|#  | 1/10", True),
         (" 20%|## | 2/10", True),

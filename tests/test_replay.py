@@ -42,7 +42,7 @@ def check_counts_match_rows(batch) -> None:
 
 def test_concat_draws_configured_proportions(buffers):
     online, offline, syn = buffers
-    mixer = BatchMixer("concat", 256, online, offline, syn, synthetic_ratio=1 / 3, synthetic_online_share=0.8)
+    mixer = BatchMixer("concat", 256, online, offline, syn, synthetic_ratio=1 / 3, synthetic_online_fraction=0.8)
     gen = torch.Generator().manual_seed(0)
     totals = dict.fromkeys(MARK, 0)
     for _ in range(400):
@@ -73,7 +73,7 @@ def test_bernoulli_side_probability_lambda_and_synthetic_share(buffers, share):
         offline,
         syn,
         synthetic_ratio=0.25,
-        synthetic_online_share=share,
+        synthetic_online_fraction=share,
         p_online=0.3,
         online_threshold=100,
     )

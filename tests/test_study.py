@@ -22,7 +22,7 @@ import yaml
 from pipeline_project import ROOT, commit, dvc, env, make_project, sh, start_server, stop
 
 from cfdg.errors import ConfigError
-from pipeline.study_spec import load_study
+from pipeline.study.spec import load_study
 
 TINY = "configs/study/tiny.yaml"
 FAILING = "hopper-mr-iql-cfdg-s1"
@@ -51,8 +51,35 @@ def test_tiny_study_cells():
     assert cfdg1.params["dataset"]["medium_steps"] == 1000  # the tiny preset under the study
     ablation = study.cell("hopper-mr-iql-wo-offline-da-s0")
     assert ablation.ablation == "wo-offline-da" and ablation.params["diffusion"]["variant"] == "cfdg"
-    assert ablation.params["sampling"]["online_label_share"] == 1.0
+    assert ablation.params["sampling"]["generated_online_fraction"] == 1.0
     assert study.cell("hopper-mr-iql-wo-guidance-s0").params["diffusion"]["variant"] == "joint"
+
+
+def test_the_study_package_imports_one_way_through_public_names():
+    """Each module of pipeline/study/ imports only the modules listed above it in the package's
+    docstring, anywhere in the file (a function-local import is no way around it), and only
+    public names: a loop or a reach into another module's privates fails here."""
+    import ast
+
+    import pipeline.study
+
+    package = ROOT / "pipeline" / "study"
+    listed = [ln.split()[0] for ln in pipeline.study.__doc__.splitlines() if ln.startswith("    ")]
+    order = [m.removesuffix(".py") for m in listed if m.endswith(".py")]
+    assert sorted(order) == sorted(p.stem for p in package.glob("*.py") if not p.stem.startswith("__")), order
+    for i, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline.study"):
+                target = node.module.removeprefix("pipeline.study").lstrip(".")
+                assert target in order[:i], f"{name}.py imports {node.module}, not above it in {order}"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{name}.py imports private {private} from {node.module}"
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("pipeline.study") for a in node.names), f"{name}.py: {ast.dump(node)}"
+    assert "import" not in "".join(ln for ln in (package / "__init__.py").read_text().split('"""')[2:]), (
+        "pipeline/study/__init__.py imports nothing"
+    )
 
 
 @pytest.mark.parametrize(
@@ -263,7 +290,7 @@ def test_report_rebuilds_from_committed_results_on_a_fresh_clone(tiny_study, tmp
     assert (clone / "results" / "tiny" / "report" / "table1.md").read_text() == (
         results / "report" / "table1.md"
     ).read_text()
-    from pipeline.study import Plan
+    from pipeline.study.workspace import Plan
 
     assert Plan.make(clone, TINY).pending() == []  # `study run` would skip every cell
 
@@ -458,7 +485,7 @@ def test_a_study_killed_mid_cell_resumes_on_the_next_run(tiny_study, server, tmp
 
 def test_paired_table_reads_noise_as_noise():
     """Paired differences over seeds with a t-interval: a clear gain is called one, a wobble is not."""
-    from pipeline.study_report import paired_table, t_interval
+    from pipeline.study.report import paired_table, t_interval
 
     m, lo, hi = t_interval([1.0, 2.0, 3.0])
     assert m == 2.0 and lo == pytest.approx(2.0 - 4.303 * 1 / 3**0.5, abs=1e-3) and hi > 2.0

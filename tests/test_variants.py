@@ -47,13 +47,13 @@ def test_every_variant_is_registered_under_its_name(tmp_path):
 
 def test_what_each_variant_trains_on_and_samples():
     offline, online = make_transitions(30, seed=1), make_transitions(10, seed=2)
-    sampling = SamplingConfig(online_label_share=0.8)
+    sampling = SamplingConfig(generated_online_fraction=0.8)
     for name, on, labels, share in (
         ("synther", {"offline": 0, "online": 10}, {2}, 1.0),
         ("joint", {"offline": 30, "online": 10}, {2}, 1.0),
         ("cfdg", {"offline": 30, "online": 10}, {0, 1}, 0.8),
     ):
-        cfg = DiffusionConfig(variant=name, batch_online_share=0.5)
+        cfg = DiffusionConfig(variant=name, fit_online_fraction=0.5)
         data = registry.get_variant(name).training_set(offline, online)
         counts = data.counts
         assert counts == on and set(data.labels.tolist()) == labels, name

@@ -11,7 +11,7 @@ use the PEX repository's values and APL0's GCQL (docs/paper-settings.md).
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from cfdg.config import check
 
@@ -64,6 +64,9 @@ class PretrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RolloutConfig:
+    # Old key -> its name now; the old one still reads, with one warning (cfdg.config.renamed_keys).
+    RENAMED: ClassVar[dict[str, str]] = {"synthetic_online_share": "synthetic_online_fraction"}
+
     steps: int = 100_000  # env steps per round
     utd: int = 1  # gradient steps per env step
     # Explore/train cycles: after every `train_every` env steps, utd·train_every gradient steps.
@@ -76,7 +79,7 @@ class RolloutConfig:
     eval_episodes: int = 10
     eval_seed: int = 10_000
     synthetic_ratio: float = 1 / 3  # r: share of each batch that is synthetic
-    synthetic_online_share: float = 0.8  # share of the synthetic part drawn online-labelled (8:2)
+    synthetic_online_fraction: float = 0.8  # fraction of the synthetic part drawn online-labelled (8:2)
     real_online_share: float = 0.5  # concat paradigm: share of the real part that is online
     p_online: float = 0.5  # bernoulli paradigm (APL): P(online-side batch)
     online_threshold: int = 10_000  # APL: online batches only once the online buffer holds more
@@ -95,7 +98,7 @@ class RolloutConfig:
         check(self.random_steps >= 0, f"{w}.random_steps", f"must be >= 0, got {self.random_steps}")
         check(self.eval_every >= 0, f"{w}.eval_every", f"must be >= 0, got {self.eval_every}")
         check(self.eval_episodes >= 1, f"{w}.eval_episodes", f"must be >= 1, got {self.eval_episodes}")
-        for name in ("synthetic_ratio", "synthetic_online_share", "real_online_share", "p_online"):
+        for name in ("synthetic_ratio", "synthetic_online_fraction", "real_online_share", "p_online"):
             v = getattr(self, name)
             check(0 <= v <= 1, f"{w}.{name}", f"must be in [0, 1], got {v}")
         check(self.synthetic_ratio < 1, f"{w}.synthetic_ratio", "must be < 1 (batches need real data)")

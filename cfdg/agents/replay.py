@@ -5,7 +5,7 @@ I/O happens per batch. Indices and coin flips come from one CPU `torch.Generator
 seed gives the same batches on every device, and a checkpointed generator state resumes them.
 
 - concat (IQL, PEX): batch = online ⊕ offline ⊕ synthetic; a fraction `synthetic_ratio` r of the
-  batch is synthetic, a share `synthetic_online_share` (0.8) of it online-labelled; a share
+  batch is synthetic, a share `synthetic_online_fraction` (0.8) of it online-labelled; a share
   `real_online_share` (0.5, PEX's buffer mix) of the real part is online, the rest offline.
 - bernoulli (APL): with probability p_online the real part is from the online side (λ = 0), else
   from the offline side (λ = 1); a fraction r of the batch is synthetic, drawn 8:2 online:offline
@@ -227,7 +227,7 @@ class BatchMixer:
         offline: ReplayBuffer,
         synthetic: Synthetic | None = None,
         synthetic_ratio: float = 1 / 3,
-        synthetic_online_share: float = 0.8,
+        synthetic_online_fraction: float = 0.8,
         real_online_share: float = 0.5,
         p_online: float = 0.5,
         online_threshold: int = 0,
@@ -235,7 +235,7 @@ class BatchMixer:
         self.paradigm, self.batch_size = paradigm, batch_size
         self.online, self.offline, self.synthetic = online, offline, synthetic
         self.synthetic_ratio = synthetic_ratio if synthetic is not None else 0.0
-        self.synthetic_online_share = synthetic_online_share
+        self.synthetic_online_fraction = synthetic_online_fraction
         self.real_online_share = real_online_share
         self.p_online, self.online_threshold = p_online, online_threshold
         self.drawn = dict.fromkeys(SOURCES, 0)
@@ -276,7 +276,7 @@ class BatchMixer:
         """Paper 4.1: generated online:offline 8:2 in every batch's synthetic part, on either side."""
         if not n_syn:
             return 0, 0
-        syn_on = split_count(n_syn, self.synthetic_online_share, gen)
+        syn_on = split_count(n_syn, self.synthetic_online_fraction, gen)
         return _fit(self.synthetic.online, self.synthetic.offline, syn_on, n_syn - syn_on)
 
     def _synthetic_parts(self, syn_on: int, syn_off: int) -> list[tuple[str, ReplayBuffer | None, int]]:

@@ -208,7 +208,7 @@ def run_round(
         offline_buf,
         Synthetic.from_transitions(synthetic, device),
         synthetic_ratio=cfg.synthetic_ratio,
-        synthetic_online_share=cfg.synthetic_online_share,
+        synthetic_online_fraction=cfg.synthetic_online_fraction,
         real_online_share=cfg.real_online_share,
         p_online=cfg.p_online,
         online_threshold=cfg.online_threshold,

@@ -11,7 +11,7 @@ Dataclass defaults are the paper's GPU settings (A.2: width 1024, depth 6, 100K 
 from __future__ import annotations
 
 import dataclasses
-from typing import Literal
+from typing import ClassVar, Literal
 
 from cfdg.config import check, to_dict
 from cfdg.device import PRECISIONS
@@ -80,6 +80,9 @@ class EdisGuidance:
 class DiffusionConfig:
     """What fitting decides: the variant, the architecture, EDM's training noise, the optimiser."""
 
+    # Old key -> its name now; the old one still reads, with one warning (cfdg.config.renamed_keys).
+    RENAMED: ClassVar[dict[str, str]] = {"batch_online_share": "fit_online_fraction"}
+
     # A name in cfdg/diffusion/variants/registry.py, the only list of them: the fit stage and
     # `cfdg check` resolve it there; this module sits below the registry and never imports it.
     variant: str = "cfdg"
@@ -119,12 +122,12 @@ class DiffusionConfig:
     # Chosen (the paper leaves it open): Ho & Salimans (2021) found 0.1-0.2 best (0.5 hurt), and
     # 0.2 and 0.3 measured worse than 0.1 here. lucidrains' guidance UNet drops 0.5 (an image default).
     p_uncond: float = 0.1
-    # Share of each training batch drawn from the online buffer (cfdg and joint, which see both
-    # buffers); None = uniform over rows. Round 1 holds ~4x more offline than online rows, so
+    # Fraction of each generator training batch drawn from the online buffer (cfdg and joint,
+    # which see both buffers); None = uniform over rows. Round 1 holds ~4x more offline than online rows, so
     # uniform batches spend most steps on the offline class while `synther` spends all of them on
     # online rows. The normaliser's statistics are weighted the same way (experiments/generator_ablation.py:
     # weighting them too is worth as much as the batch share itself).
-    batch_online_share: float | None = None
+    fit_online_fraction: float | None = None
     # Start round k's fit from round k-1's weights (same steps; round 1 starts from scratch).
     warm_start: bool = False
     # Steps of a warm-started fit (round k ≥ 2 with warm_start); 0 = train_steps. A model that
@@ -165,9 +168,9 @@ class DiffusionConfig:
         check(0 <= self.ema_decay < 1, f"{w}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check(0 <= self.p_uncond < 1, f"{w}.p_uncond", f"must be in [0, 1), got {self.p_uncond}")
         check(
-            self.batch_online_share is None or 0 < self.batch_online_share < 1,
-            f"{w}.batch_online_share",
-            f"must be null (uniform over rows) or in (0, 1), got {self.batch_online_share}",
+            self.fit_online_fraction is None or 0 < self.fit_online_fraction < 1,
+            f"{w}.fit_online_fraction",
+            f"must be null (uniform over rows) or in (0, 1), got {self.fit_online_fraction}",
         )
         check(self.precision in PRECISIONS, f"{w}.precision", f"must be one of {list(PRECISIONS)}")
         check(self.threads >= 0, f"{w}.threads", f"must be >= 0, got {self.threads}")
@@ -176,6 +179,8 @@ class DiffusionConfig:
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """How materialise draws the synthetic store from a fitted model; never part of the model."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"online_label_share": "generated_online_fraction"}
 
     # Classifier-free guidance, the paper's Eq. 7: ε = (1+w)·ε(x,c) − w·ε(x,∅).
     # w = 0 is the purely conditional model; w > 0 pushes samples away from the unconditional
@@ -193,9 +198,9 @@ class SamplingConfig:
     s_tmin: float = 0.05
     s_tmax: float = 50.0
     s_noise: float = 1.003
-    # cfdg: share of the rows generated with the online label (paper 8:2 -> 0.8). The
+    # cfdg: fraction of the generated rows labelled online (paper 8:2 -> 0.8). The
     # unconditional variants label every row online (the agent uses them as the synthetic share).
-    online_label_share: float = 0.8
+    generated_online_fraction: float = 0.8
     n_rows: int = 1_000_000  # rows generated per round
     batch: int = 4096  # rows per sampler call (x2 with guidance): big GEMMs
     # bf16: a bf16 copy of the EMA network (the sampler state and EDM arithmetic stay fp32).
@@ -216,7 +221,7 @@ class SamplingConfig:
         check(self.s_churn >= 0, f"{w}.s_churn", f"must be >= 0, got {self.s_churn}")
         check(0 <= self.s_tmin <= self.s_tmax, f"{w}.s_tmin", "need 0 <= s_tmin <= s_tmax")
         check(self.s_noise > 0, f"{w}.s_noise", f"must be > 0, got {self.s_noise}")
-        check(0 <= self.online_label_share <= 1, f"{w}.online_label_share", "must be in [0, 1]")
+        check(0 <= self.generated_online_fraction <= 1, f"{w}.generated_online_fraction", "must be in [0, 1]")
         check(self.n_rows >= 0, f"{w}.n_rows", f"must be >= 0, got {self.n_rows}")
         check(self.batch >= 1, f"{w}.batch", f"must be >= 1, got {self.batch}")
         check(self.precision in PRECISIONS, f"{w}.precision", f"must be one of {list(PRECISIONS)}")

@@ -14,7 +14,8 @@ from cfdg.io import atomic_torch_save
 FORMAT = "cfdg-diffusion"
 # 2: the config holds fitting parameters only (sampling moved to params `sampling:`).
 # 3: class_balance became batch_online_share.
-VERSION = 3
+# 4: batch_online_share became fit_online_fraction.
+VERSION = 4
 
 
 def save_no_model(path: str | os.PathLike) -> Path:

@@ -6,7 +6,7 @@ serves any sampler; the solver is looked up in edm.SOLVERS. The variant object t
 the sampler its denoiser for each batch: `cfdg` samples carry the class they were generated for (offline 0 /
 online 1) and are guided; the unconditional variants (`synther`, `joint`) are labelled online,
 which is how the agent's batch mixer uses them (as the synthetic share). In a store, labels follow a fixed
-interleaved pattern (row i is online when ⌊(i+1)f⌋ > ⌊i·f⌋, f = online_label_share), so every
+interleaved pattern (row i is online when ⌊(i+1)f⌋ > ⌊i·f⌋, f = generated_online_fraction), so every
 prefix has the right share and the order never depends on RNG. Each chunk draws its noise from
 its own seed derived from (seed, chunk index): the store is byte-identical for a seed, and no
 more than one chunk is ever in memory.

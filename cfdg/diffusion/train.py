@@ -7,7 +7,7 @@ label; `joint` trains on offline ∪ online with the null label for every row (t
 "w/o guidance"). All randomness comes from one seeded generator: same data, config and seed give
 the same weights bit for bit on CPU.
 
-Batches are uniform over rows, or with `batch_online_share` q each batch row comes from the
+Batches are uniform over rows, or with `fit_online_fraction` q each batch row comes from the
 online buffer with probability q whatever the buffers' sizes (round 1 holds ~4x more offline
 than online rows, so uniform batches spend most of the conditional model's steps on the offline
 class); the normaliser is then fitted to that mixture, not to the stored rows. The EMA is
@@ -72,7 +72,7 @@ def effective_train_steps(cfg: DiffusionConfig, n_rows: int, warm: bool = False)
 def online_share(cfg: DiffusionConfig, counts: dict[str, int]) -> float | None:
     """The batch's online share for this fit: None (uniform over rows) unless rows of both buffers are modelled."""
     both = counts["offline"] > 0 and counts["online"] > 0
-    return cfg.batch_online_share if both else None
+    return cfg.fit_online_fraction if both else None
 
 
 def row_weights(counts: dict[str, int], share: float | None) -> np.ndarray | None:

@@ -6,7 +6,7 @@ A variant is a class with a few class attributes and, where it needs more, overr
 - `trains_on`: the buffers the model is fitted on (rows are offline first, then online);
 - `keeps_labels`: rows carry their buffer's class (offline 0 / online 1), else the null class; it
   also decides which labels a store's rows carry (`store_online_share`: the classes at
-  `online_label_share`, or all online);
+  `generated_online_fraction`, or all online);
 - `drops_labels`: label dropout (`p_uncond`) also trains the null class: classifier-free guidance;
 - `guided`: the sampler mixes conditional and null class with `sampling.guidance_w` (`denoiser`);
 - `needs_policy`: `fit@k` hands it the round's agent policy;
@@ -122,7 +122,7 @@ class GeneratorVariant:
     # --- what it samples ----------------------------------------------------------------------
     def store_online_share(self, sampling: SamplingConfig) -> float:
         """Share of a store's rows labelled online: the classes' share, or all rows for an unconditional model."""
-        return sampling.online_label_share if self.keeps_labels else 1.0
+        return sampling.generated_online_fraction if self.keeps_labels else 1.0
 
     def denoiser(self, model: DiffusionModel, labels: np.ndarray | None, n: int, sampling: SamplingConfig) -> Denoiser:
         """D(x; σ) for one sampler batch of n rows of `labels` (None: the null class, no guidance)."""

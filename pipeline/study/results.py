@@ -22,8 +22,10 @@ import yaml
 
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
-from pipeline.study_spec import Cell, leaves
+from pipeline import sections
+from pipeline.study.spec import Cell, leaves
 from stages import layout
+from stages.report import curve_point
 
 RESULTS_DIR = Path("results")
 SCHEMA = 1
@@ -51,8 +53,6 @@ def flatten(obj: Any) -> dict[str, float]:
 
 def workspace_results(ws: Path) -> dict[str, Any] | None:
     """Curve, scores, per-round stage metrics and quality of a finished cell's workspace."""
-    from stages.report import curve_point
-
     rounds_dir = ws / layout.ROUNDS_DIR
     m0 = _json(rounds_dir / "0" / layout.score_file(0))
     if m0 is None:
@@ -122,7 +122,8 @@ def read_result(path: Path, cell: Cell, pins: Mapping[str, Any]) -> dict[str, An
     """A committed cell record for the report: None when the cell has no file yet; ConfigError (one
     line naming the file) when the file is malformed, belongs to another cell, or its recorded
     params differ from a setting the study file pins. The project's params.yaml is not compared:
-    a record holds the defaults of the commit it ran at, which the record names."""
+    a record holds the defaults of the commit it ran at, which the record names (and that
+    commit's key names: a key renamed since is compared under its new name, without a warning)."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -137,7 +138,10 @@ def read_result(path: Path, cell: Cell, pins: Mapping[str, Any]) -> dict[str, An
         raise ConfigError(f"{path}: not a cell results file ({what})")
     if rec["cell"] != cell.name:
         raise ConfigError(f"{path}: records cell {rec['cell']!r}, expected {cell.name!r}")
-    recorded = leaves(rec["params"])
+    params = rec["params"]
+    if isinstance(params, Mapping):  # a record written before a key's rename: read under the new name
+        params = sections.renamed(params, str(path), quiet=True)
+    recorded = leaves(params)
     for key, want in pins.items():
         got = recorded.get(key, _MISSING)
         if got != want:

@@ -25,14 +25,29 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectAlreadyExists
+from prefect.runner.storage import GitRepository
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults)
 from cfdg.errors import ConfigError
+from cfdg.io import atomic_write_json
+from pipeline.dvc import DVC
+from pipeline.study.cell import execute_cell
+from pipeline.study.keys import stage_keys, stage_sections
+from pipeline.study.report import write_report
+from pipeline.study.spec import Cell, artifact_key
+from pipeline.study.workspace import Plan, cache_dir, cell_dir, prepare_workspace, state_path
 
 DEPLOYMENT = "cfdg-study-cell"
 FLOW = "cfdg-study-cell"
-ENTRYPOINT = "pipeline/study_pool.py:cfdg_pool_cell"
+ENTRYPOINT = "pipeline/study/pool.py:cfdg_pool_cell"
 REMOTE_NAME = "study"
 RESULT_FENCE = "```json"
 # Where a worker machine keeps cell workspaces and its DVC cache (shared by its cells).
@@ -53,8 +68,6 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 def worker_workspace(repo: str, commit: str, ws: Path, cache: Path, remote: str, params_yaml: str) -> Path:
     """The cell's workspace on this worker: a clone at `commit`, the machine's cache, the study remote."""
-    from pipeline.study import DVC
-
     if not (ws / ".git").exists():
         ws.parent.mkdir(parents=True, exist_ok=True)
         _run(["git", "clone", "--quiet", repo, str(ws)], ws.parent)
@@ -73,14 +86,7 @@ def cfdg_pool_cell(
     name: str, study: str, repo: str, commit: str, params_yaml: str, remote: str, stage_retries: int = 1
 ) -> dict[str, Any]:
     """One study cell on whichever worker picked it up; artifacts pushed to the DVC remote."""
-    from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
-
-    from pipeline.study import _artifact_key, execute_cell, stage_keys, stage_sections
-    from pipeline.study_spec import Cell
-
     logger = get_run_logger()
-    import yaml
-
     params = yaml.safe_load(params_yaml)
     cell = Cell(name, "", "", "", "", int(params.get("seed", 0)), None, params)
     base = Path(os.environ.get(WORKDIR_ENV) or _home_cache("study-work"))
@@ -90,7 +96,7 @@ def cfdg_pool_cell(
         "cell %s on %s (worker pid %d): workspace %s, cache %s", name, socket.gethostname(), os.getppid(), ws, cache
     )
     keys = stage_keys(cell, stage_sections(ws / "dvc.yaml"), commit)
-    progress_id = create_progress_artifact(0.0, key=_artifact_key(f"cell-{study}-{name}"), description=f"cell {name}")
+    progress_id = create_progress_artifact(0.0, key=artifact_key(f"cell-{study}-{name}"), description=f"cell {name}")
     state_file = base / study / f"{name}.json"
     started = time.time()
     state = execute_cell(
@@ -106,8 +112,6 @@ def cfdg_pool_cell(
         pull=True,
         stage_retries=stage_retries,
     )
-    from pipeline.study import DVC
-
     _run([*DVC, "push", "--run-cache"], ws)
     result = {
         "cell": name,
@@ -121,7 +125,7 @@ def cfdg_pool_cell(
     create_markdown_artifact(
         f"Cell `{name}`: dvc.lock and stage timings (read by `cfdg study run --pool`).\n\n"
         f"{RESULT_FENCE}\n{json.dumps(result, indent=1)}\n```\n",
-        key=_artifact_key(f"result-{study}-{name}"),
+        key=artifact_key(f"result-{study}-{name}"),
         description=f"cell {name}: dvc.lock",
     )
     return {k: v for k, v in result.items() if k != "dvc_lock"}
@@ -132,8 +136,7 @@ def cfdg_pool_cell(
 
 
 def default_remote(root: Path) -> str | None:
-    from pipeline.study import DVC
-
+    """The URL of the project's default DVC remote, if it has one."""
     proc = subprocess.run([*DVC, "remote", "list"], cwd=root, capture_output=True, text=True)
     default = subprocess.run([*DVC, "remote", "default"], cwd=root, capture_output=True, text=True).stdout.strip()
     for line in proc.stdout.splitlines():
@@ -145,11 +148,6 @@ def default_remote(root: Path) -> str | None:
 
 def ensure_deployment(pool: str, repo: str, commit: str) -> str:
     """The cell deployment on `pool`, code from `repo` at `commit`; creates a process pool if missing."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists
-    from prefect.runner.storage import GitRepository
-
     with get_client(sync_client=True) as client:
         try:
             client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
@@ -162,8 +160,7 @@ def ensure_deployment(pool: str, repo: str, commit: str) -> str:
 
 
 def _result(client: Any, flow_run_id: Any, key: str) -> dict[str, Any] | None:
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
-
+    """The result a cell's flow run left in its Markdown artifact (None: it left none)."""
     arts = client.read_artifacts(
         artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
         flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
@@ -176,32 +173,13 @@ def _result(client: Any, flow_run_id: Any, key: str) -> dict[str, Any] | None:
 
 
 def run_on_pool(
-    study_file: str | Path,
-    root: str | Path = ".",
+    plan: Plan,
     pool: str = "cfdg-study",
     remote: str | None = None,
     repo: str | None = None,
-    allow_dirty: bool = False,
     poll_s: float = 2.0,
 ) -> dict[str, Any]:
-    """Submit the pending cells as flow runs, wait, bring each finished cell's outputs home, report."""
-    from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
-
-    from pipeline.study import (
-        DVC,
-        Plan,
-        _artifact_key,
-        atomic_write_json,
-        cache_dir,
-        cell_dir,
-        prepare_workspace,
-        state_path,
-        study_record,
-    )
-    from pipeline.study_report import write_report
-
-    plan = Plan.make(Path(root), study_file, allow_dirty=allow_dirty)
+    """Submit the plan's pending cells as flow runs, wait, bring each finished cell's outputs home, report."""
     remote = remote or default_remote(plan.root)
     if not remote:
         raise ConfigError(f"{plan.root}: --pool needs a DVC remote the workers can reach (--remote URL, or a default)")
@@ -211,7 +189,7 @@ def run_on_pool(
     pending = plan.pending()
     skipped = [c.name for c in plan.study.cells if c not in pending]
     name = ensure_deployment(pool, repo, plan.commit) if pending else ""
-    atomic_write_json(plan.sdir / "study.json", {**study_record(plan), "pool": pool, "remote": remote, "repo": repo})
+    atomic_write_json(plan.sdir / "study.json", {**plan.record(), "pool": pool, "remote": remote, "repo": repo})
     runs = {}
     for c in pending:
         params = {
@@ -238,7 +216,7 @@ def run_on_pool(
                 if not fr.state.is_completed():
                     failed[cname] = f"flow run {fr.name} ended {fr.state.type.value}: {fr.state.message or ''}".strip()
                     continue
-                result = _result(client, run_id, _artifact_key(f"result-{plan.study.name}-{cname}"))
+                result = _result(client, run_id, artifact_key(f"result-{plan.study.name}-{cname}"))
                 if result is None:
                     failed[cname] = f"flow run {fr.name} completed without its result artifact"
                     continue
@@ -264,5 +242,5 @@ def run_on_pool(
                 }
                 atomic_write_json(state_path(plan.sdir, cell), state)
                 plan.export(cell)
-    report = write_report(plan)
+    report = write_report(plan).path
     return {"cells": len(plan.study.cells), "skipped": skipped, "failed": failed, "report": str(report), "runs": runs}

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from cfdg.errors import ConfigError
+from cfdg.errors import CfdgError, ConfigError
+from cfdg.sources import check_source
 from pipeline import sections
 from pipeline.preset import REPLACE_KEY, replaced_sections
 from stages import params as params_yaml
@@ -84,6 +85,11 @@ class Study:
 def slug(text: str) -> str:
     """A file- and Prefect-safe name part."""
     return _SAFE.sub("-", str(text)).strip("-") or "x"
+
+
+def artifact_key(text: str) -> str:
+    """A Prefect artifact key (lower case, digits and dashes, at most 100) from a study or cell name."""
+    return slug(text).lower().replace(".", "-").replace("_", "-")[:100]
 
 
 def deep_merge(dst: dict[str, Any], src: Mapping[str, Any]) -> dict[str, Any]:
@@ -145,8 +151,9 @@ class _Resolver:
             data = yaml.safe_load(path.read_text()) or {}
             if not isinstance(data, Mapping):
                 raise ConfigError(f"{where}.preset: {name} must be a mapping of params.yaml sections")
+            data = sections.renamed(data, name)
             check_overrides(data, f"{name}")
-            self._presets[name] = dict(data)
+            self._presets[name] = data
         return self._presets[name]
 
     def apply(self, params: dict[str, Any], layer: Mapping[str, Any] | None, where: str) -> dict[str, Any]:
@@ -154,6 +161,7 @@ class _Resolver:
             return params
         if not isinstance(layer, Mapping):
             raise ConfigError(f"{where}: must be a mapping of params.yaml sections, got {layer!r}")
+        layer = sections.renamed(layer, where)  # old key names: one warning, new names in the cells
         check_overrides(layer, where)
         if "preset" in layer:
             params = self.apply(params, self.preset(layer["preset"], where), f"{where}.preset")
@@ -257,7 +265,7 @@ def load_study(
         raise ConfigError(f"{where}: needs `axes` (or `grids`, a list of grids with their axes)")
     name = slug(doc.get("name") or file.stem)
     if base is None:
-        base = params_yaml.read_params(root / params_yaml.PARAMS_FILE)
+        base = sections.renamed(params_yaml.read_params(root / params_yaml.PARAMS_FILE), str(params_yaml.PARAMS_FILE))
     res = _Resolver(root, path)
     common = res.apply(copy.deepcopy(dict(base)), _layer(doc, where), where)
 
@@ -368,9 +376,6 @@ def _check_duplicates(cells: Sequence[Cell], where: str) -> None:
 def validate_cells(cells: Sequence[Cell], where: str, check_files: bool = True) -> None:
     """Every cell's params.yaml through `pipeline check`'s validation. `check_files=False` skips
     checking that a D4RL source file is present (to plan a GPU study on a machine without them)."""
-    from cfdg.errors import CfdgError
-    from cfdg.sources import check_source
-
     checked: dict[str, ConfigError | None] = {}
     with tempfile.TemporaryDirectory(prefix="cfdg-study-") as tmp:
         path = Path(tmp) / "params.yaml"

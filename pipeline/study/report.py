@@ -1,7 +1,7 @@
 """A study's report: the paper's Tables 1, 2, 3 and 6 and aggregated learning curves.
 
 Everything is read from the committed results files `results/<study>/cells/<cell>.json`
-(pipeline/study_results.py: the learning curve from the cells' metrics files, quality from
+(pipeline/study/results.py: the learning curve from the cells' metrics files, quality from
 rounds/k/quality.json, and the stage timings of the cells' state files), so a fresh clone with no
 workspace rebuilds the report. Cells not finished yet are left out and counted.
 
@@ -26,8 +26,11 @@ from cfdg import report as cfdg_report
 from cfdg.diffusion.variants.registry import display_name, order
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json, atomic_write_text
-from pipeline.study_results import read_result, report_record, result_path, results_dir
-from pipeline.study_spec import study_pins
+from pipeline.faults import ROUND_STAGES
+from pipeline.study.keys import ONLINE_STAGES
+from pipeline.study.results import read_result, report_record, result_path, results_dir
+from pipeline.study.spec import study_pins
+from pipeline.study.workspace import Plan
 
 DIVERGENCES = ("state", "action", "transition")
 STD = "sample std over seeds (n − 1)"
@@ -62,7 +65,7 @@ class Collected:
         return "code " + ", ".join(parts) if parts else "no cells"
 
 
-def collect(plan: Any, mix_commits: bool = False) -> Collected:
+def collect(plan: Plan, mix_commits: bool = False) -> Collected:
     """One record per cell with committed results (`results/<study>/cells/`), exporting finished
     workspaces first: the tables need nothing but those files. Refuses (ConfigError, one line) a
     malformed file, a record whose params disagree with the study file, and cells of different
@@ -158,7 +161,7 @@ def table1(records: Sequence[Mapping[str, Any]]) -> str:
 
 def t_interval(xs: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """Mean and Student-t confidence interval of the mean (sample std, n − 1 degrees of freedom)."""
-    from scipy import stats
+    from scipy import stats  # here: a second of import time that only a paired table needs
 
     n = len(xs)
     m = sum(xs) / n
@@ -383,8 +386,6 @@ def _stage_cost(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, 
 
 def compute_table(records: Sequence[Mapping[str, Any]]) -> str:
     """The paper's Table 6: online-phase wall time and peak memory per algorithm and variant."""
-    from pipeline.study import ONLINE_STAGES
-
     if not records:
         return "No finished cells.\n"
     cost = _stage_cost(records)
@@ -461,8 +462,6 @@ def aggregate(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def stage_cost_table(records: Sequence[Mapping[str, Any]]) -> str:
     """Measured cost per stage: mean wall seconds per round of rollout, fit and materialise, per
     variant, and the generator's share (fit + materialise) / rollout."""
-    from pipeline.study import ROUND_STAGES
-
     cost = _stage_cost(records)
     per: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
@@ -488,7 +487,15 @@ def stage_cost_table(records: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(plan: Any, mix_commits: bool = False) -> Path:
+@dataclasses.dataclass(frozen=True)
+class WrittenReport:
+    """What write_report wrote: report.md, and its summary line for the command to print."""
+
+    path: Path
+    summary: str  # "N of M cells finished (...); code <commit> (N cells); study file `...`."
+
+
+def write_report(plan: Plan, mix_commits: bool = False) -> WrittenReport:
     """Write results/<name>/report/: report.md, table1/2/3.md, paired.md, compute.md, curves.png, results.json."""
     out = results_dir(plan.root, plan.study.name) / "report"
     got = collect(plan, mix_commits)
@@ -516,12 +523,15 @@ def write_report(plan: Any, mix_commits: bool = False) -> Path:
         if flags
         else "Pairing: the variants of every seed start from the same pretrained agent and round-1 data."
     )
+    summary = (
+        f"{len(records)} of {len(plan.study.cells)} cells finished"
+        + (f" ({len(got.missing)} not yet: {', '.join(got.missing)})" if got.missing else "")
+        + f"; {got.commit_line()}; study file `{plan.study.path}`."
+    )
     md = [
         f"# Study {plan.study.name}",
         "",
-        f"{len(records)} of {len(plan.study.cells)} cells finished"
-        + (f" ({len(got.missing)} not yet: {', '.join(got.missing)})" if got.missing else "")
-        + f"; {got.commit_line()}; study file `{plan.study.path}`.",
+        summary,
         "",
         pairing_note,
         "",
@@ -549,38 +559,5 @@ def write_report(plan: Any, mix_commits: bool = False) -> Path:
         *[f"- `{p.relative_to(plan.root).as_posix()}`" for p in got.read],
         "",
     ]
-    atomic_write_text(out / "report.md", "\n".join(md))
-    return out / "report.md"
-
-
-def publish(plan: Any, report: Path) -> None:
-    """The report as Prefect artifacts (call inside a flow run)."""
-    import base64
-
-    from prefect.artifacts import create_image_artifact, create_markdown_artifact
-
-    from pipeline.study import _artifact_key
-
-    create_markdown_artifact(
-        report.read_text(), key=_artifact_key(f"study-{plan.study.name}-report"), description=str(report)
-    )
-    png = report.parent / "curves.png"
-    if png.is_file():
-        url = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
-        create_image_artifact(
-            image_url=url,
-            key=_artifact_key(f"study-{plan.study.name}-curves"),
-            description="learning curves, mean ± std over seeds",
-        )
-
-
-def publish_flow(plan: Any, mix_commits: bool = False) -> Path:
-    from prefect import flow
-
-    @flow(name="cfdg-study-report", flow_run_name=f"report-{plan.study.name}")
-    def cfdg_study_report() -> str:
-        report = write_report(plan, mix_commits)
-        publish(plan, report)
-        return str(report)
-
-    return Path(cfdg_study_report())
+    path = atomic_write_text(out / "report.md", "\n".join(md))
+    return WrittenReport(path, summary)

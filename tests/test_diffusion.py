@@ -244,7 +244,7 @@ def test_checkpoint_holds_no_sampling_knob_and_refuses_old_versions(toy, tmp_pat
     ckpt["version"] = 1
     torch.save(ckpt, tmp_path / "old.pt")
     for read in (load_diffusion, checkpoint_variant):
-        with pytest.raises(CheckpointError, match=r"old.pt: checkpoint version 1, this cfdg reads 3; refit") as e:
+        with pytest.raises(CheckpointError, match=r"old.pt: checkpoint version 1, this cfdg reads 4; refit") as e:
             read(tmp_path / "old.pt")
         assert "\n" not in str(e.value)
     none = save_no_model(tmp_path / "none.pt")
@@ -635,3 +635,18 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(tmp_path
     assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
     with pytest.raises(ConfigError, match="precision must be one of"):
         resolve_precision("fp16", cpu)
+
+
+def test_checkpoint_written_before_the_rename_still_loads(tmp_path):
+    """A version-3 checkpoint (`batch_online_share`) loads as the same model with `fit_online_fraction`."""
+    from cfdg.io import read_checkpoint
+
+    offline, online = make_transitions(300, seed=1), make_transitions(100, seed=2)
+    cfg = from_mapping(DiffusionConfig, {"width": 32, "depth": 2, "train_steps": 5, "fit_online_fraction": 0.7})
+    model, _ = fit(offline, online, cfg, seed=0, progress=False)
+    ckpt = read_checkpoint(save_diffusion(model, tmp_path / "new.pt"), "diffusion")
+    ckpt["version"] = 3
+    ckpt["config"]["batch_online_share"] = ckpt["config"].pop("fit_online_fraction")
+    torch.save(ckpt, tmp_path / "old.pt")
+    old = load_diffusion(tmp_path / "old.pt", device="cpu")
+    assert old.cfg.fit_online_fraction == 0.7 and torch.equal(old.ema.proj.weight, model.ema.proj.weight)

@@ -59,6 +59,11 @@ def _read(path: Path) -> dict:
     ckpt = read_checkpoint(path, "diffusion")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a cfdg diffusion checkpoint (format {_get(ckpt, 'format')!r})")
+    if ckpt.get("version") == VERSION - 1:  # written before fit_online_fraction had its name: same model
+        config = ckpt.get("config")
+        if isinstance(config, dict) and "batch_online_share" in config:
+            config["fit_online_fraction"] = config.pop("batch_online_share")
+        ckpt["version"] = VERSION
     if ckpt.get("version") != VERSION:
         raise CheckpointError(
             f"{path}: checkpoint version {ckpt.get('version')!r}, this cfdg reads {VERSION}; refit it (dvc repro fit@k)"

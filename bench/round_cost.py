@@ -11,7 +11,8 @@ into a temporary folder (the project is only read):
   each for `--seeds` seeds (the generator's seed; same round data), split into fit, sampling,
   store writes and quality measurement;
 - process and DVC start-up per stage: `python -m stages.<stage> --help` (interpreter, torch and the
-  stage's imports) plus `dvc status <stage>@k` in the project (DVC's start-up and dependency check).
+  stage's imports) plus `dvc repro --dry <stage>@k` in the project (DVC's start-up and its check of
+  every stage up to this one, which runs nothing).
 
 Quality of the online-labelled generated rows, mean and sample std over the seeds: next-state
 relative error in the simulator, and the state JS divergence to round k+1's fresh online rows (the
@@ -98,11 +99,12 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 def startup_s(project: Path, stage: str, k: int) -> float:
-    """Wall seconds a stage pays before its work: the Python process with its imports, and DVC's check."""
+    """Wall seconds a stage pays besides its work: the Python process with its imports, and DVC's check
+    of every stage up to it (`dvc repro --dry`, which runs nothing), as `cfdg run` pays them per stage."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     _, py = timed(lambda: subprocess.run([sys.executable, "-m", f"stages.{stage}", "--help"], cwd=ROOT, env=env,
                                          capture_output=True, check=True))  # fmt: skip
-    _, dvc = timed(lambda: subprocess.run([sys.executable, "-m", "dvc", "status", f"{stage}@{k}"], cwd=project,
+    _, dvc = timed(lambda: subprocess.run([sys.executable, "-m", "dvc", "repro", "--dry", f"{stage}@{k}"], cwd=project,
                                           capture_output=True, check=False))  # fmt: skip
     return py + dvc
 

@@ -1,6 +1,6 @@
 """Prefect flows that run the DVC stages: the whole loop, and one generation round.
 
-Every stage runs THROUGH DVC (`dvc repro <stage>`, by pipeline/dvc.py, the runner a study's
+Every stage runs THROUGH DVC (`dvc repro <stage>`, by pipeline/repro.py, the runner a study's
 cells use too), so dvc.lock stays the record of what was produced from what, and a rerun (Prefect
 retry, UI "Retry", or plain `dvc repro`) skips every stage whose inputs are unchanged: a failed
 round is redone from its failed stage, earlier rounds are left as they are. Prefect adds retries,
@@ -35,7 +35,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, State
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
-from pipeline import dvc, faults, runlock, sections
+from pipeline import faults, repro, runlock, sections
 from pipeline.faults import StageFault
 from stages import layout, params
 from stages.metrics import quality_headline
@@ -61,7 +61,7 @@ def repro(target: str, root: str = ".") -> list[str] | State:
     StageFault, which the task retries only when a retry can help (faults.retry_transient).
     """
     logger = get_run_logger()
-    run = dvc.repro(
+    run = repro.repro(
         Path(root),
         target,
         log=logger.info,

@@ -213,7 +213,7 @@ def test_stage_output_is_split_on_progress_redraws():
     """Progress bars reach the Prefect log: '\r' redraws are lines of their own, bytes may split anywhere."""
     import io
 
-    from pipeline.dvc import split_output
+    from pipeline.repro import split_output
 
     class Trickle(io.BytesIO):
         def read1(self, n: int = -1) -> bytes:
@@ -241,3 +241,17 @@ def test_report_artifact_embeds_its_pictures(tmp_path):
     out = inline_images(text, tmp_path)
     assert f"![learning curve](data:image/png;base64,{base64.b64encode(png).decode()})" in out
     assert "![gone](missing.png)" in out and out.startswith("# Report\n")
+
+
+def test_flows_load_as_a_script_the_way_prefects_runner_loads_them():
+    """`cfdg serve` deployments run `pipeline/flows.py` as a script (its folder first on sys.path):
+    no module there may hide a package the flows import (a `pipeline/dvc.py` hid `dvc`)."""
+    import subprocess
+
+    code = (
+        "from prefect.utilities.importtools import load_script_as_module as load; "
+        "m = load('pipeline/flows.py'); print(sorted(n for n in dir(m) if n.startswith('cfdg_')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "cfdg_round" in proc.stdout, proc.stdout

@@ -1,4 +1,4 @@
-"""One cell's stages, in order, through the DVC runner (pipeline/dvc.py), in its workspace.
+"""One cell's stages, in order, through the DVC runner (pipeline/repro.py), in its workspace.
 
 The same code runs a cell on this machine (pipeline/study/run.py: a worktree of the project, the
 project's cache) and on a work pool's worker (pipeline/study/pool.py: a clone, the machine's
@@ -18,7 +18,7 @@ from typing import Any
 from filelock import FileLock
 
 from cfdg.io import atomic_write_json
-from pipeline import dvc
+from pipeline import repro
 from pipeline.faults import Fault, StageFault
 from pipeline.study.keys import targets
 from pipeline.study.spec import Cell
@@ -110,7 +110,7 @@ def execute_cell(
         key = keys[target]
         for attempt in range(stage_retries + 1):
             with stage_lock(lock_dir, key if shared is None or key in shared else None):
-                run = dvc.repro(ws, target, env=env, pull=pull, log=log, detail=detail, note=f"cell {cell.name}")
+                run = repro.repro(ws, target, env=env, pull=pull, log=log, detail=detail, note=f"cell {cell.name}")
             if (fault := run.fault) is None:
                 break
             fault.done = list(done)

@@ -38,7 +38,7 @@ from prefect.runner.storage import GitRepository
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults)
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_json
-from pipeline.dvc import DVC
+from pipeline.repro import DVC
 from pipeline.study.cell import execute_cell
 from pipeline.study.keys import stage_keys, stage_sections
 from pipeline.study.report import write_report

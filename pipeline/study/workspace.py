@@ -22,7 +22,7 @@ from typing import Any
 
 from cfdg.errors import ConfigError
 from cfdg.io import atomic_write_text
-from pipeline.dvc import DVC
+from pipeline.repro import DVC
 from pipeline.study.keys import shared_keys, stage_keys, stage_sections
 from pipeline.study.results import committed, export_cell
 from pipeline.study.spec import Cell, Study, load_study

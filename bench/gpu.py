@@ -40,14 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.diffusion import timed  # noqa: E402
-from cfdg.agents.config import AgentConfig  # noqa: E402
-from cfdg.agents.registry import make_agent  # noqa: E402
+from cfdg.agents.registry import agent_config, make_agent  # noqa: E402
 from cfdg.agents.replay import ReplayBuffer, sample_uniform  # noqa: E402
 from cfdg.config import from_mapping  # noqa: E402
 from cfdg.device import select_device  # noqa: E402
 from cfdg.diffusion.config import DiffusionConfig, SamplingConfig  # noqa: E402
 from cfdg.diffusion.sample import label_pattern, sample_vectors  # noqa: E402
-from cfdg.diffusion.train import fit_diffusion  # noqa: E402
+from cfdg.diffusion.variants.registry import get_variant  # noqa: E402
 from cfdg.fake_data import make_transitions  # noqa: E402
 from pipeline.preset import apply_preset  # noqa: E402
 
@@ -161,7 +160,8 @@ def fit_and_sample(sizes: Sizes, label: str, precision: str, compiled: bool) -> 
     reset_peak(device)
     for n in sizes.fit_steps:
         cfg = from_mapping(DiffusionConfig, {**cfg_map, "train_steps": n}, "diffusion")
-        model, m = fit_diffusion(offline, online, cfg, seed=0, progress=False)
+        variant = get_variant(cfg.variant)
+        model, m = variant.fit(offline, online, cfg, seed=0, progress=False)
         seconds[n] = n / m["steps_per_s"]  # the fit loop's own clock (it syncs on its loss curve)
     short, long = sizes.fit_steps
     fit_rate = (long - short) / (seconds[long] - seconds[short])
@@ -169,9 +169,10 @@ def fit_and_sample(sizes: Sizes, label: str, precision: str, compiled: bool) -> 
 
     sampling = from_mapping(SamplingConfig, {**paper["sampling"], **sizes.sampling, "precision": precision}, "sampling")
     labels = label_pattern(0, sampling.batch, sampling.generated_online_fraction)
-    sample_vectors(model, labels, sampling.batch, 0, dataclasses.replace(sampling, steps=2))  # warm-up, compiles
+    denoiser = variant.denoiser(model, labels, sampling.batch, sampling)
+    sample_vectors(model, denoiser, sampling.batch, 0, dataclasses.replace(sampling, steps=2))  # warm-up, compiles
     reset_peak(device)
-    rows_per_s = sampling.batch / timed(lambda: sample_vectors(model, labels, sampling.batch, 1, sampling), device)
+    rows_per_s = sampling.batch / timed(lambda: sample_vectors(model, denoiser, sampling.batch, 1, sampling), device)
     return {
         "mode": label,
         "fit_steps_per_s": fit_rate,
@@ -190,7 +191,7 @@ def fit_and_sample(sizes: Sizes, label: str, precision: str, compiled: bool) -> 
 def agent_update(sizes: Sizes, algo: str, precision: str) -> dict[str, Any]:
     """ms per online update of the paper preset's agent (one uniform batch from an in-memory buffer)."""
     device = select_device("auto")
-    cfg = from_mapping(AgentConfig, {**preset(algo)["agent"], **sizes.agent, "precision": precision}, "agent")
+    cfg = agent_config({**preset(algo)["agent"], **sizes.agent, "precision": precision})
     torch.manual_seed(0)
     agent = make_agent(cfg, OBS, ACT, 1.0, device)
     agent.start_online()

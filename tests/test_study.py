@@ -412,7 +412,7 @@ def test_study_on_a_work_pool_with_two_workers_matches_the_single_process_run(ti
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    from pipeline.study_report import table1
+    from pipeline.study.report import table1
 
     states = _states(project, "tiny-pool")
     assert sorted(states) == ["hopper-mr-iql-cfdg-s0", "hopper-mr-iql-cfdg-s1"]
@@ -507,7 +507,7 @@ def test_paired_table_reads_noise_as_noise():
 
 def test_paired_table_sets_cfdg_against_every_other_generator():
     """CFDG − SynthER and CFDG − EDIS on the same seeds, each with its own interval and verdict."""
-    from pipeline.study_report import paired_table
+    from pipeline.study.report import paired_table
 
     def rec(variant, seed, final):
         return {"dataset": "d", "algo": "apl", "variant": variant, "seed": seed, "ablation": None,
@@ -523,7 +523,7 @@ def test_paired_table_sets_cfdg_against_every_other_generator():
 
 def test_energy_table_shows_edis_energy_accuracy_per_round_against_chance():
     """The report's EDIS section: each energy's accuracy per round over the EDIS cells, chance named."""
-    from pipeline.study_report import energy_table
+    from pipeline.study.report import energy_table
 
     def rec(variant, seed, fit):
         return {"dataset": "d", "algo": "apl", "variant": variant, "seed": seed, "fit": fit}

@@ -35,8 +35,9 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, State
 
 import pipeline  # noqa: F401  (Prefect/DVC environment defaults, before prefect is imported)
-from pipeline import faults, repro, runlock, sections
+from pipeline import faults, runlock, sections
 from pipeline.faults import StageFault
+from pipeline.repro import repro as dvc_repro
 from stages import layout, params
 from stages.metrics import quality_headline
 from stages.report import curve_point
@@ -61,7 +62,7 @@ def repro(target: str, root: str = ".") -> list[str] | State:
     StageFault, which the task retries only when a retry can help (faults.retry_transient).
     """
     logger = get_run_logger()
-    run = repro.repro(
+    run = dvc_repro(
         Path(root),
         target,
         log=logger.info,
